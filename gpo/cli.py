@@ -1,0 +1,100 @@
+"""The ``gpo`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+
+from gpo.analysis import LossReport, analyze
+from gpo.losses import LOSSES, resolve_loss
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else str(x)
+
+
+def _losses_table(reports: list[LossReport]) -> str:
+    header = ["name", "formula", "prior", "f'(0)", "f''(0)", "strength", "convex", "tail"]
+    rows = [header]
+    for r in reports:
+        loss = resolve_loss(r.name)
+        convex = (
+            "yes"
+            if r.convex
+            else "no: " + ", ".join(f"[{_fmt(lo)}, {_fmt(hi)}]" for lo, hi in r.nonconvex_regions)
+        )
+        rows.append(
+            [
+                r.name,
+                loss.formula,
+                loss.prior_algorithm,
+                _fmt(r.df0),
+                _fmt(r.d2f0),
+                _fmt(r.strength),
+                convex,
+                r.tail,
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_losses(args: argparse.Namespace) -> int:
+    names = [*LOSSES, *args.loss]
+    reports = [analyze(name, allow_invalid=args.allow_invalid) for name in names]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+    else:
+        print(_losses_table(reports))
+        print("\nstrength = |f''(0)/f'(0)|: the IPO-equivalent regularizer is strength * beta.")
+        print(
+            "tail I: f' < 0 everywhere scanned; II: f' >= 0 beyond some v (stronger "
+            "regularization at equal beta). Scan: v in [-10, 10]."
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpo", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("losses", help="analyze the registered GPO losses (and any user loss)")
+    p.add_argument(
+        "--loss",
+        action="append",
+        default=[],
+        metavar="PKG.MODULE:FUNC",
+        help=f"also analyze this loss (repeatable); built-ins: {', '.join(LOSSES)}",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list of LossReport objects")
+    p.add_argument(
+        "--allow-invalid",
+        action="store_true",
+        help="analyze losses with f'(0) >= 0 instead of refusing them",
+    )
+    p.set_defaults(func=cmd_losses)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError) as e:
+        if args.debug:
+            raise
+        print(f"gpo: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
