@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from gpo.analysis import LossReport, analyze
+from gpo.config import add_config_flags, load_config, overrides_from_args
 from gpo.losses import LOSSES, resolve_loss
 
 
@@ -62,6 +63,15 @@ def cmd_losses(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from gpo.train import train
+
+    cfg = load_config(args.config, overrides_from_args(args))
+    summary = train(cfg)
+    print(f"run folder: {summary['run_dir']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpo", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -82,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="analyze losses with f'(0) >= 0 instead of refusing them",
     )
     p.set_defaults(func=cmd_losses)
+
+    p = sub.add_parser(
+        "train",
+        help="preference-optimize a causal LM (defaults: embedded SmolLM2, "
+        "LoRA, built-in gold data, logistic loss)",
+    )
+    p.add_argument("--config", metavar="YAML", help="config file; flags below override it")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 
@@ -93,10 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `gpo losses | head`: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 0
-    except (ValueError, TypeError) as e:
+    except Exception as e:
         if args.debug:
             raise
-        print(f"gpo: error: {e}", file=sys.stderr)
+        kind = "" if isinstance(e, (ValueError, TypeError)) else f"{type(e).__name__}: "
+        message = " ".join(str(e).split())  # one line
+        print(f"gpo: error: {kind}{message}", file=sys.stderr)
         return 2
 
 

@@ -62,10 +62,11 @@ def alpha_divergence(alpha: float = DEFAULT_ALPHA) -> Divergence:
 
     Generator ``f(u) = (u^(1-a) - (1-a) u - a) / (a (a - 1))`` for ``0 < a < 1``, with
     ``f'(u) = (1 - u^(-a)) / a``. ``a -> 0`` approaches reverse KL and ``a -> 1`` forward KL.
-    This ``alpha`` is the same number as TRL's ``f_alpha_divergence_coef`` (TRL's logits are
-    ``(u_l^(-a) - u_w^(-a)) / a``, i.e. ``f'(u_w) - f'(u_l)``); TRL defaults it to 1.0, the
-    boundary where ``f'(u) = 1 - 1/u`` (forward KL's ``f'`` shifted by 1), which is accepted
-    here too. ``u^(-a) = exp(-a log u)`` is capped for ``-a log u > EXP_CAP`` (documented in
+    TRL 1.16 writes ``f'(t) = (t^(c-1) - 1)/(c-1)`` with ``c = f_alpha_divergence_coef``, so
+    ``c = 1 - alpha``: both default to 0.5, where they agree; TRL's ``c = 1`` is reverse KL
+    (``alpha -> 0`` here). Older TRL (0.x) used ``(1 - u^(-c))/c``, i.e. ``c = alpha``.
+    ``alpha = 1`` gives ``f'(u) = 1 - 1/u``, forward KL's ``f'`` shifted by 1 (same f-DPO loss).
+    ``u^(-a) = exp(-a log u)`` is capped for ``-a log u > EXP_CAP`` (documented in
     ``gpo._numerics``), with a one-time warning.
     """
     a = float(alpha)

@@ -1,0 +1,200 @@
+"""The training config: one dataclass, from which the YAML schema and the CLI flags are derived."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    model: str = (
+        "smollm2"  # HF name or local folder; 'smollm2' = the embedded SmolLM2-135M-Instruct
+    )
+    data: str = "gold"  # file, saved dataset, hub name, or 'gold' (the built-in gold task)
+    split: str = "train"
+    eval_data: str | None = None  # default: `data` with `eval_split`, else a held-out fraction
+    eval_split: str | None = "test"
+    eval_fraction: float = 0.05  # held out from `data` when there is no eval split
+    loss: str = "logistic"  # a GPO loss, 'fdpo:js', 'iupo:js', ..., or 'pkg.module:func'
+    beta: float = 0.1
+    logp_reduction: Literal["sum", "mean"] = "sum"  # 'mean' = per-token mean (TRL's IPO)
+    # model options
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    trust_remote_code: bool = False
+    finetune: Literal["lora", "full"] = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"
+    # data shaping
+    max_length: int = 512
+    max_prompt_length: int | None = None
+    max_completion_length: int | None = None
+    prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"
+    # optimisation
+    max_steps: int = 150
+    batch_size: int = 8  # pairs per process per micro-step
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    # logging, evaluation, checkpoints
+    out: str | None = None  # run folder; default runs/train-<timestamp>
+    logging_steps: int = 10
+    eval_steps: int = 50
+    eval_max_pairs: int = 256
+    kl_prompts: int = 16  # on-policy KL: prompts sampled from the eval split
+    kl_samples: int = 2  # completions per prompt
+    max_new_tokens: int = 48  # for KL and gold win-rate sampling
+    gold_eval_prompts: int = 128  # held-out prompts for the final gold win rate (gold data only)
+    save_steps: int = 100
+    save_total_limit: int = 2
+    resume: bool = False
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        checks = {
+            "beta": self.beta > 0,
+            "max_steps": self.max_steps > 0,
+            "batch_size": self.batch_size > 0,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps > 0,
+            "learning_rate": self.learning_rate > 0,
+            "logging_steps": self.logging_steps > 0,
+            "eval_fraction": 0 < self.eval_fraction < 1,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"config: {name} = {getattr(self, name)!r} is out of range")
+        unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
+        if unknown:
+            raise ValueError(f"config: report_to has unknown entries {sorted(unknown)}")
+
+
+def _allowed(tp: Any) -> tuple[list[type], list[Any] | None]:
+    """The runtime types (and Literal choices) a field annotation admits."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return [type(a) for a in typing.get_args(tp)], list(typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        kinds: list[type] = []
+        for arg in typing.get_args(tp):
+            kinds += _allowed(arg)[0]
+        return kinds, None
+    if origin is list:
+        return [list], None
+    return [type(None) if tp is type(None) else tp], None
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for name, tp in _hints().items():
+        value = getattr(cfg, name)
+        kinds, choices = _allowed(tp)
+        if choices is not None and value not in choices:
+            raise ValueError(f"config: {name} must be one of {choices}, got {value!r}")
+        ok = any(
+            isinstance(value, k) and not (k is int and isinstance(value, bool)) for k in kinds
+        ) or (float in kinds and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            want = " or ".join(k.__name__ for k in kinds)
+            raise ValueError(f"config: {name} must be {want}, got {type(value).__name__} {value!r}")
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(TrainConfig)], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the YAML file, then CLI overrides; unknown keys are errors."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path}: invalid YAML ({e})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path}: expected a mapping of keys to values")
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        for key in loaded:
+            if key not in names:
+                raise ValueError(f"config file {path}: unknown key {key!r}{_suggest(str(key))}")
+        values.update(loaded)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _none_or(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per config field; flags not given are absent from the namespace."""
+    for f in dataclasses.fields(TrainConfig):
+        tp = _hints()[f.name]
+        kinds, choices = _allowed(tp)
+        flag = "--" + f.name.replace("_", "-")
+        if kinds == [bool]:
+            parser.add_argument(
+                flag,
+                type=_parse_bool,
+                default=argparse.SUPPRESS,
+                metavar="BOOL",
+                nargs="?",
+                const=True,
+            )
+        elif kinds == [list]:
+            parser.add_argument(flag, nargs="+", default=argparse.SUPPRESS)
+        elif choices is not None:
+            parser.add_argument(flag, choices=choices, default=argparse.SUPPRESS)
+        else:
+            base = next(k for k in kinds if k is not type(None))
+            kind = _none_or(base) if type(None) in kinds else base
+            parser.add_argument(
+                flag, type=kind, default=argparse.SUPPRESS, metavar=base.__name__.upper()
+            )
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if hasattr(args, f.name)
+    }

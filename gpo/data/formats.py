@@ -1,0 +1,147 @@
+"""TRL's preference formats: validate rows and normalize them to (prompt, chosen, rejected).
+
+Formats (decided by the first row; every row must use the same one):
+- standard: ``prompt``, ``chosen``, ``rejected`` strings;
+- conversational: lists of ``{"role", "content"}`` messages (``prompt`` ends before the reply,
+  ``chosen`` / ``rejected`` hold the assistant reply), rendered with the tokenizer's chat template;
+- implicit prompt (either format without a ``prompt`` field): the shared prefix of ``chosen`` and
+  ``rejected`` is the prompt. For strings the split is moved back to a space, as TRL does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ROLES = ("system", "user", "assistant", "tool")
+Messages = list[dict[str, str]]
+Field = str | Messages
+
+
+class DataError(ValueError):
+    """A data problem, with the file, row and field in its message."""
+
+
+class NoSuchSplit(DataError):
+    """The source has no split of the requested name."""
+
+
+@dataclass(frozen=True)
+class PreferenceRow:
+    """One validated example; ``conversational`` tells how to render it."""
+
+    prompt: Field
+    chosen: Field
+    rejected: Field
+    conversational: bool
+    index: int  # row number in the source (0-based)
+
+
+def _where(source: str, index: int, field: str | None = None) -> str:
+    loc = f"{source}: row {index + 1}"
+    return f"{loc}, field '{field}'" if field else loc
+
+
+def _check_messages(value: list[Any], where: str) -> Messages:
+    if not value:
+        raise DataError(f"{where}: empty list of messages")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(f"{where}: message {i + 1} must be a {{'role', 'content'}} object")
+        if m["role"] not in ROLES:
+            raise DataError(
+                f"{where}: message {i + 1} has unknown role {m['role']!r} "
+                f"(expected one of {', '.join(ROLES)})"
+            )
+        if not isinstance(m["content"], str):
+            raise DataError(
+                f"{where}: message {i + 1} content must be a string, "
+                f"got {type(m['content']).__name__}"
+            )
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _field(row: dict[str, Any], name: str, source: str, index: int, conversational: bool) -> Field:
+    where = _where(source, index, name)
+    if name not in row or row[name] is None:
+        present = ", ".join(sorted(row)) or "none"
+        raise DataError(f"{where}: missing (fields present: {present})")
+    value = row[name]
+    if conversational:
+        if not isinstance(value, list):
+            raise DataError(
+                f"{where}: expected a list of messages like the first row, got "
+                f"{type(value).__name__} (mixed formats in one dataset?)"
+            )
+        return _check_messages(value, where)
+    if not isinstance(value, str):
+        raise DataError(
+            f"{where}: expected a string like the first row, got {type(value).__name__}"
+            + (" (mixed formats in one dataset?)" if isinstance(value, list) else "")
+        )
+    return value
+
+
+def _split_implicit_text(chosen: str, rejected: str) -> int:
+    n = min(len(chosen), len(rejected))
+    idx = next((i for i in range(n) if chosen[i] != rejected[i]), n)
+    if idx > 0 and chosen[idx - 1] == " ":
+        idx -= 1  # keep the space with the completion, as TRL does
+    return idx
+
+
+def _split_implicit_messages(chosen: Messages, rejected: Messages) -> int:
+    n = min(len(chosen), len(rejected))
+    return next((i for i in range(n) if chosen[i] != rejected[i]), n)
+
+
+def _is_empty(value: Field) -> bool:
+    if isinstance(value, str):
+        return not value.strip()
+    return not any(m["content"].strip() for m in value)
+
+
+def parse_row(row: Any, source: str, index: int, conversational: bool) -> PreferenceRow:
+    """Validate one raw row; raise :class:`DataError` naming source, row and field."""
+    if not isinstance(row, dict):
+        raise DataError(f"{_where(source, index)}: expected an object, got {type(row).__name__}")
+    chosen = _field(row, "chosen", source, index, conversational)
+    rejected = _field(row, "rejected", source, index, conversational)
+    if "prompt" in row and row["prompt"] is not None:
+        prompt = _field(row, "prompt", source, index, conversational)
+    elif conversational:
+        cut = _split_implicit_messages(chosen, rejected)  # type: ignore[arg-type]
+        if cut == 0:
+            raise DataError(
+                f"{_where(source, index)}: no 'prompt' field and chosen/rejected "
+                "share no leading messages to use as the prompt"
+            )
+        prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
+    else:
+        cut = _split_implicit_text(chosen, rejected)  # type: ignore[arg-type]
+        if cut == 0:
+            raise DataError(
+                f"{_where(source, index)}: no 'prompt' field and chosen/rejected "
+                "share no common prefix to use as the prompt"
+            )
+        prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if _is_empty(value):
+            raise DataError(f"{_where(source, index, name)}: empty or whitespace-only response")
+        if conversational and value[-1]["role"] != "assistant":  # type: ignore[index]
+            raise DataError(
+                f"{_where(source, index, name)}: the last message must be from the assistant, "
+                f"got {value[-1]['role']!r}"  # type: ignore[index]
+            )
+    return PreferenceRow(prompt, chosen, rejected, conversational, index)
+
+
+def parse_rows(rows: list[Any], source: str) -> list[PreferenceRow]:
+    """Validate all rows; the first row's ``chosen`` decides the format for the whole set."""
+    if not rows:
+        raise DataError(f"{source}: no rows")
+    first = rows[0]
+    if not isinstance(first, dict) or "chosen" not in first:
+        raise DataError(f"{_where(source, 0, 'chosen')}: missing (is this preference data?)")
+    conversational = isinstance(first["chosen"], list)
+    return [parse_row(r, source, i, conversational) for i, r in enumerate(rows)]

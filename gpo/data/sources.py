@@ -1,0 +1,130 @@
+"""Where preference rows come from: local files, a saved ``datasets`` dataset, or a hub name."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from gpo.data.formats import DataError, NoSuchSplit
+
+BUILTIN_NAMES = ("gold", "builtin")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def _read_jsonl(path: Path) -> list[Any]:
+    rows = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: line {lineno}: not valid UTF-8 ({e.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
+    return rows
+
+
+def _read_json(path: Path, split: str | None) -> list[Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None  # maybe JSON lines in a .json file, as `datasets` accepts
+    if not isinstance(data, dict) and split not in (None, "train"):
+        raise NoSuchSplit(f"{path}: a list of rows has no split {split!r}")
+    if data is None:
+        return _read_jsonl(path)
+    if isinstance(data, dict) and "chosen" not in data:
+        key = split or "train"
+        if key not in data:
+            raise NoSuchSplit(f"{path}: no split {key!r} (top-level keys: {', '.join(data)})")
+        data = data[key]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a list of rows, got {type(data).__name__}")
+    return data
+
+
+def _read_with_datasets(path: Path, builder: str) -> list[Any]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as e:
+        raise DataError(f"{path}: cannot read as {builder}: {e}") from None
+    return ds.to_list()
+
+
+def _read_saved(path: Path, split: str | None) -> list[Any]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        key = split or "train"
+        if key not in ds:
+            raise NoSuchSplit(f"{path}: no split {key!r} (splits: {', '.join(ds)})")
+        ds = ds[key]
+    return ds.to_list()
+
+
+def _read_hub(name: str, split: str | None) -> list[Any]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:
+        offline = (
+            os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+        )
+        hint = (
+            " The Hub is switched off here (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE=1): use a "
+            "local file (.jsonl/.json/.parquet/.csv) or a dataset saved with save_to_disk."
+            if offline
+            else " Check the name and your network, or pass a local file."
+        )
+        raise DataError(f"cannot load dataset {name!r}: {type(e).__name__}: {e}.{hint}") from None
+    return ds.to_list()
+
+
+def looks_like_path(source: str) -> bool:
+    """Hub names look like ``name`` or ``org/name``; anything else is taken for a local path."""
+    return (
+        source.startswith((".", "/", "~"))
+        or source.count("/") > 1
+        or source.endswith(FILE_SUFFIXES)
+    )
+
+
+def load_rows(source: str, split: str | None = None) -> list[Any]:
+    """Raw rows from ``source``: the built-in gold task, a file, a saved dataset or a hub name."""
+    if source in BUILTIN_NAMES:
+        from gpo.gold import load_builtin_gold
+
+        return load_builtin_gold(split or "train")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            return _read_saved(path, split)
+        raise DataError(f"{path}: a folder, but not a dataset saved with save_to_disk")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if split not in (None, "train") and suffix != ".json":
+            raise NoSuchSplit(f"{path}: a single file has no split {split!r}")
+        if suffix == ".jsonl":
+            return _read_jsonl(path)
+        if suffix == ".json":
+            return _read_json(path, split)
+        if suffix in (".parquet", ".csv"):
+            return _read_with_datasets(path, suffix[1:])
+        raise DataError(f"{path}: unsupported file type (use {', '.join(FILE_SUFFIXES)})")
+    if looks_like_path(source):
+        raise DataError(f"{source}: no such file or folder")
+    return _read_hub(source, split)

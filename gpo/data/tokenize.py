@@ -1,0 +1,153 @@
+"""Render validated rows to token ids, truncate, and drop what cannot be used.
+
+Rendering follows TRL 1.x so that the same row gives the same tokens in both tools:
+- standard rows: ``tokenizer(prompt)`` and ``tokenizer(prompt + completion)``, with the EOS token
+  string appended to a completion that does not already end with it;
+- conversational rows: ``apply_chat_template(prompt, add_generation_prompt=True)`` and
+  ``apply_chat_template(prompt + completion)``; the template ends the turn itself, and the EOS id
+  is appended only if the rendered completion does not contain it.
+The completion starts where the tokenized prompt and prompt+completion diverge (tokens can merge
+across the boundary).
+
+Truncation (``Limits``): a prompt longer than ``max_prompt_length`` keeps its end
+(``prompt_truncation="keep_end"``, the part next to the response) or its start (``"keep_start"``);
+a completion longer than ``max_completion_length`` keeps its start (its EOS is then lost). A pair
+whose prompt + longer completion still exceeds ``max_length`` is dropped and counted, as is a pair
+whose chosen and rejected responses are identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gpo.data.formats import DataError, PreferenceRow
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_length: int = 512
+    max_prompt_length: int | None = None
+    max_completion_length: int | None = None
+    prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"
+
+    def __post_init__(self) -> None:
+        if self.prompt_truncation not in ("keep_end", "keep_start"):
+            raise ValueError(
+                "prompt_truncation must be 'keep_end' or 'keep_start', "
+                f"got {self.prompt_truncation!r}"
+            )
+        for name in ("max_length", "max_prompt_length", "max_completion_length"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise ValueError(f"{name} must be at least 2, got {value}")
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    index: int  # row in the source
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+@dataclass
+class DataReport:
+    source: str
+    rows: int = 0
+    kept: int = 0
+    identical: int = 0
+    too_long: int = 0
+    truncated_prompts: int = 0
+    truncated_completions: int = 0
+    dropped_indices: list[int] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"{self.source}: {self.rows} rows, kept {self.kept}"]
+        if self.identical:
+            parts.append(f"dropped {self.identical} with chosen == rejected")
+        if self.too_long:
+            parts.append(f"dropped {self.too_long} longer than max_length")
+        if self.truncated_prompts:
+            parts.append(f"truncated {self.truncated_prompts} prompts")
+        if self.truncated_completions:
+            parts.append(f"truncated {self.truncated_completions} completions")
+        return "; ".join(parts)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def _ids(out: Any) -> list[int]:
+    ids = out["input_ids"] if not isinstance(out, list) else out
+    return list(ids)
+
+
+def render_ids(row: PreferenceRow, tokenizer: Any, source: str) -> tuple[list[int], ...]:
+    """``(prompt_ids, chosen_ids, rejected_ids)`` for one row, TRL-style (see module doc)."""
+    if row.conversational:
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(
+                f"{source}: conversational data needs a tokenizer with a chat template, and this "
+                "tokenizer has none; use standard (string) data or a chat model"
+            )
+
+        def render(msgs: Any, gen: bool) -> list[int]:
+            return _ids(
+                tokenizer.apply_chat_template(
+                    msgs, tokenize=True, add_generation_prompt=gen, return_dict=True
+                )
+            )
+
+        prompt = render(row.prompt, True)
+        full_c = render(row.prompt + row.chosen, False)  # type: ignore[operator]
+        full_r = render(row.prompt + row.rejected, False)  # type: ignore[operator]
+    else:
+        eos = tokenizer.eos_token or ""
+
+        def with_eos(text: str) -> str:
+            return text if text.endswith(eos) else text + eos
+
+        prompt = _ids(tokenizer(row.prompt))
+        full_c = _ids(tokenizer(row.prompt + with_eos(row.chosen)))  # type: ignore[operator]
+        full_r = _ids(tokenizer(row.prompt + with_eos(row.rejected)))  # type: ignore[operator]
+    cut = min(_common_prefix(prompt, full_c), _common_prefix(prompt, full_r))
+    chosen, rejected = full_c[cut:], full_r[cut:]
+    eos_id = tokenizer.eos_token_id
+    if row.conversational and eos_id is not None:
+        chosen = chosen if eos_id in chosen else [*chosen, eos_id]
+        rejected = rejected if eos_id in rejected else [*rejected, eos_id]
+    return prompt[:cut], chosen, rejected
+
+
+def tokenize_rows(
+    rows: list[PreferenceRow], tokenizer: Any, limits: Limits, source: str
+) -> tuple[list[TokenizedPair], DataReport]:
+    """Tokenize, truncate and filter; raise :class:`DataError` if nothing usable is left."""
+    report = DataReport(source, rows=len(rows))
+    pairs = []
+    for row in rows:
+        if row.chosen == row.rejected:
+            report.identical += 1
+            report.dropped_indices.append(row.index)
+            continue
+        prompt, chosen, rejected = render_ids(row, tokenizer, source)
+        if limits.max_prompt_length is not None and len(prompt) > limits.max_prompt_length:
+            m = limits.max_prompt_length
+            prompt = prompt[-m:] if limits.prompt_truncation == "keep_end" else prompt[:m]
+            report.truncated_prompts += 1
+        m = limits.max_completion_length
+        if m is not None and max(len(chosen), len(rejected)) > m:
+            chosen, rejected = chosen[:m], rejected[:m]
+            report.truncated_completions += 1
+        if len(prompt) + max(len(chosen), len(rejected)) > limits.max_length:
+            report.too_long += 1
+            report.dropped_indices.append(row.index)
+            continue
+        pairs.append(TokenizedPair(row.index, prompt, chosen, rejected))
+    report.kept = len(pairs)
+    if not pairs:
+        raise DataError(f"no usable rows left: {report} (max_length={limits.max_length})")
+    return pairs, report

@@ -1,0 +1,70 @@
+"""Metric sinks for a run: ``metrics.jsonl`` always, TensorBoard and W&B when asked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class Tracker:
+    """Writes one JSON line per ``log`` call; no-op when ``enabled`` is False (non-main ranks)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        report_to: list[str],
+        config: dict[str, Any],
+        enabled: bool = True,
+        truncate_after: int | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self._tb: Any = None
+        self._wandb: Any = None
+        if not enabled:
+            return
+        if truncate_after is not None and self.path.exists():
+            # A resumed run rewrites what came after its checkpoint, so the file has no repeats.
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= truncate_after
+            ]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        if "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if "wandb" in report_to:
+            try:
+                import wandb
+            except ImportError:
+                raise ValueError(
+                    "report_to includes 'wandb' but wandb is not installed (pip install wandb)"
+                ) from None
+            self._wandb = wandb.init(project="gpo", dir=str(run_dir), config=config)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
