@@ -73,6 +73,16 @@ def micro_batches(
         step += 1
 
 
+def gather_uneven(accelerator: Any, t: torch.Tensor) -> torch.Tensor:
+    """All processes' rows of ``t`` in rank order, even when their counts differ (eval shards)."""
+    if accelerator.num_processes == 1:
+        return t
+    sizes = accelerator.gather(torch.tensor([t.shape[0]], device=t.device)).tolist()
+    padded = accelerator.gather(accelerator.pad_across_processes(t, dim=0))
+    width = max(sizes)
+    return torch.cat([padded[r * width : r * width + n] for r, n in enumerate(sizes)])
+
+
 def _check_resume(run_dir: Path, cfg: TrainConfig) -> None:
     saved = json.loads((run_dir / "config.json").read_text())
     now = dataclasses.asdict(cfg)
@@ -119,6 +129,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
+        # Without cpu=True, Accelerate under torchrun on a CPU-only host runs each process alone.
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
     main = accelerator.is_main_process
     run_dir = Path(cfg.out) if cfg.out else None
@@ -170,7 +182,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     eval_prompts = [p.prompt_ids for p in data.eval[: cfg.kl_prompts]]
 
     def gather(v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: accelerator.gather_for_metrics(t) for k, t in v.items()}
+        return {k: gather_uneven(accelerator, t) for k, t in v.items()}
 
     def evaluate(step: int) -> dict[str, float]:
         metrics = pair_metrics(

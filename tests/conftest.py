@@ -13,3 +13,42 @@ def _fresh_warnings():
 
     reset_warnings()
     yield
+
+
+def write_tiny_preferences(path, n: int = 48, seed: int = 0) -> None:
+    """A learnable standard-format set: chosen starts with 'good', rejected with 'bad'."""
+    import json
+    import random
+
+    from gpo.tiny import DEFAULT_WORDS
+
+    rng = random.Random(seed)
+    words = [w for w in DEFAULT_WORDS if w.isalpha() and w not in ("good", "bad")]
+    with open(path, "w") as f:
+        for _ in range(n):
+            prompt = " ".join(rng.choices(words, k=rng.randint(2, 6)))
+            chosen = "good " + " ".join(rng.choices(words, k=rng.randint(1, 4)))
+            rejected = "bad " + " ".join(rng.choices(words, k=rng.randint(1, 4)))
+            f.write(
+                json.dumps({"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected})
+            )
+            f.write("\n")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama + tokenizer saved with save_pretrained (loaded via from_pretrained)."""
+    from gpo.tiny import tiny_model_and_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    model, tokenizer = tiny_model_and_tokenizer(seed=0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-data") / "prefs.jsonl"
+    write_tiny_preferences(path)
+    return path

@@ -42,6 +42,17 @@ def _where(source: str, index: int, field: str | None = None) -> str:
     return f"{loc}, field '{field}'" if field else loc
 
 
+def _check_text(value: str, where: str) -> str:
+    """Reject strings a tokenizer cannot encode (lone surrogates, e.g. from a ``\\ud800`` escape)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(
+            f"{where}: not valid Unicode text ({e.reason} at character {e.start + 1})"
+        ) from None
+    return value
+
+
 def _check_messages(value: list[Any], where: str) -> Messages:
     if not value:
         raise DataError(f"{where}: empty list of messages")
@@ -58,6 +69,7 @@ def _check_messages(value: list[Any], where: str) -> Messages:
                 f"{where}: message {i + 1} content must be a string, "
                 f"got {type(m['content']).__name__}"
             )
+        _check_text(m["content"], f"{where}: message {i + 1} content")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
@@ -79,7 +91,7 @@ def _field(row: dict[str, Any], name: str, source: str, index: int, conversation
             f"{where}: expected a string like the first row, got {type(value).__name__}"
             + (" (mixed formats in one dataset?)" if isinstance(value, list) else "")
         )
-    return value
+    return _check_text(value, where)
 
 
 def _split_implicit_text(chosen: str, rejected: str) -> int:

@@ -72,6 +72,8 @@ def _read_saved(path: Path, split: str | None) -> list[Any]:
         if key not in ds:
             raise NoSuchSplit(f"{path}: no split {key!r} (splits: {', '.join(ds)})")
         ds = ds[key]
+    elif split not in (None, "train"):  # like a single file: a lone Dataset has only 'train'
+        raise NoSuchSplit(f"{path}: a saved Dataset (not a DatasetDict) has no split {split!r}")
     return ds.to_list()
 
 

@@ -1,0 +1,90 @@
+import torch
+
+from gpo.data import Limits, collate_pairs, parse_rows, tokenize_rows
+from gpo.logps import sequence_logps
+from gpo.tiny import tiny_model_and_tokenizer
+
+
+def _pairs(tokenizer):
+    rows = [
+        {"prompt": "the cat", "chosen": " runs fast", "rejected": " is a very slow cat"},
+        {
+            "prompt": "tell me a short fact about the sun and the moon",
+            "chosen": " yes",
+            "rejected": " no thanks",
+        },
+        {"prompt": "hello", "chosen": " the dog eats bread", "rejected": " tea"},
+    ]
+    pairs, _ = tokenize_rows(parse_rows(rows, "mem"), tokenizer, Limits(max_length=64), "mem")
+    return pairs
+
+
+def _by_hand(model, pairs):
+    """Each sequence alone, unpadded: sum of log-softmax at completion targets."""
+    out = []
+    for completion_of in ("chosen_ids", "rejected_ids"):
+        for p in pairs:
+            completion = getattr(p, completion_of)
+            ids = torch.tensor([p.prompt_ids + completion])
+            logp = model(input_ids=ids).logits[0].log_softmax(-1)
+            n = len(p.prompt_ids)
+            out.append(sum(logp[n - 1 + t, tok].item() for t, tok in enumerate(completion)))
+    return torch.tensor(out)
+
+
+def test_sum_matches_unpadded_by_hand_and_padding_is_ignored():
+    model, tokenizer = tiny_model_and_tokenizer(seed=1)
+    model.eval()
+    pairs = _pairs(tokenizer)
+    expected = _by_hand(model, pairs)
+    with torch.no_grad():
+        for side in ("right", "left"):
+            for pad in (tokenizer.pad_token_id, 7):  # the pad id's value must not matter
+                batch = collate_pairs(pairs, pad, side)
+                got = sequence_logps(model, batch)
+                torch.testing.assert_close(got.logps, expected, atol=1e-5, rtol=1e-5)
+                n_tokens = [len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs]
+                assert got.tokens.tolist() == n_tokens
+
+
+def test_prompt_tokens_do_not_contribute():
+    """Changing the model's predictions at prompt positions leaves the logps unchanged."""
+    model, tokenizer = tiny_model_and_tokenizer(seed=2)
+    model.eval()
+    pairs = _pairs(tokenizer)
+    batch = collate_pairs(pairs, tokenizer.pad_token_id)
+    base = sequence_logps(model, batch).logps
+
+    class Perturbed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, **kw):
+            out = self.inner(**kw)
+            targets_prompt = ~batch.completion_mask[:, 1:].bool()
+            noise = torch.zeros_like(out.logits)
+            noise[:, :-1][targets_prompt] = 100.0 * torch.randn_like(noise[:, :-1][targets_prompt])
+            out.logits = out.logits + noise
+            return out
+
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_logps(Perturbed(), batch).logps, base)
+
+
+def test_mean_reduction_is_sum_over_tokens():
+    model, tokenizer = tiny_model_and_tokenizer(seed=3)
+    batch = collate_pairs(_pairs(tokenizer), tokenizer.pad_token_id)
+    with torch.no_grad():
+        s = sequence_logps(model, batch, "sum")
+        m = sequence_logps(model, batch, "mean")
+    torch.testing.assert_close(m.logps, s.logps / s.tokens)
+
+
+def test_gradients_flow_only_through_completion_logits():
+    model, tokenizer = tiny_model_and_tokenizer(seed=4)
+    batch = collate_pairs(_pairs(tokenizer), tokenizer.pad_token_id)
+    sequence_logps(model, batch).logps.sum().backward()
+    assert model.lm_head.weight.grad is not None
+    assert torch.isfinite(model.lm_head.weight.grad).all()
+    assert model.lm_head.weight.grad.abs().sum() > 0

@@ -1,0 +1,214 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpo.config import TrainConfig
+from gpo.train import micro_batches, train
+
+QUIET = {
+    "progress": False,
+    "report_to": ["none"],
+    "kl_prompts": 2,
+    "kl_samples": 2,
+    "max_new_tokens": 6,
+}
+
+
+def _cfg(model_dir, data_file, out, **kw):
+    base = dict(
+        model=str(model_dir),
+        data=str(data_file),
+        out=str(out),
+        finetune="full",
+        batch_size=4,
+        learning_rate=3e-3,
+        max_steps=24,
+        logging_steps=4,
+        eval_steps=12,
+        save_steps=0,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        **QUIET,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_losses(run):
+    return [m["loss"] for m in _metrics(run) if "loss" in m]
+
+
+@pytest.mark.parametrize("loss", ["logistic", "fdpo:js", "iupo:js"])
+def test_each_family_learns(tiny_model_dir, tiny_data_file, tmp_path, loss):
+    summary = train(_cfg(tiny_model_dir, tiny_data_file, tmp_path / loss, loss=loss, beta=0.5))
+    rows = [m for m in _metrics(tmp_path / loss) if "loss" in m]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[-1]["rewards/accuracies"] > max(0.6, rows[0]["rewards/accuracies"])
+    assert summary["eval"]["eval/kl"] >= -3 * summary["eval"]["eval/kl_se"] - 1e-6
+    for name in ("summary.json", "config.json", "training.png", "kl_vs_mu_sq.png"):
+        assert (tmp_path / loss / name).exists()
+    assert (tmp_path / loss / "final" / "model.safetensors").exists()
+
+
+def test_lora_run_saves_adapter_and_reference_is_base(tiny_model_dir, tiny_data_file, tmp_path):
+    train(
+        _cfg(
+            tiny_model_dir,
+            tiny_data_file,
+            tmp_path,
+            finetune="lora",
+            max_steps=8,
+            eval_steps=8,
+            learning_rate=1e-2,
+        )
+    )
+    m = _metrics(tmp_path)
+    # Step-0 reference = policy (LoRA B starts at 0), so the first loss is log 2 exactly-ish.
+    assert abs(m[0]["loss"] - 0.6931) < 0.02
+    assert (tmp_path / "final" / "adapter_model.safetensors").exists()
+    from peft import AutoPeftModelForCausalLM
+
+    AutoPeftModelForCausalLM.from_pretrained(tmp_path / "final")
+
+
+def test_micro_batches_are_a_seeded_permutation_per_epoch():
+    gen = micro_batches(10, 5, seed=3, start=0)
+    got = [next(gen)[1] for _ in range(4)]
+    assert sorted(got[0] + got[1]) == list(range(10))
+    assert sorted(got[2] + got[3]) == list(range(10))
+    assert got[:2] != got[2:]  # a new order each epoch
+    resumed = next(micro_batches(10, 5, seed=3, start=3))
+    assert resumed == (3, got[3])
+
+
+def _cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return [sys.executable, "-m", "gpo.cli", "train", *args], env
+
+
+def _cli_args(model_dir, data_file, out, steps):
+    return [
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data_file),
+        "--out",
+        str(out),
+        "--finetune",
+        "full",
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "3e-3",
+        "--max-steps",
+        str(steps),
+        "--logging-steps",
+        "2",
+        "--eval-steps",
+        "0",
+        "--save-steps",
+        "4",
+        "--progress",
+        "false",
+        "--report-to",
+        "none",
+        "--lr-scheduler",
+        "cosine",
+    ]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_curve(tiny_model_dir, tiny_data_file, tmp_path):
+    steps = 40
+    cmd, env = _cli(*_cli_args(tiny_model_dir, tiny_data_file, tmp_path / "full", steps))
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+
+    run = tmp_path / "killed"
+    cmd, env = _cli(*_cli_args(tiny_model_dir, tiny_data_file, run, steps))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step-000004" / "state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before a checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "summary.json").exists()
+
+    subprocess.run([*cmd, "--resume"], env=env, check=True, capture_output=True)
+    assert _train_losses(run) == _train_losses(tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, tiny_data_file, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(tiny_data_file),
+        "--finetune",
+        "full",
+        "--learning-rate",
+        "3e-3",
+        "--max-steps",
+        "6",
+        "--logging-steps",
+        "1",
+        "--eval-steps",
+        "3",
+        "--kl-prompts",
+        "0",
+        "--save-steps",
+        "0",
+        "--progress",
+        "false",
+        "--report-to",
+        "none",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one = [
+        sys.executable,
+        "-m",
+        "gpo.cli",
+        "train",
+        *common,
+        "--batch-size",
+        "4",
+        "--out",
+        str(tmp_path / "one"),
+    ]
+    two = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "gpo.cli",
+        "train",
+        *common,
+        "--batch-size",
+        "2",
+        "--out",
+        str(tmp_path / "two"),
+    ]
+    subprocess.run(one, env=env, check=True, capture_output=True)
+    subprocess.run(two, env=env, check=True, capture_output=True)
+    a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert len(a) == len(b)  # only rank 0 wrote
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-5), k
