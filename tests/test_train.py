@@ -152,7 +152,8 @@ def test_kill_and_resume_gives_the_same_curve(tiny_model_dir, tiny_data_file, tm
 
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, tiny_data_file, tmp_path):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    config = Path(__file__).parents[1] / "configs" / "accelerate" / "multi_cpu.yaml"
     common = [
         "--model",
         str(tiny_model_dir),
@@ -189,21 +190,9 @@ def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, tiny_da
         "--out",
         str(tmp_path / "one"),
     ]
-    two = [
-        torchrun,
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29533",
-        "-m",
-        "gpo.cli",
-        "train",
-        *common,
-        "--batch-size",
-        "2",
-        "--out",
-        str(tmp_path / "two"),
-    ]
+    launch = [accelerate, "launch", "--config_file", str(config), "--main_process_port", "29533"]
+    two = [*launch, "-m", "gpo.cli", "train", *common, "--batch-size", "2"]
+    two += ["--out", str(tmp_path / "two")]
     subprocess.run(one, env=env, check=True, capture_output=True)
     subprocess.run(two, env=env, check=True, capture_output=True)
     a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
