@@ -43,7 +43,7 @@ def _where(source: str, index: int, field: str | None = None) -> str:
 
 
 def _check_text(value: str, where: str) -> str:
-    """Reject strings a tokenizer cannot encode (lone surrogates, e.g. from a ``\\ud800`` escape)."""
+    """Reject text a tokenizer cannot encode (lone surrogates, e.g. from a ``\\ud800`` escape)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:

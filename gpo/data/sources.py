@@ -18,7 +18,7 @@ def _read_jsonl(path: Path) -> list[Any]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a BOM
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}: line {lineno}: not valid UTF-8 ({e.reason})") from None
             if not line.strip():
@@ -32,7 +32,7 @@ def _read_jsonl(path: Path) -> list[Any]:
 
 def _read_json(path: Path, split: str | None) -> list[Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 ({e.reason})") from None
     try:
@@ -82,6 +82,10 @@ def _read_hub(name: str, split: str | None) -> list[Any]:
 
     try:
         ds = datasets.load_dataset(name, split=split or "train")
+    except ValueError as e:
+        if "split" in str(e).lower():
+            raise NoSuchSplit(f"dataset {name!r}: {e}") from None
+        raise DataError(f"cannot load dataset {name!r}: {e}") from None
     except Exception as e:
         offline = (
             os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -1,0 +1,251 @@
+"""The training config: defaults, YAML loading and checks, CLI flags derived from the dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from gpo.config import TrainConfig, add_config_flags, load_config, overrides_from_args
+
+FIELDS = dataclasses.fields(TrainConfig)
+HINTS = typing.get_type_hints(TrainConfig)
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="t", exit_on_error=False)
+    add_config_flags(p)
+    return p
+
+
+def parse(*argv: str) -> dict[str, Any]:
+    return overrides_from_args(parser().parse_args(list(argv)))
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def test_defaults_are_valid() -> None:
+    cfg = TrainConfig()
+    assert load_config(None, {}) == cfg
+    assert cfg.loss == "logistic" and cfg.beta == 0.1 and cfg.max_prompt_length is None
+    assert TrainConfig().report_to is not cfg.report_to  # no shared mutable default
+
+
+def test_empty_yaml_gives_defaults(tmp_path: Path) -> None:
+    assert load_config(write_yaml(tmp_path, "# nothing\n"), {}) == TrainConfig()
+
+
+def test_yaml_values_are_used(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        "beta: 1\nlearning_rate: 1.0e-4\nmax_prompt_length: 64\nreport_to: [none]\nresume: true\n",
+    )
+    cfg = load_config(path, {})
+    assert cfg.beta == 1 and cfg.learning_rate == 1e-4  # an int is fine for a float field
+    assert cfg.max_prompt_length == 64 and cfg.report_to == ["none"] and cfg.resume is True
+
+
+def test_unknown_yaml_key_suggests_the_nearest(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "beta: 0.2\nlearning_rat: 0.001\n")
+    with pytest.raises(ValueError, match="did you mean 'learning_rate'") as err:
+        load_config(path, {})
+    assert "unknown key 'learning_rat'" in str(err.value)
+    assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match="unknown key 'zzzzzz'") as err:
+        load_config(write_yaml(tmp_path, "zzzzzz: 1\n"), {})
+    assert "did you mean" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "fragment"),
+    [
+        ("batch_size: '8'\n", "batch_size", "must be int, got str '8'"),
+        ("batch_size: true\n", "batch_size", "must be int, got bool True"),
+        ("max_steps: 1.5\n", "max_steps", "must be int, got float"),
+        ("beta: yes\n", "beta", "must be float, got bool"),
+        ("beta: '0.1'\n", "beta", "must be float, got str"),
+        ("max_prompt_length: none\n", "max_prompt_length", "must be int or NoneType, got str"),
+        ("resume: 1\n", "resume", "must be bool, got int"),
+        ("model: 3\n", "model", "must be str, got int"),
+        ("report_to: wandb\n", "report_to", "must be list, got str"),
+    ],
+)
+def test_wrong_types_name_the_key(tmp_path: Path, yaml_text: str, key: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=f"config: {key} {fragment}"):
+        load_config(write_yaml(tmp_path, yaml_text), {})
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [
+        ("dtype", "float64"),
+        ("finetune", "qlora"),
+        ("logp_reduction", "max"),
+        ("prompt_truncation", "middle"),
+        ("lr_scheduler", "step"),
+        ("mixed_precision", "bf16-mixed"),
+    ],
+)
+def test_literal_choices_enforced(tmp_path: Path, key: str, bad: str) -> None:
+    choices = list(typing.get_args(HINTS[key]))
+    with pytest.raises(ValueError, match=f"config: {key} must be one of") as err:
+        load_config(write_yaml(tmp_path, f"{key}: {bad}\n"), {})
+    assert repr(bad) in str(err.value) and all(repr(c) in str(err.value) for c in choices)
+    assert getattr(load_config(None, {key: choices[-1]}), key) == choices[-1]  # choices accepted
+    with pytest.raises(argparse.ArgumentError, match="invalid choice"):
+        parse(flag(key), bad)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("beta", 0.0),
+        ("beta", -0.1),
+        ("batch_size", 0),
+        ("max_steps", 0),
+        ("learning_rate", 0.0),
+        ("gradient_accumulation_steps", -1),
+        ("logging_steps", 0),
+        ("eval_fraction", 0.0),
+        ("eval_fraction", 1.0),
+        ("warmup_ratio", 1.0),
+        ("warmup_ratio", -0.1),
+    ],
+)
+def test_out_of_range_values(key: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"config: {key} = {value!r} is out of range"):
+        load_config(None, {key: value})
+
+
+def test_boundaries_in_range() -> None:
+    cfg = load_config(None, {"beta": 1e-9, "batch_size": 1, "warmup_ratio": 0.0})
+    assert (cfg.beta, cfg.batch_size, cfg.warmup_ratio) == (1e-9, 1, 0.0)
+
+
+def test_report_to_entries_checked() -> None:
+    with pytest.raises(ValueError, match="report_to has unknown entries"):
+        load_config(None, {"report_to": ["tensorboard", "mlflow"]})
+
+
+def test_bad_config_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml", {})
+    with pytest.raises(ValueError, match="expected a mapping"):
+        load_config(write_yaml(tmp_path, "- beta\n- 0.1\n"), {})
+    with pytest.raises(ValueError, match="invalid YAML"):
+        load_config(write_yaml(tmp_path, "beta: [0.1\n"), {})
+
+
+def test_cli_flags_override_yaml(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "beta: 0.5\nbatch_size: 4\nmax_prompt_length: 64\nloss: savage\n")
+    overrides = parse("--beta", "0.25", "--max-prompt-length", "none", "--lr-scheduler", "cosine")
+    assert overrides == {"beta": 0.25, "max_prompt_length": None, "lr_scheduler": "cosine"}
+    cfg = load_config(path, overrides)
+    assert cfg.beta == 0.25  # flag beats YAML
+    assert cfg.max_prompt_length is None  # 'none' overrides the YAML's 64
+    assert cfg.batch_size == 4 and cfg.loss == "savage"  # YAML beats defaults
+    assert cfg.lr_scheduler == "cosine"
+    assert cfg.learning_rate == TrainConfig().learning_rate  # untouched: default
+    assert load_config(path, {}).max_prompt_length == 64
+
+
+def test_flags_not_given_are_absent() -> None:
+    assert parse() == {}
+    assert parse("--seed", "3") == {"seed": 3}
+
+
+def test_none_and_bool_flags() -> None:
+    assert parse("--max-prompt-length", "none") == {"max_prompt_length": None}
+    assert parse("--max-prompt-length", "NULL") == {"max_prompt_length": None}
+    assert parse("--max-prompt-length", "12") == {"max_prompt_length": 12}
+    assert parse("--eval-split", "none") == {"eval_split": None}
+    assert parse("--resume") == {"resume": True}  # given without a value
+    assert parse("--resume", "--beta", "0.3") == {"resume": True, "beta": 0.3}
+    assert parse("--progress", "false") == {"progress": False}
+    assert parse("--progress", "no", "--resume", "yes") == {"progress": False, "resume": True}
+    with pytest.raises(argparse.ArgumentError, match="expected true/false"):
+        parse("--resume", "maybe")
+    with pytest.raises(argparse.ArgumentError, match="invalid int value"):
+        parse("--batch-size", "eight")
+    assert parse("--report-to", "wandb", "tensorboard") == {"report_to": ["wandb", "tensorboard"]}
+
+
+def _sample(name: str, default: Any) -> tuple[list[str], Any]:
+    """CLI words for field ``name`` and the value they must give: a valid non-default value."""
+    tp = HINTS[name]
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is Literal:
+        value = next(c for c in args if c != default)
+        return [str(value)], value
+    if tp is bool:
+        return [str(not default).lower()], not default
+    if typing.get_origin(tp) is list:
+        return ["wandb", "none"], ["wandb", "none"]
+    if type(None) in args:  # optional: 'none' unless that is the default
+        if default is not None:
+            return ["none"], None
+        tp = next(a for a in args if a is not type(None))
+    if tp is int:
+        value = (default or 6) + 1
+        return [str(value)], value
+    if tp is float:
+        value = default / 2 if default else 0.5
+        return [repr(value)], value
+    assert tp is str, f"{name}: no sample for {tp}"
+    return ["some-value"], "some-value"
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=[f.name for f in FIELDS])
+def test_every_field_has_a_working_flag(field: dataclasses.Field[Any]) -> None:
+    default = TrainConfig().__dict__[field.name]
+    words, value = _sample(field.name, default)
+    assert value != default
+    assert parse(flag(field.name), *words) == {field.name: value}
+    assert getattr(load_config(None, {field.name: value}), field.name) == value
+
+
+def test_flags_and_fields_match_one_to_one() -> None:
+    options = {
+        opt
+        for action in parser()._actions
+        for opt in action.option_strings
+        if opt not in ("-h", "--help")
+    }
+    assert options == {flag(f.name) for f in FIELDS}
+
+
+def test_train_command_with_bad_config_fails_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gpo.train
+    from gpo.cli import main
+
+    def no_training(cfg: TrainConfig) -> dict[str, Any]:
+        raise AssertionError("training must not start with a bad config")
+
+    monkeypatch.setattr(gpo.train, "train", no_training)
+    bad = write_yaml(tmp_path, "beta: 0.1\nlearning_rat: 0.001\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("gpo: error: config file")
+    assert "did you mean 'learning_rate'" in lines[0]
+
+    good = write_yaml(tmp_path, "beta: 0.1\n")
+    assert main(["train", "--config", str(good), "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "gpo: error: config: batch_size = 0 is out of range\n"
