@@ -9,7 +9,8 @@ each :class:`Divergence` evaluates ``f'(u)`` from ``log u`` directly and never f
 - :func:`iupo_loss`: IUPO exactly as UPO eq. 23-24 (Sun et al. 2024): ``f'`` of the *pair*
   ratios ``pi(y_w)/pi(y_l)`` and ``pi_ref(y_w)/pi_ref(y_l)`` inside the IPO square.
 - :func:`fipo_loss`: the per-response variant, ``f'(pi/pi_ref)`` of each response inside the IPO
-  square; this is what TRL computes for ``loss_type="ipo"`` with an ``f_divergence_type``.
+  square; the structure of TRL's ``loss_type="ipo"`` with an ``f_divergence_type`` (TRL 1.16 then
+  divides each ``f'`` by the response's token count, which gpo does not).
 """
 
 from __future__ import annotations
@@ -189,10 +190,11 @@ def fipo_loss(
 ) -> PreferenceLoss:
     """Per-response f-IPO: ``(f'(pi(y_w)/pi_ref(y_w)) - f'(pi(y_l)/pi_ref(y_l)) - 1/(2 beta))^2``.
 
-    This is what TRL computes for ``loss_type="ipo"`` with ``f_divergence_type`` set (TRL also
-    uses per-token mean log-probs for IPO). It differs from :func:`iupo_loss`, which takes ``f'``
-    of the ratio *between responses* (``pi(y_w)/pi(y_l)``); the two coincide only for reverse
-    KL, where both reduce to IPO. Returns ``(losses, rho)``.
+    TRL 1.16's ``loss_type="ipo"`` with ``f_divergence_type`` has this structure but applies
+    ``f'`` to the summed log-ratio and then divides by the response's token count. It differs
+    from :func:`iupo_loss`, which takes ``f'`` of the ratio *between responses*
+    (``pi(y_w)/pi(y_l)``); the two coincide only for reverse KL, where both reduce to IPO.
+    Returns ``(losses, rho)``.
     """
     b = check_beta(beta)
     div = resolve_divergence(divergence, alpha)
