@@ -165,31 +165,29 @@ def _none_or(kind: type) -> Any:
     return parse
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, helps: dict[str, str] | None = None) -> None:
     """One ``--flag`` per config field; flags not given are absent from the namespace."""
+    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         tp = _hints()[f.name]
         kinds, choices = _allowed(tp)
         flag = "--" + f.name.replace("_", "-")
+        common = {
+            "default": argparse.SUPPRESS,
+            "help": (helps or {}).get(f.name, "") + f" (default: {getattr(defaults, f.name)})",
+        }
         if kinds == [bool]:
             parser.add_argument(
-                flag,
-                type=_parse_bool,
-                default=argparse.SUPPRESS,
-                metavar="BOOL",
-                nargs="?",
-                const=True,
+                flag, type=_parse_bool, metavar="BOOL", nargs="?", const=True, **common
             )
         elif kinds == [list]:
-            parser.add_argument(flag, nargs="+", default=argparse.SUPPRESS)
+            parser.add_argument(flag, nargs="+", **common)
         elif choices is not None:
-            parser.add_argument(flag, choices=choices, default=argparse.SUPPRESS)
+            parser.add_argument(flag, choices=choices, **common)
         else:
             base = next(k for k in kinds if k is not type(None))
             kind = _none_or(base) if type(None) in kinds else base
-            parser.add_argument(
-                flag, type=kind, default=argparse.SUPPRESS, metavar=base.__name__.upper()
-            )
+            parser.add_argument(flag, type=kind, metavar=base.__name__.upper(), **common)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

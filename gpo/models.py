@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,9 @@ def load_model_and_tokenizer(
 ) -> tuple[nn.Module, Any]:
     """``from_pretrained`` a causal LM and its tokenizer (the embedded alias resolves first)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # per-shard load/save bars: noise next to gpo's own bar
     if dtype not in DTYPES:
         raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     path = _resolve(name_or_path)
@@ -79,7 +82,9 @@ def add_lora(
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        return get_peft_model(model, config)
 
 
 def is_peft(model: nn.Module) -> bool:
