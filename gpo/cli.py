@@ -11,7 +11,10 @@ from collections.abc import Sequence
 
 from gpo.analysis import LossReport, analyze
 from gpo.config import add_config_flags, load_config, overrides_from_args
+from gpo.data_cli import add_data_parser
+from gpo.experiments.cli import add_experiment_parser
 from gpo.losses import LOSSES, resolve_loss
+from gpo.objectives import OBJECTIVES
 
 
 def _fmt(x: float) -> str:
@@ -99,8 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
         "LoRA, built-in gold data, logistic loss)",
     )
     p.add_argument("--config", metavar="YAML", help="config file; flags below override it")
-    add_config_flags(p)
+    add_config_flags(
+        p,
+        {
+            "loss": f"one of {', '.join(OBJECTIVES)}; 'fdpo:alpha=A' (etc.) or 'pkg.module:func'",
+            "model": "HF hub name or local folder; 'smollm2' = embedded SmolLM2-135M-Instruct",
+            "data": "jsonl/json/parquet/csv file, saved dataset folder, hub name, or 'gold'",
+        },
+    )
     p.set_defaults(func=cmd_train)
+    add_experiment_parser(sub)
+    add_data_parser(sub)
     return parser
 
 

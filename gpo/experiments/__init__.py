@@ -1,0 +1,20 @@
+"""The GPO paper's toy experiments (Tang et al. 2024, §4.1-4.2, App. A.1-A.2; SPEC §6 items 1-2).
+
+Each experiment is a thin script over the library: a typed config dataclass, a pure ``run_*``
+function that returns the results as a JSON-ready dict, and a ``main`` that prints the resolved
+config, writes ``results.json`` plus a PNG into a run folder and prints a summary. The CLI
+(``gpo experiment bandit|mog|taylor``) lives in :mod:`gpo.experiments.cli`.
+"""
+
+from gpo.experiments.bandit import BanditConfig, run_bandit
+from gpo.experiments.mog import MogConfig, run_mog
+from gpo.experiments.taylor import TaylorConfig, run_taylor
+
+__all__ = [
+    "BanditConfig",
+    "MogConfig",
+    "TaylorConfig",
+    "run_bandit",
+    "run_mog",
+    "run_taylor",
+]
