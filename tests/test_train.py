@@ -92,6 +92,14 @@ def test_micro_batches_are_a_seeded_permutation_per_epoch():
     assert resumed == (3, got[3])
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _cli(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return [sys.executable, "-m", "gpo.cli", "train", *args], env
@@ -132,7 +140,7 @@ def _cli_args(model_dir, data_file, out, steps):
 def test_kill_and_resume_gives_the_same_curve(tiny_model_dir, tiny_data_file, tmp_path):
     steps = 40
     cmd, env = _cli(*_cli_args(tiny_model_dir, tiny_data_file, tmp_path / "full", steps))
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
 
     run = tmp_path / "killed"
     cmd, env = _cli(*_cli_args(tiny_model_dir, tiny_data_file, run, steps))
@@ -146,7 +154,7 @@ def test_kill_and_resume_gives_the_same_curve(tiny_model_dir, tiny_data_file, tm
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "summary.json").exists()
 
-    subprocess.run([*cmd, "--resume"], env=env, check=True, capture_output=True)
+    subprocess.run([*cmd, "--resume"], env=env, check=True, capture_output=True, timeout=600)
     assert _train_losses(run) == _train_losses(tmp_path / "full")
 
 
@@ -190,11 +198,18 @@ def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, tiny_da
         "--out",
         str(tmp_path / "one"),
     ]
-    launch = [accelerate, "launch", "--config_file", str(config), "--main_process_port", "29533"]
+    launch = [
+        accelerate,
+        "launch",
+        "--config_file",
+        str(config),
+        "--main_process_port",
+        str(_free_port()),
+    ]
     two = [*launch, "-m", "gpo.cli", "train", *common, "--batch-size", "2"]
     two += ["--out", str(tmp_path / "two")]
-    subprocess.run(one, env=env, check=True, capture_output=True)
-    subprocess.run(two, env=env, check=True, capture_output=True)
+    subprocess.run(one, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(two, env=env, check=True, capture_output=True, timeout=600)
     a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert len(a) == len(b)  # only rank 0 wrote
     for x, y in zip(a, b, strict=True):
