@@ -815,3 +815,28 @@ def test_property_implicit_prompt_matches_trl(rows: list[Row]) -> None:
             expected["chosen"],
             expected["rejected"],
         )
+
+
+def test_unfinished_responses_get_no_eos():
+    """``*_finished: false`` (gpo extension): no EOS/end-of-turn is added to a cut-off reply."""
+    from gpo.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    eos = tok.eos_token_id
+    std = {"prompt": "the cat", "chosen": " runs fast", "rejected": " is slow"}
+    conv = {
+        "prompt": [{"role": "user", "content": "the cat"}],
+        "chosen": [{"role": "assistant", "content": "runs fast"}],
+        "rejected": [{"role": "assistant", "content": "is slow"}],
+    }
+    for row in (std, conv):
+        done, _ = tokenize_rows(parse_rows([row], "m"), tok, Limits(), "m")
+        cut, _ = tokenize_rows(
+            parse_rows([{**row, "rejected_finished": False}], "m"), tok, Limits(), "m"
+        )
+        assert done[0].rejected_ids[-1] == eos and done[0].rejected_ids.count(eos) == 1
+        assert eos not in cut[0].rejected_ids
+        assert cut[0].rejected_ids == done[0].rejected_ids[:-1]
+        assert cut[0].chosen_ids == done[0].chosen_ids
+    with pytest.raises(DataError, match=r"chosen_finished.*true or false"):
+        parse_rows([{**std, "chosen_finished": "no"}], "m")

@@ -6,6 +6,10 @@ Formats (decided by the first row; every row must use the same one):
   ``chosen`` / ``rejected`` hold the assistant reply), rendered with the tokenizer's chat template;
 - implicit prompt (either format without a ``prompt`` field): the shared prefix of ``chosen`` and
   ``rejected`` is the prompt. For strings the split is moved back to a space, as TRL does.
+
+A gpo extension: optional booleans ``chosen_finished`` / ``rejected_finished``. ``false`` marks a
+response cut off by a generation limit (the model never ended it), so no EOS or end-of-turn is
+added to it and its log-prob is that of the text actually sampled.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class PreferenceRow:
     rejected: Field
     conversational: bool
     index: int  # row number in the source (0-based)
+    chosen_finished: bool = True
+    rejected_finished: bool = True
 
 
 def _where(source: str, index: int, field: str | None = None) -> str:
@@ -145,7 +151,13 @@ def parse_row(row: Any, source: str, index: int, conversational: bool) -> Prefer
                 f"{_where(source, index, name)}: the last message must be from the assistant, "
                 f"got {value[-1]['role']!r}"  # type: ignore[index]
             )
-    return PreferenceRow(prompt, chosen, rejected, conversational, index)
+    finished = []
+    for name in ("chosen_finished", "rejected_finished"):
+        value = row.get(name, True)
+        if not isinstance(value, bool):
+            raise DataError(f"{_where(source, index, name)}: expected true or false, got {value!r}")
+        finished.append(value)
+    return PreferenceRow(prompt, chosen, rejected, conversational, index, *finished)
 
 
 def parse_rows(rows: list[Any], source: str) -> list[PreferenceRow]:

@@ -6,6 +6,9 @@ Rendering follows TRL 1.x so that the same row gives the same tokens in both too
 - conversational rows: ``apply_chat_template(prompt, add_generation_prompt=True)`` and
   ``apply_chat_template(prompt + completion)``; the template ends the turn itself, and the EOS id
   is appended only if the rendered completion does not contain it.
+Conversational replies end just after their first EOS (tokens a template adds after it, such as
+ChatML's newline, are never sampled, so they are not scored). A completion marked unfinished
+(``chosen_finished: false``, see ``formats``) gets no EOS at all.
 The completion starts where the tokenized prompt and prompt+completion diverge (tokens can merge
 across the boundary).
 
@@ -107,19 +110,29 @@ def render_ids(row: PreferenceRow, tokenizer: Any, source: str) -> tuple[list[in
     else:
         eos = tokenizer.eos_token or ""
 
-        def with_eos(text: str) -> str:
-            return text if text.endswith(eos) else text + eos
+        def with_eos(text: str, finished: bool) -> str:
+            return text if text.endswith(eos) or not finished else text + eos
 
         prompt = _ids(tokenizer(row.prompt))
-        full_c = _ids(tokenizer(row.prompt + with_eos(row.chosen)))  # type: ignore[operator]
-        full_r = _ids(tokenizer(row.prompt + with_eos(row.rejected)))  # type: ignore[operator]
+        full_c = _ids(tokenizer(row.prompt + with_eos(row.chosen, row.chosen_finished)))  # type: ignore[operator]
+        full_r = _ids(tokenizer(row.prompt + with_eos(row.rejected, row.rejected_finished)))  # type: ignore[operator]
     cut = min(_common_prefix(prompt, full_c), _common_prefix(prompt, full_r))
     chosen, rejected = full_c[cut:], full_r[cut:]
-    eos_id = tokenizer.eos_token_id
-    if row.conversational and eos_id is not None:
-        chosen = chosen if eos_id in chosen else [*chosen, eos_id]
-        rejected = rejected if eos_id in rejected else [*rejected, eos_id]
+    if row.conversational:
+        chosen = _end_turn(chosen, tokenizer.eos_token_id, row.chosen_finished)
+        rejected = _end_turn(rejected, tokenizer.eos_token_id, row.rejected_finished)
     return prompt[:cut], chosen, rejected
+
+
+def _end_turn(ids: list[int], eos_id: int | None, finished: bool) -> list[int]:
+    """End a rendered reply where sampling would: just after its first EOS (what a template
+    adds after it, e.g. a newline, is never generated); an unfinished reply stops before it."""
+    if eos_id is None:
+        return ids
+    if eos_id not in ids:
+        return [*ids, eos_id] if finished else ids
+    end = ids.index(eos_id)
+    return ids[: end + 1] if finished else ids[:end]
 
 
 def tokenize_rows(
