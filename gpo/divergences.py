@@ -120,15 +120,16 @@ def resolve_divergence(divergence: str | Divergence, alpha: float | None = None)
     return DIVERGENCES[divergence]
 
 
-def _inputs(
-    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return check_logps(  # type: ignore[return-value]
-        policy_chosen=policy_chosen,
-        policy_rejected=policy_rejected,
-        ref_chosen=ref_chosen,
-        ref_rejected=ref_rejected,
-    )
+def _prepare(
+    logps: tuple[Tensor, Tensor, Tensor, Tensor],
+    beta: float,
+    divergence: str | Divergence,
+    alpha: float | None,
+) -> tuple[float, Divergence, Tensor, Tensor, Tensor, Tensor]:
+    """Validated ``beta``, divergence and the four log-prob tensors ``(pc, pr, rc, rr)``."""
+    names = ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")
+    checked = check_logps(**dict(zip(names, logps, strict=True)))
+    return check_beta(beta), resolve_divergence(divergence, alpha), *checked  # type: ignore[return-value]
 
 
 def fdpo_loss(
@@ -146,9 +147,8 @@ def fdpo_loss(
 
     With ``reverse_kl`` this is exactly DPO, i.e. GPO ``logistic``. Returns ``(losses, rho)``.
     """
-    b = check_beta(beta)
-    div = resolve_divergence(divergence, alpha)
-    pc, pr, rc, rr = _inputs(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    logps = (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    b, div, pc, pr, rc, rr = _prepare(logps, beta, divergence, alpha)
     logits = div.f_prime(pc - rc) - div.f_prime(pr - rr)
     return PreferenceLoss(F.softplus(-b * logits), log_ratio_difference(pc, pr, rc, rr))
 
@@ -172,9 +172,8 @@ def iupo_loss(
     target ``1/(2 beta)`` may be out of reach when the reference already prefers ``y_w``
     strongly. Returns ``(losses, rho)``.
     """
-    b = check_beta(beta)
-    div = resolve_divergence(divergence, alpha)
-    pc, pr, rc, rr = _inputs(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    logps = (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    b, div, pc, pr, rc, rr = _prepare(logps, beta, divergence, alpha)
     uh = div.f_prime(pc - pr) - div.f_prime(rc - rr)
     return PreferenceLoss((uh - 1.0 / (2.0 * b)) ** 2, log_ratio_difference(pc, pr, rc, rr))
 
@@ -196,8 +195,7 @@ def fipo_loss(
     (``pi(y_w)/pi(y_l)``); the two coincide only for reverse KL, where both reduce to IPO.
     Returns ``(losses, rho)``.
     """
-    b = check_beta(beta)
-    div = resolve_divergence(divergence, alpha)
-    pc, pr, rc, rr = _inputs(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    logps = (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    b, div, pc, pr, rc, rr = _prepare(logps, beta, divergence, alpha)
     h = div.f_prime(pc - rc) - div.f_prime(pr - rr)
     return PreferenceLoss((h - 1.0 / (2.0 * b)) ** 2, log_ratio_difference(pc, pr, rc, rr))
