@@ -41,10 +41,10 @@ class TrainConfig:
     max_completion_length: int | None = None
     prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"
     # optimisation
-    max_steps: int = 150
+    max_steps: int = 30  # the default run: a few minutes on 2 CPU cores
     batch_size: int = 8  # pairs per process per micro-step
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3  # LoRA; lower it for full fine-tuning
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
@@ -53,9 +53,9 @@ class TrainConfig:
     # logging, evaluation, checkpoints
     out: str | None = None  # run folder; default runs/train-<timestamp>
     logging_steps: int = 10
-    eval_steps: int = 50
-    eval_max_pairs: int = 256
-    kl_prompts: int = 16  # on-policy KL: prompts sampled from the eval split
+    eval_steps: int = 15
+    eval_max_pairs: int = 64
+    kl_prompts: int = 8  # on-policy KL: held-out prompts sampled at each eval
     kl_samples: int = 2  # completions per prompt
     max_new_tokens: int = 48  # for KL and gold win-rate sampling
     gold_eval_prompts: int = 128  # held-out prompts for the final gold win rate (gold data only)
