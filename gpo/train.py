@@ -29,7 +29,7 @@ from gpo.data.collate import collate_pairs
 from gpo.data.prepare import PreparedData, prepare_data, prompt_text
 from gpo.data.tokenize import Limits, TokenizedPair
 from gpo.evaluate import gold_win_rate, on_policy_kl, pair_metrics
-from gpo.logps import sequence_logps
+from gpo.logps import PolicyLogps, SequenceLogps
 from gpo.metrics import concat_values, pair_values, reduce_metrics
 from gpo.models import add_lora, disable_dropout, frozen_copy, load_model_and_tokenizer
 from gpo.objectives import resolve_objective
@@ -159,8 +159,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         num_warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
         num_training_steps=cfg.max_steps,
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    policy_logps, optimizer = accelerator.prepare(PolicyLogps(model, cfg.logp_reduction), optimizer)
+    unwrapped = accelerator.unwrap_model(policy_logps).model
     if cfg.finetune == "full":
         reference._frozen.to(accelerator.device)  # type: ignore[union-attr]
 
@@ -219,14 +219,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         total=cfg.max_steps, initial=start_step, desc="train", disable=not (main and cfg.progress)
     )
     t0 = time.perf_counter()
-    model.train()
+    policy_logps.train()
     for step in range(start_step + 1, cfg.max_steps + 1):
         for _ in range(accum):
             micro, indices = next(batches)
             pairs: list[TokenizedPair] = [data.train[i] for i in indices[rank * b : (rank + 1) * b]]
             batch = collate_pairs(pairs, pad).to(accelerator.device)
-            with accelerator.accumulate(model):
-                policy = sequence_logps(model, batch, cfg.logp_reduction)
+            with accelerator.accumulate(policy_logps):
+                policy = SequenceLogps(
+                    *policy_logps(
+                        batch.input_ids,
+                        batch.attention_mask,
+                        batch.position_ids,
+                        batch.completion_mask,
+                    )
+                )
                 ref = reference.logps(batch, cfg.logp_reduction)
                 out = objective(*policy.split(), *ref.split(), cfg.beta)
                 loss = out.losses.mean()

@@ -88,3 +88,50 @@ def test_gradients_flow_only_through_completion_logits():
     assert model.lm_head.weight.grad is not None
     assert torch.isfinite(model.lm_head.weight.grad).all()
     assert model.lm_head.weight.grad.abs().sum() > 0
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_fast_path_equals_plain_path_values_and_gradients():
+    from gpo.models import add_lora
+
+    for lora in (False, True):
+        model, tokenizer = tiny_model_and_tokenizer(seed=5)
+        if lora:
+            model = add_lora(model, 4, 8, 0.0, "all-linear")
+        batch = collate_pairs(_pairs(tokenizer), tokenizer.pad_token_id)
+        results = []
+        for fast in (False, True):
+            model.zero_grad()
+            out = sequence_logps(model, batch, fast=fast)
+            out.logps.sum().backward()
+            results.append((out, _grads(model)))
+        (plain, g_plain), (quick, g_quick) = results
+        torch.testing.assert_close(quick.logps, plain.logps, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(quick.logits_sum, plain.logits_sum, rtol=1e-5, atol=1e-5)
+        assert g_plain.keys() == g_quick.keys() and g_plain
+        for name in g_plain:
+            torch.testing.assert_close(g_quick[name], g_plain[name], rtol=1e-4, atol=1e-6)
+        assert getattr(model, "_gpo_fast_logps_ok", None) is None  # forced paths don't cache
+        sequence_logps(model, batch)
+        assert model._gpo_fast_logps_ok is True
+
+
+def test_models_that_post_process_logits_fall_back_to_the_plain_path():
+    model, tokenizer = tiny_model_and_tokenizer(seed=6)
+    forward = model.forward
+
+    def scaled(*args, **kwargs):  # like Cohere's logit_scale, applied after the LM head
+        out = forward(*args, **kwargs)
+        out.logits = 2.0 * out.logits
+        return out
+
+    model.forward = scaled
+    batch = collate_pairs(_pairs(tokenizer), tokenizer.pad_token_id)
+    with torch.no_grad():
+        auto = sequence_logps(model, batch)
+        plain = sequence_logps(model, batch, fast=False)
+    assert model._gpo_fast_logps_ok is False
+    torch.testing.assert_close(auto.logps, plain.logps)
