@@ -120,194 +120,242 @@ def _prepare(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
     return data
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run training as configured; returns the summary also written to ``summary.json``."""
+def _accelerator(cfg: TrainConfig) -> Any:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
-    accelerator = Accelerator(
+    return Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         # Without cpu=True, Accelerate under torchrun on a CPU-only host runs each process alone.
         cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
-    main = accelerator.is_main_process
-    run_dir = Path(cfg.out) if cfg.out else None
-    if cfg.resume and (run_dir is None or not (run_dir / "config.json").exists()):
-        raise ValueError("--resume needs --out pointing at an existing run folder")
-    if main:
-        run_dir = new_run_dir(cfg.out, "train")
-        if cfg.resume:
-            _check_resume(run_dir, cfg)
-        print_config(cfg)
-        write_json(run_dir / "config.json", cfg)
-    run_dir = Path(accelerator.gather_for_metrics([str(run_dir)], use_gather_object=True)[0])
-    set_seed(cfg.seed)
 
-    model, tokenizer, reference = _build(cfg)
-    data = _prepare(cfg, tokenizer)
-    if main:
-        for report in data.reports:
-            print(f"data: {report}")
-    objective = resolve_objective(cfg.loss)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(
-        cfg.lr_scheduler,
-        optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
-        num_training_steps=cfg.max_steps,
-    )
-    policy_logps, optimizer = accelerator.prepare(PolicyLogps(model, cfg.logp_reduction), optimizer)
-    unwrapped = accelerator.unwrap_model(policy_logps).model
-    if cfg.finetune == "full":
-        reference._frozen.to(accelerator.device)  # type: ignore[union-attr]
 
-    start_step = 0
-    if cfg.resume:
-        state = latest_usable_checkpoint(run_dir, unwrapped, optimizer, scheduler)
-        start_step = state["step"] if state else 0
-        if main:
-            print(f"resuming at step {start_step}" if state else "no usable checkpoint: starting")
-    tracker = Tracker(
-        run_dir, cfg.report_to, dataclasses.asdict(cfg), enabled=main, truncate_after=start_step
-    )
+class Trainer:
+    """One training run: set up in ``__init__``, carried out by :meth:`run`."""
 
-    world, rank, b = accelerator.num_processes, accelerator.process_index, cfg.batch_size
-    accum = cfg.gradient_accumulation_steps
-    pad = tokenizer.pad_token_id
-    batches = micro_batches(len(data.train), b * world, cfg.seed, start_step * accum)
-    eval_shard = data.eval[: cfg.eval_max_pairs][rank::world]
-    eval_prompts = [p.prompt_ids for p in data.eval[: cfg.kl_prompts]]
+    def __init__(self, cfg: TrainConfig) -> None:
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
 
-    def gather(v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: gather_uneven(accelerator, t) for k, t in v.items()}
+        self.cfg = cfg
+        self.acc = acc = _accelerator(cfg)
+        self.main = acc.is_main_process
+        self.run_dir = self._run_dir()
+        set_seed(cfg.seed)
 
-    def evaluate(step: int) -> dict[str, float]:
+        model, self.tokenizer, self.reference = _build(cfg)
+        self.data = _prepare(cfg, self.tokenizer)
+        if self.main:
+            for report in self.data.reports:
+                print(f"data: {report}")
+        self.objective = resolve_objective(cfg.loss)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
+            num_training_steps=cfg.max_steps,
+        )
+        self.policy, self.optimizer = acc.prepare(PolicyLogps(model, cfg.logp_reduction), optimizer)
+        self.model = acc.unwrap_model(self.policy).model  # what is saved and sampled from
+        if cfg.finetune == "full":
+            self.reference._frozen.to(acc.device)  # type: ignore[union-attr]
+
+        self.start_step = self._resume() if cfg.resume else 0
+        self.tracker = Tracker(
+            self.run_dir,
+            cfg.report_to,
+            dataclasses.asdict(cfg),
+            enabled=self.main,
+            truncate_after=self.start_step,
+        )
+        world, rank = acc.num_processes, acc.process_index
+        self.eval_shard = self.data.eval[: cfg.eval_max_pairs][rank::world]
+
+    def _run_dir(self) -> Path:
+        cfg = self.cfg
+        if cfg.resume and (cfg.out is None or not (Path(cfg.out) / "config.json").exists()):
+            raise ValueError("--resume needs --out pointing at an existing run folder")
+        run_dir = None
+        if self.main:
+            run_dir = new_run_dir(cfg.out, "train")
+            if cfg.resume:
+                _check_resume(run_dir, cfg)
+            print_config(cfg)
+            write_json(run_dir / "config.json", cfg)
+        return Path(self.acc.gather_for_metrics([str(run_dir)], use_gather_object=True)[0])
+
+    def _resume(self) -> int:
+        state = latest_usable_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler)
+        if self.main:
+            print(
+                f"resuming at step {state['step']}" if state else "no usable checkpoint: starting"
+            )
+        return state["step"] if state else 0
+
+    def _gather(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: gather_uneven(self.acc, t) for k, t in values.items()}
+
+    def _micro_step(self, step: int, micro: int, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Forward and backward of this process's share of one global batch."""
+        cfg, b, rank = self.cfg, self.cfg.batch_size, self.acc.process_index
+        pairs: list[TokenizedPair] = [
+            self.data.train[i] for i in indices[rank * b : (rank + 1) * b]
+        ]
+        batch = collate_pairs(pairs, self.tokenizer.pad_token_id).to(self.acc.device)
+        with self.acc.accumulate(self.policy):
+            fields = (
+                batch.input_ids,
+                batch.attention_mask,
+                batch.position_ids,
+                batch.completion_mask,
+            )
+            policy = SequenceLogps(*self.policy(*fields))
+            ref = self.reference.logps(batch, cfg.logp_reduction)
+            out = self.objective(*policy.split(), *ref.split(), cfg.beta)
+            loss = out.losses.mean()
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss at step {step} (micro-step {micro}), batch rows "
+                    f"{batch.indices.tolist()}; last checkpoint is kept"
+                )
+            self.acc.backward(loss)
+            if self.acc.sync_gradients and cfg.max_grad_norm > 0:
+                self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        return self._gather(pair_values(out, policy, ref, cfg.beta))
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out pair metrics (all processes) and on-policy KL (main process)."""
+        cfg = self.cfg
         metrics = pair_metrics(
-            unwrapped,
-            reference,
-            objective,
-            eval_shard,
+            self.model,
+            self.reference,
+            self.objective,
+            self.eval_shard,
             cfg.beta,
             cfg.logp_reduction,
-            b,
-            pad,
-            accelerator.device,
-            gather,
+            cfg.batch_size,
+            self.tokenizer.pad_token_id,
+            self.acc.device,
+            self._gather,
         )
         result = {f"eval/{k}": v for k, v in metrics.items()}
-        if main and cfg.kl_prompts > 0 and cfg.kl_samples > 0:
+        if self.main and cfg.kl_prompts > 0 and cfg.kl_samples > 0:
+            prompts = [p.prompt_ids for p in self.data.eval[: cfg.kl_prompts]]
             kl, se = on_policy_kl(
-                unwrapped,
-                reference,
-                tokenizer,
-                eval_prompts,
+                self.model,
+                self.reference,
+                self.tokenizer,
+                prompts,
                 cfg.kl_samples,
                 cfg.max_new_tokens,
                 seed=cfg.seed + step,
             )
             result.update({"eval/kl": kl, "eval/kl_se": se})
-        accelerator.wait_for_everyone()
+        self.acc.wait_for_everyone()
         return result
 
-    window: list[dict[str, torch.Tensor]] = []
-    last: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
-    bar = tqdm(
-        total=cfg.max_steps, initial=start_step, desc="train", disable=not (main and cfg.progress)
-    )
-    t0 = time.perf_counter()
-    policy_logps.train()
-    for step in range(start_step + 1, cfg.max_steps + 1):
-        for _ in range(accum):
-            micro, indices = next(batches)
-            pairs: list[TokenizedPair] = [data.train[i] for i in indices[rank * b : (rank + 1) * b]]
-            batch = collate_pairs(pairs, pad).to(accelerator.device)
-            with accelerator.accumulate(policy_logps):
-                policy = SequenceLogps(
-                    *policy_logps(
-                        batch.input_ids,
-                        batch.attention_mask,
-                        batch.position_ids,
-                        batch.completion_mask,
-                    )
-                )
-                ref = reference.logps(batch, cfg.logp_reduction)
-                out = objective(*policy.split(), *ref.split(), cfg.beta)
-                loss = out.losses.mean()
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"non-finite loss at step {step} (micro-step {micro}), batch rows "
-                        f"{batch.indices.tolist()}; last checkpoint is kept"
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            window.append(gather(pair_values(out, policy, ref, cfg.beta)))
-        scheduler.step()
-        bar.update(1)
-        if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-            last = reduce_metrics(concat_values(window))
-            last.update(
-                learning_rate=scheduler.get_last_lr()[0], epoch=micro * b * world / len(data.train)
+    def save(self, step: int) -> None:
+        if self.main:
+            state = {"config": dataclasses.asdict(self.cfg)}
+            save_checkpoint(
+                self.run_dir,
+                step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                state,
+                self.cfg.save_total_limit,
             )
-            tracker.log(step, last)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
-            window = []
-        if cfg.eval_steps > 0 and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
-            last_eval = evaluate(step)
-            tracker.log(step, last_eval)
-        if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < cfg.max_steps:
-            if main:
-                save_checkpoint(
-                    run_dir,
-                    step,
-                    unwrapped,
-                    optimizer,
-                    scheduler,
-                    {"config": dataclasses.asdict(cfg)},
-                    cfg.save_total_limit,
-                )
-            accelerator.wait_for_everyone()
-    bar.close()
-    elapsed = time.perf_counter() - t0
+        self.acc.wait_for_everyone()
 
-    summary: dict[str, Any] = {
-        "train": last,
-        "eval": last_eval,
-        "steps": cfg.max_steps,
-        "train_seconds": elapsed,
-        "run_dir": str(run_dir),
-    }
-    if main and _is_gold(cfg) and cfg.gold_eval_prompts > 0:
-        rows = data.eval_rows[: cfg.gold_eval_prompts]
-        ids = [p.prompt_ids for p in data.eval[: cfg.gold_eval_prompts]]
-        rate, se = gold_win_rate(
-            unwrapped,
-            reference,
-            tokenizer,
-            [prompt_text(r) for r in rows],
-            ids,
-            cfg.max_new_tokens,
-            seed=cfg.seed,
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        world = self.acc.num_processes
+        accum = cfg.gradient_accumulation_steps
+        batches = micro_batches(
+            len(self.data.train), cfg.batch_size * world, cfg.seed, self.start_step * accum
         )
-        summary.update(gold_win_rate=rate, gold_win_rate_se=se)
-        print(f"gold win rate vs reference: {rate:.3f} +- {se:.3f} ({len(ids)} held-out prompts)")
-    if main:
-        unwrapped.save_pretrained(run_dir / "final", safe_serialization=True)
-        tokenizer.save_pretrained(run_dir / "final")
-        write_json(run_dir / "summary.json", summary)
-        tracker.close()
-        from gpo.plots import plot_run
+        window: list[dict[str, torch.Tensor]] = []
+        last: dict[str, float] = {}
+        last_eval: dict[str, float] = {}
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.start_step,
+            desc="train",
+            disable=not (self.main and cfg.progress),
+        )
+        t0 = time.perf_counter()
+        self.policy.train()
+        for step in range(self.start_step + 1, cfg.max_steps + 1):
+            for _ in range(accum):
+                micro, indices = next(batches)
+                window.append(self._micro_step(step, micro, indices))
+            self.scheduler.step()
+            bar.update(1)
+            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
+                last = reduce_metrics(concat_values(window))
+                epoch = (micro + 1) * cfg.batch_size * world / len(self.data.train)
+                last.update(learning_rate=self.scheduler.get_last_lr()[0], epoch=epoch)
+                self.tracker.log(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
+                window = []
+            if cfg.eval_steps > 0 and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+                last_eval = self.evaluate(step)
+                self.tracker.log(step, last_eval)
+            if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < cfg.max_steps:
+                self.save(step)
+        bar.close()
+        summary: dict[str, Any] = {
+            "train": last,
+            "eval": last_eval,
+            "steps": cfg.max_steps,
+            "train_seconds": time.perf_counter() - t0,
+            "run_dir": str(self.run_dir),
+        }
+        return self.finish(summary)
 
-        plot_run(run_dir)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Gold win rate (gold data), final model, summary and plots; main process only."""
+        cfg = self.cfg
+        if self.main and _is_gold(cfg) and cfg.gold_eval_prompts > 0:
+            rows = self.data.eval_rows[: cfg.gold_eval_prompts]
+            ids = [p.prompt_ids for p in self.data.eval[: cfg.gold_eval_prompts]]
+            rate, se = gold_win_rate(
+                self.model,
+                self.reference,
+                self.tokenizer,
+                [prompt_text(r) for r in rows],
+                ids,
+                cfg.max_new_tokens,
+                seed=cfg.seed,
+            )
+            summary.update(gold_win_rate=rate, gold_win_rate_se=se)
+            print(
+                f"gold win rate vs reference: {rate:.3f} +- {se:.3f} ({len(ids)} held-out prompts)"
+            )
+        if self.main:
+            self.model.save_pretrained(self.run_dir / "final", safe_serialization=True)
+            self.tokenizer.save_pretrained(self.run_dir / "final")
+            write_json(self.run_dir / "summary.json", summary)
+            self.tracker.close()
+            from gpo.plots import plot_run
+
+            plot_run(self.run_dir)
+        self.acc.wait_for_everyone()
+        self.acc.end_training()
+        return summary
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run training as configured; returns the summary also written to ``summary.json``."""
+    return Trainer(cfg).run()
 
 
 def _is_gold(cfg: TrainConfig) -> bool:
@@ -316,4 +364,4 @@ def _is_gold(cfg: TrainConfig) -> bool:
     return cfg.data in BUILTIN_NAMES and (cfg.eval_data is None or cfg.eval_data in BUILTIN_NAMES)
 
 
-__all__ = ["TrainingError", "micro_batches", "train"]
+__all__ = ["Trainer", "TrainingError", "micro_batches", "train"]
