@@ -52,7 +52,7 @@ class TrainConfig:
     seed: int = 0
     # logging, evaluation, checkpoints
     out: str | None = None  # run folder; default runs/train-<timestamp>
-    logging_steps: int = 10
+    logging_steps: int = 5
     eval_steps: int = 15
     eval_max_pairs: int = 64
     kl_prompts: int = 8  # on-policy KL: held-out prompts sampled at each eval
