@@ -139,6 +139,7 @@ class Trainer:
         from transformers import get_scheduler
 
         self.cfg = cfg
+        self.objective = resolve_objective(cfg.loss)  # fail fast, before any model is loaded
         self.acc = acc = _accelerator(cfg)
         self.main = acc.is_main_process
         self.run_dir = self._run_dir()
@@ -149,7 +150,6 @@ class Trainer:
         if self.main:
             for report in self.data.reports:
                 print(f"data: {report}")
-        self.objective = resolve_objective(cfg.loss)
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
