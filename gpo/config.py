@@ -43,6 +43,7 @@ class TrainConfig:
     # optimisation
     max_steps: int = 30  # the default run: a few minutes on 2 CPU cores
     batch_size: int = 8  # pairs per process per micro-step
+    shuffle: bool = True  # False: every epoch in source order
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3  # LoRA; lower it for full fine-tuning
     weight_decay: float = 0.0
@@ -62,6 +63,7 @@ class TrainConfig:
     save_steps: int = 100
     save_total_limit: int = 2
     resume: bool = False
+    save_final: bool = True  # write final/ (the trained model or adapter)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     progress: bool = True
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,12 @@ RESUMABLE_CHANGES = {
     "report_to",
     "logging_steps",
     "eval_steps",
+    "save_final",
 }
+
+
+#: Called after every optimizer step with ``(step, seconds since the loop started)``.
+StepCallback = Callable[[int, float], None]
 
 
 class TrainingError(RuntimeError):
@@ -56,9 +61,12 @@ class TrainingError(RuntimeError):
 
 
 def micro_batches(
-    n: int, global_batch: int, seed: int, start: int
+    n: int, global_batch: int, seed: int, start: int, shuffle: bool = True
 ) -> Iterator[tuple[int, list[int]]]:
-    """``(micro_step, indices)`` of global batches from micro-step ``start`` on (drop_last)."""
+    """``(micro_step, indices)`` of global batches from micro-step ``start`` on (drop_last).
+
+    With ``shuffle=False`` every epoch reads the rows in source order.
+    """
     per_epoch = n // global_batch
     if per_epoch == 0:
         raise ValueError(
@@ -68,7 +76,8 @@ def micro_batches(
     step = start
     while True:
         epoch, k = divmod(step, per_epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         yield step, perm[k * global_batch : (k + 1) * global_batch].tolist()
         step += 1
 
@@ -134,11 +143,12 @@ def _accelerator(cfg: TrainConfig) -> Any:
 class Trainer:
     """One training run: set up in ``__init__``, carried out by :meth:`run`."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[StepCallback] = ()) -> None:
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
         self.cfg = cfg
+        self.callbacks = list(callbacks)
         self.objective = resolve_objective(cfg.loss)  # fail fast, before any model is loaded
         self.acc = acc = _accelerator(cfg)
         self.main = acc.is_main_process
@@ -280,7 +290,11 @@ class Trainer:
         world = self.acc.num_processes
         accum = cfg.gradient_accumulation_steps
         batches = micro_batches(
-            len(self.data.train), cfg.batch_size * world, cfg.seed, self.start_step * accum
+            len(self.data.train),
+            cfg.batch_size * world,
+            cfg.seed,
+            self.start_step * accum,
+            cfg.shuffle,
         )
         window: list[dict[str, torch.Tensor]] = []
         last: dict[str, float] = {}
@@ -299,6 +313,8 @@ class Trainer:
                 window.append(self._micro_step(step, micro, indices))
             self.scheduler.step()
             bar.update(1)
+            for callback in self.callbacks:
+                callback(step, time.perf_counter() - t0)
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
                 last = reduce_metrics(concat_values(window))
                 epoch = (micro + 1) * cfg.batch_size * world / len(self.data.train)
@@ -340,9 +356,10 @@ class Trainer:
             print(
                 f"gold win rate vs reference: {rate:.3f} +- {se:.3f} ({len(ids)} held-out prompts)"
             )
-        if self.main:
+        if self.main and cfg.save_final:
             self.model.save_pretrained(self.run_dir / "final", safe_serialization=True)
             self.tokenizer.save_pretrained(self.run_dir / "final")
+        if self.main:
             write_json(self.run_dir / "summary.json", summary)
             self.tracker.close()
             from gpo.plots import plot_run

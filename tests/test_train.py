@@ -216,3 +216,27 @@ def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, tiny_da
         assert x.keys() == y.keys()
         for k in x:
             assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-5), k
+
+
+def test_unshuffled_order_callbacks_and_no_final_model(tiny_model_dir, tiny_data_file, tmp_path):
+    from gpo.train import Trainer
+
+    gen = micro_batches(10, 4, seed=0, start=0, shuffle=False)
+    assert [next(gen)[1] for _ in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3]]
+
+    seen: list[tuple[int, float]] = []
+    cfg = _cfg(
+        tiny_model_dir,
+        tiny_data_file,
+        tmp_path,
+        max_steps=3,
+        eval_steps=0,
+        shuffle=False,
+        save_final=False,
+    )
+    Trainer(cfg, callbacks=[lambda step, seconds: seen.append((step, seconds))]).run()
+    assert [s for s, _ in seen] == [1, 2, 3]
+    times = [t for _, t in seen]
+    assert times == sorted(times) and times[0] >= 0
+    assert not (tmp_path / "final").exists()
+    assert (tmp_path / "summary.json").exists()
