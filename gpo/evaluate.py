@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gpo.data.collate import SeqBatch, collate_pairs, collate_sequences
+from gpo.data.collate import collate_pairs, collate_sequences
 from gpo.data.tokenize import TokenizedPair
 from gpo.logps import Reduction, sequence_logps
 from gpo.metrics import concat_values, pair_values, reduce_metrics
@@ -52,13 +52,6 @@ def pair_metrics(
     return reduce_metrics(gather(concat_values(chunks)))
 
 
-@torch.no_grad()
-def _logps_of(model: nn.Module, batch: SeqBatch, reference: Reference | None) -> Tensor:
-    if reference is not None:
-        return reference.logps(batch).logps
-    return sequence_logps(model, batch).logps
-
-
 def on_policy_kl(
     policy: nn.Module,
     reference: Reference,
@@ -88,7 +81,8 @@ def on_policy_kl(
     policy.eval()
     for k in range(0, len(seqs), batch_size):
         batch = collate_sequences(seqs[k : k + batch_size], pad).to(device)
-        diffs.append(_logps_of(policy, batch, None) - _logps_of(policy, batch, reference))
+        with torch.no_grad():
+            diffs.append(sequence_logps(policy, batch).logps - reference.logps(batch).logps)
     policy.train(was_training)
     return mean_se(torch.cat(diffs))
 

@@ -22,6 +22,12 @@ class Reference:
         self._policy = policy
         self._frozen = frozen
 
+    def to(self, device: torch.device | str) -> Reference:
+        """Move a frozen copy to ``device`` (the shared LoRA model moves with the policy)."""
+        if self._frozen is not None:
+            self._frozen.to(device)
+        return self
+
     @contextmanager
     def model(self) -> Iterator[nn.Module]:
         """The reference network, usable inside the ``with`` block (no gradients needed)."""

@@ -116,7 +116,7 @@ def _prepare(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
     limits = Limits(
         cfg.max_length, cfg.max_prompt_length, cfg.max_completion_length, cfg.prompt_truncation
     )
-    data = prepare_data(
+    return prepare_data(
         cfg.data,
         cfg.split,
         cfg.eval_data,
@@ -126,7 +126,6 @@ def _prepare(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
         limits,
         cfg.seed,
     )
-    return data
 
 
 def _accelerator(cfg: TrainConfig) -> Any:
@@ -172,8 +171,7 @@ class Trainer:
         )
         self.policy, self.optimizer = acc.prepare(PolicyLogps(model, cfg.logp_reduction), optimizer)
         self.model = acc.unwrap_model(self.policy).model  # what is saved and sampled from
-        if cfg.finetune == "full":
-            self.reference._frozen.to(acc.device)  # type: ignore[union-attr]
+        self.reference.to(acc.device)
 
         self.start_step = self._resume() if cfg.resume else 0
         self.tracker = Tracker(

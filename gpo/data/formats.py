@@ -127,20 +127,14 @@ def parse_row(row: Any, source: str, index: int, conversational: bool) -> Prefer
     rejected = _field(row, "rejected", source, index, conversational)
     if "prompt" in row and row["prompt"] is not None:
         prompt = _field(row, "prompt", source, index, conversational)
-    elif conversational:
-        cut = _split_implicit_messages(chosen, rejected)  # type: ignore[arg-type]
-        if cut == 0:
-            raise DataError(
-                f"{_where(source, index)}: no 'prompt' field and chosen/rejected "
-                "share no leading messages to use as the prompt"
-            )
-        prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
     else:
-        cut = _split_implicit_text(chosen, rejected)  # type: ignore[arg-type]
+        split = _split_implicit_messages if conversational else _split_implicit_text
+        cut = split(chosen, rejected)  # type: ignore[arg-type]
         if cut == 0:
+            shared = "leading messages" if conversational else "common prefix"
             raise DataError(
                 f"{_where(source, index)}: no 'prompt' field and chosen/rejected "
-                "share no common prefix to use as the prompt"
+                f"share no {shared} to use as the prompt"
             )
         prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
     for name, value in (("chosen", chosen), ("rejected", rejected)):

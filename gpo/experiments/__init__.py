@@ -8,6 +8,7 @@ config, writes ``results.json`` plus a PNG into a run folder and prints a summar
 
 from gpo.experiments.bandit import BanditConfig, run_bandit
 from gpo.experiments.mog import MogConfig, run_mog
+from gpo.experiments.run import run_experiment
 from gpo.experiments.taylor import TaylorConfig, run_taylor
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "MogConfig",
     "TaylorConfig",
     "run_bandit",
+    "run_experiment",
     "run_mog",
     "run_taylor",
 ]

@@ -37,8 +37,8 @@ from torch import Tensor
 
 from gpo._numerics import check_beta
 from gpo.experiments._plot import pyplot
+from gpo.experiments.run import run_experiment
 from gpo.losses import LOSSES, Loss, resolve_loss
-from gpo.runs import new_run_dir, print_config, write_json
 
 #: Named offline datasets, as 1-based ``(winner, loser)`` action pairs.
 DATASETS: dict[str, tuple[tuple[int, int], ...]] = {
@@ -326,12 +326,5 @@ def plot_bandit(results: dict[str, Any], path: Path) -> Path:
 
 def main(cfg: BanditConfig, out: str | Path | None = None, plot: bool = True) -> Path:
     """Run the experiment end to end; returns the run folder."""
-    print_config(cfg)
-    results = run_bandit(cfg)
-    run_dir = new_run_dir(out, "bandit")
-    write_json(run_dir / "results.json", results)
-    if plot:
-        plot_bandit(results, run_dir / "bandit.png")
-    print(format_table(results))
-    print(f"simulated in {results['seconds']:.2f}s; wrote {run_dir}/")
-    return run_dir
+    plotter = plot_bandit if plot else None
+    return run_experiment("bandit", cfg, run_bandit, plotter, format_table, out)

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from gpo.experiments._plot import pyplot
-from gpo.runs import new_run_dir, print_config, write_json
+from gpo.experiments.run import run_experiment
 
 QUAD_HALF_WIDTH = 10.0
 QUAD_POINTS = 401
@@ -264,12 +264,5 @@ def format_summary(results: dict[str, Any]) -> str:
 
 def main(cfg: MogConfig, out: str | Path | None = None, plot: bool = True) -> Path:
     """Run the experiment end to end; returns the run folder."""
-    print_config(cfg)
-    results = run_mog(cfg)
-    run_dir = new_run_dir(out, "mog")
-    write_json(run_dir / "results.json", results)
-    if plot:
-        plot_mog(results, run_dir / "mog.png")
-    print(format_summary(results))
-    print(f"computed in {results['seconds']:.2f}s; wrote {run_dir}/")
-    return run_dir
+    plotter = plot_mog if plot else None
+    return run_experiment("mog", cfg, run_mog, plotter, format_summary, out)

@@ -40,8 +40,8 @@ import torch
 from gpo._numerics import check_beta
 from gpo.analysis import LossReport, analyze, derivatives
 from gpo.experiments._plot import pyplot
+from gpo.experiments.run import run_experiment
 from gpo.losses import LOSSES, resolve_loss
-from gpo.runs import new_run_dir, print_config, write_json
 
 #: The square loss the others are compared with (IPO, paper Table 1).
 IPO_LOSS = "square"
@@ -213,12 +213,5 @@ def format_table(results: dict[str, Any]) -> str:
 
 def main(cfg: TaylorConfig, out: str | Path | None = None, plot: bool = True) -> Path:
     """Run the experiment end to end; returns the run folder."""
-    print_config(cfg)
-    results = run_taylor(cfg)
-    run_dir = new_run_dir(out, "taylor")
-    write_json(run_dir / "results.json", results)
-    if plot:
-        plot_taylor(results, run_dir / "taylor.png")
-    print(format_table(results))
-    print(f"computed in {results['seconds']:.2f}s; wrote {run_dir}/")
-    return run_dir
+    plotter = plot_taylor if plot else None
+    return run_experiment("taylor", cfg, run_taylor, plotter, format_table, out)
