@@ -40,6 +40,7 @@ class TrainConfig:
     max_prompt_length: int | None = None
     max_completion_length: int | None = None
     prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"
+    share_prompt: bool = True  # run each prompt once for both responses (prefix sharing)
     # optimisation
     max_steps: int = 30  # the default run: a few minutes on 2 CPU cores
     batch_size: int = 8  # pairs per process per micro-step

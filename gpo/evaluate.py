@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gpo.data.collate import collate_pairs, collate_sequences
+from gpo.data.collate import collate_for_training, collate_sequences
 from gpo.data.tokenize import TokenizedPair
-from gpo.logps import Reduction, sequence_logps
+from gpo.logps import Reduction, batch_logps, sequence_logps
 from gpo.metrics import concat_values, pair_values, reduce_metrics
 from gpo.objectives import Objective
 from gpo.reference import Reference
@@ -37,14 +37,16 @@ def pair_metrics(
     pad_id: int,
     device: torch.device,
     gather: Callable[[dict[str, Tensor]], dict[str, Tensor]] = lambda v: v,
+    share_prompt: bool = True,
 ) -> dict[str, float]:
     """Offline metrics on ``pairs`` (this process's shard), with TRL's names."""
     was_training = policy.training
     policy.eval()
     chunks = []
     for k in range(0, len(pairs), batch_size):
-        batch = collate_pairs(list(pairs[k : k + batch_size]), pad_id).to(device)
-        pol = sequence_logps(policy, batch, reduction)
+        chunk = list(pairs[k : k + batch_size])
+        batch = collate_for_training(chunk, pad_id, share_prompt).to(device)
+        pol = batch_logps(policy, batch, reduction)
         ref = reference.logps(batch, reduction)
         out = objective(*pol.split(), *ref.split(), beta)
         chunks.append(pair_values(out, pol, ref, beta))

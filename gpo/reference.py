@@ -8,8 +8,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
-from gpo.data.collate import SeqBatch
-from gpo.logps import Reduction, SequenceLogps, sequence_logps
+from gpo.data.collate import SeqBatch, SharedPromptBatch
+from gpo.logps import Reduction, SequenceLogps, batch_logps
 from gpo.models import is_peft
 
 
@@ -39,11 +39,13 @@ class Reference:
             yield self._policy
 
     @torch.no_grad()
-    def logps(self, batch: SeqBatch, reduction: Reduction = "sum") -> SequenceLogps:
+    def logps(
+        self, batch: SeqBatch | SharedPromptBatch, reduction: Reduction = "sum"
+    ) -> SequenceLogps:
         with self.model() as ref:
             was_training = ref.training
             ref.eval()
             try:
-                return sequence_logps(ref, batch, reduction)
+                return batch_logps(ref, batch, reduction)
             finally:
                 ref.train(was_training)

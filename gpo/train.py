@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from gpo.checkpoint import latest_usable_checkpoint, save_checkpoint
 from gpo.config import TrainConfig
-from gpo.data.collate import collate_pairs
+from gpo.data.collate import collate_for_training
 from gpo.data.prepare import PreparedData, prepare_data, prompt_text
 from gpo.data.tokenize import Limits, TokenizedPair
 from gpo.evaluate import gold_win_rate, on_policy_kl, pair_metrics
@@ -214,15 +214,10 @@ class Trainer:
         pairs: list[TokenizedPair] = [
             self.data.train[i] for i in indices[rank * b : (rank + 1) * b]
         ]
-        batch = collate_pairs(pairs, self.tokenizer.pad_token_id).to(self.acc.device)
+        pad = self.tokenizer.pad_token_id
+        batch = collate_for_training(pairs, pad, cfg.share_prompt).to(self.acc.device)
         with self.acc.accumulate(self.policy):
-            fields = (
-                batch.input_ids,
-                batch.attention_mask,
-                batch.position_ids,
-                batch.completion_mask,
-            )
-            policy = SequenceLogps(*self.policy(*fields))
+            policy = SequenceLogps(*self.policy(batch))
             ref = self.reference.logps(batch, cfg.logp_reduction)
             out = self.objective(*policy.split(), *ref.split(), cfg.beta)
             loss = out.losses.mean()
@@ -252,6 +247,7 @@ class Trainer:
             self.tokenizer.pad_token_id,
             self.acc.device,
             self._gather,
+            share_prompt=cfg.share_prompt,
         )
         result = {f"eval/{k}": v for k, v in metrics.items()}
         if self.main and cfg.kl_prompts > 0 and cfg.kl_samples > 0:

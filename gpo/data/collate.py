@@ -1,6 +1,8 @@
 """Batch pairs for one forward pass.
 
-Rows ``0..B-1`` are prompt+chosen and rows ``B..2B-1`` prompt+rejected (TRL's order).
+:class:`PairBatch`: rows ``0..B-1`` are prompt+chosen and rows ``B..2B-1`` prompt+rejected
+(TRL's order). :class:`SharedPromptBatch`: each prompt once, then its two responses, for
+prefix sharing (the prompt is run once; see :mod:`gpo.logps`).
 """
 
 from __future__ import annotations
@@ -67,3 +69,67 @@ def collate_pairs(
     b = collate_sequences(seqs, pad_id, padding_side)
     indices = torch.tensor([p.index for p in pairs], dtype=torch.long)
     return PairBatch(b.input_ids, b.attention_mask, b.position_ids, b.completion_mask, indices)
+
+
+@dataclass
+class SharedPromptBatch:
+    """``B`` prompts, each once, and their ``2B`` responses (right-padded).
+
+    Response rows are interleaved: row ``2i`` is prompt ``i``'s chosen response, ``2i + 1`` its
+    rejected one (the order in which a repeated KV cache lays the prompts out).
+    """
+
+    prompt_ids: Tensor  # [B, Lp]
+    prompt_mask: Tensor  # [B, Lp]
+    completion_ids: Tensor  # [2B, Lc]
+    completion_mask: Tensor  # [2B, Lc]
+    indices: Tensor  # [B], source rows
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.indices.numel())
+
+    def to(self, device: torch.device | str) -> SharedPromptBatch:
+        return type(self)(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def unshared(self) -> PairBatch:
+        """The same pairs as a :class:`PairBatch` (prompt repeated per response)."""
+        b = self.num_pairs
+        prompts = [self.prompt_ids[i][self.prompt_mask[i].bool()].tolist() for i in range(b)]
+        replies = [
+            self.completion_ids[j][self.completion_mask[j].bool()].tolist() for j in range(2 * b)
+        ]
+        seqs = [(prompts[i], replies[2 * i]) for i in range(b)]
+        seqs += [(prompts[i], replies[2 * i + 1]) for i in range(b)]
+        out = collate_sequences(seqs, pad_id=0)  # masked out: its value does not matter
+        return PairBatch(*(getattr(out, f.name) for f in fields(out)), self.indices)
+
+
+def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def collate_shared(pairs: list[TokenizedPair], pad_id: int) -> SharedPromptBatch:
+    """Each prompt once and its responses interleaved; every prompt must have a token."""
+    if any(not p.prompt_ids for p in pairs):
+        raise ValueError("prefix sharing needs a non-empty prompt in every pair")
+    prompt_ids, prompt_mask = _right_pad([p.prompt_ids for p in pairs], pad_id)
+    replies = [r for p in pairs for r in (p.chosen_ids, p.rejected_ids)]
+    completion_ids, completion_mask = _right_pad(replies, pad_id)
+    indices = torch.tensor([p.index for p in pairs], dtype=torch.long)
+    return SharedPromptBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, indices)
+
+
+def collate_for_training(
+    pairs: list[TokenizedPair], pad_id: int, share_prompt: bool
+) -> PairBatch | SharedPromptBatch:
+    """:func:`collate_shared` when asked for and possible (all prompts non-empty), else pairs."""
+    if share_prompt and all(p.prompt_ids for p in pairs):
+        return collate_shared(pairs, pad_id)
+    return collate_pairs(pairs, pad_id)
