@@ -110,6 +110,7 @@ class ChildSpec:
     lora: bool
     work_dir: str
     result: str
+    gpo_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # --- children --------------------------------------------------------------------------------
@@ -174,7 +175,9 @@ def run_gpo_child(spec: ChildSpec) -> dict[str, Any]:
         save_steps=0,
         report_to=["none"],
         progress=False,
+        ref_cache="none",  # TRL computes pi_ref every step; --gpo-option ref_cache=DIR to cache
     )
+    cfg = dataclasses.replace(cfg, **spec.gpo_options)
     trainer = TimedTrainer(cfg)
     trainer.step_ends = []
     train = trainer.data.train
@@ -493,6 +496,7 @@ def run_cell(
                 lora=args.lora,
                 work_dir=str(work),
                 result=str(work / "result.json"),
+                gpo_options=args.gpo_options,
             )
             t0 = time.perf_counter()
             out = run_child(spec, work / "log.txt")
@@ -528,6 +532,7 @@ def report(
     out: dict[str, dict[str, dict[str, float]]] = {}
     say("")
     say(f"fp32 matmul peak (2048^3, best of 5): {peak / 1e9:.1f} GFLOP/s")
+    say(f"gpo options: {args.gpo_options or 'defaults (prefix sharing on, no reference cache)'}")
     say(f"model FLOP/s = {k} x N_linear x tokens/s ({'LoRA' if args.lora else 'full fine-tuning'})")
     header = (
         f"{'tool':<5} {'pairs/s':>9} {'(min-max)':>17} {'s/step':>8} {'tokens/s':>9} "
@@ -579,6 +584,21 @@ def report(
     return out
 
 
+def _gpo_options(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    import yaml
+
+    from gpo.config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            parser.error(f"--gpo-option {item!r}: expected KEY=VALUE with a TrainConfig key")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps, < 1 min")
@@ -591,8 +611,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="pairs per step")
     parser.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
     parser.add_argument("--lr", type=float, help="default 1e-4 (full), 1e-3 (LoRA)")
+    parser.add_argument(
+        "--gpo-option",
+        action="append",
+        default=[],
+        metavar="KEY=YAML",
+        help="a gpo TrainConfig override, e.g. share_prompt=false or ref_cache=/tmp/c "
+        "(per-technique measurements; repeatable)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.gpo_options = _gpo_options(args.gpo_option, parser)
     if args.child:
         child_main(args.child)
         return

@@ -41,6 +41,7 @@ class TrainConfig:
     max_completion_length: int | None = None
     prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"
     share_prompt: bool = True  # run each prompt once for both responses (prefix sharing)
+    ref_cache: str = "auto"  # pi_ref log-probs on disk: 'auto' ($GPO_CACHE_DIR), 'none', a folder
     # optimisation
     max_steps: int = 30  # the default run: a few minutes on 2 CPU cores
     batch_size: int = 8  # pairs per process per micro-step

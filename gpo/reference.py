@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from torch import nn
 from gpo.data.collate import SeqBatch, SharedPromptBatch
 from gpo.logps import Reduction, SequenceLogps, batch_logps
 from gpo.models import is_peft
+from gpo.ref_cache import RefLogpCache, model_fingerprint, pair_keys
 
 
 class Reference:
@@ -21,6 +23,17 @@ class Reference:
             raise ValueError("a reference needs a PEFT policy (adapters off) or a frozen copy")
         self._policy = policy
         self._frozen = frozen
+        self.cache: RefLogpCache | None = None  # see use_cache
+
+    def fingerprint(self, extra: str = "") -> str:
+        """Hash of the reference network (see :func:`gpo.ref_cache.model_fingerprint`)."""
+        with self.model() as ref:
+            return model_fingerprint(ref, extra)
+
+    def use_cache(self, folder: str | Path) -> RefLogpCache:
+        """Read and store pair log-probs in ``folder`` (which must be this reference's own)."""
+        self.cache = RefLogpCache(folder)
+        return self.cache
 
     def to(self, device: torch.device | str) -> Reference:
         """Move a frozen copy to ``device`` (the shared LoRA model moves with the policy)."""
@@ -42,6 +55,25 @@ class Reference:
     def logps(
         self, batch: SeqBatch | SharedPromptBatch, reduction: Reduction = "sum"
     ) -> SequenceLogps:
+        """Reference log-probs of ``batch``; pair batches go through the cache when one is set.
+
+        Cached results carry zero ``logits_sum`` (no logits are computed for them).
+        """
+        keys = pair_keys(batch) if self.cache is not None else None
+        if self.cache is None or keys is None:
+            return self._compute(batch, reduction)
+        hit = self.cache.get(keys)
+        if hit is None:
+            out = self._compute(batch, "sum")
+            self.cache.put(keys, out.logps, out.tokens)
+            sums, tokens = out.logps, out.tokens
+        else:
+            device = _device_of(batch)
+            sums, tokens = hit[0].to(device), hit[1].to(device)
+        logps = sums / tokens.clamp(min=1) if reduction == "mean" else sums
+        return SequenceLogps(logps, tokens, torch.zeros_like(sums))
+
+    def _compute(self, batch: SeqBatch | SharedPromptBatch, reduction: Reduction) -> SequenceLogps:
         with self.model() as ref:
             was_training = ref.training
             ref.eval()
@@ -49,3 +81,8 @@ class Reference:
                 return batch_logps(ref, batch, reduction)
             finally:
                 ref.train(was_training)
+
+
+def _device_of(batch: SeqBatch | SharedPromptBatch) -> torch.device:
+    first = batch.prompt_ids if isinstance(batch, SharedPromptBatch) else batch.input_ids
+    return first.device

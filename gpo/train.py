@@ -49,6 +49,7 @@ RESUMABLE_CHANGES = {
     "logging_steps",
     "eval_steps",
     "save_final",
+    "ref_cache",
 }
 
 
@@ -172,6 +173,7 @@ class Trainer:
         self.policy, self.optimizer = acc.prepare(PolicyLogps(model, cfg.logp_reduction), optimizer)
         self.model = acc.unwrap_model(self.policy).model  # what is saved and sampled from
         self.reference.to(acc.device)
+        _attach_ref_cache(cfg, self.reference)
 
         self.start_step = self._resume() if cfg.resume else 0
         self.tracker = Tracker(
@@ -266,6 +268,8 @@ class Trainer:
         return result
 
     def save(self, step: int) -> None:
+        if self.reference.cache is not None:
+            self.reference.cache.flush()
         if self.main:
             state = {"config": dataclasses.asdict(self.cfg)}
             save_checkpoint(
@@ -350,6 +354,14 @@ class Trainer:
             print(
                 f"gold win rate vs reference: {rate:.3f} +- {se:.3f} ({len(ids)} held-out prompts)"
             )
+        cache = self.reference.cache
+        if cache is not None:
+            cache.flush()
+            if self.main:
+                print(
+                    f"reference log-probs: {cache.hits} pairs from the cache, {cache.misses} "
+                    f"computed ({cache.folder})"
+                )
         if self.main and cfg.save_final:
             self.model.save_pretrained(self.run_dir / "final", safe_serialization=True)
             self.tokenizer.save_pretrained(self.run_dir / "final")
@@ -362,6 +374,16 @@ class Trainer:
         self.acc.wait_for_everyone()
         self.acc.end_training()
         return summary
+
+
+def _attach_ref_cache(cfg: TrainConfig, reference: Reference) -> None:
+    """Use the on-disk reference log-prob cache (:mod:`gpo.ref_cache`) unless it is off."""
+    if cfg.ref_cache == "none":
+        return
+    from gpo.embedded import cache_root
+
+    root = cache_root() / "ref_logps" if cfg.ref_cache == "auto" else Path(cfg.ref_cache)
+    reference.use_cache(root / reference.fingerprint(f"mixed_precision={cfg.mixed_precision}"))
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Runs in tests write their reference log-prob cache here, not into the user's ~/.cache/gpo.
+os.environ.setdefault("GPO_CACHE_DIR", tempfile.mkdtemp(prefix="gpo-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

@@ -173,6 +173,7 @@ def test_training_with_and_without_prefix_sharing_gives_the_same_curve(
             save_steps=0,
             save_final=False,
             share_prompt=share,
+            ref_cache="none",  # both runs compute pi_ref themselves
             progress=False,
             report_to=["none"],
         )
