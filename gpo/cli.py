@@ -13,6 +13,7 @@ from gpo.analysis import LossReport, analyze
 from gpo.config import add_config_flags, load_config, overrides_from_args
 from gpo.data_cli import add_data_parser
 from gpo.experiments.cli import add_experiment_parser
+from gpo.judge_server import add_judge_serve_parser
 from gpo.losses import LOSSES, resolve_loss
 from gpo.objectives import OBJECTIVES
 
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     add_experiment_parser(sub)
     add_data_parser(sub)
+    add_judge_serve_parser(sub)
     return parser
 
 

@@ -1,0 +1,279 @@
+"""Pluggable judges: gold, local HF model (order-swapped), OpenAI-compatible HTTP endpoint."""
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from torch import nn
+
+from gpo.gold import gold_probability
+from gpo.judge_http import HTTPJudge, JudgeError
+from gpo.judge_local import LocalJudge
+from gpo.judge_server import JudgeServer
+from gpo.judges import JUDGES, GoldJudge, both_orders, parse_choice, resolve_judge, win_rate
+from gpo.tiny import DEFAULT_WORDS, tiny_model_and_tokenizer
+
+PROMPT = "Write one sentence about a cat."
+GOOD = "My cat likes to sleep in the warm sun all afternoon long."  # on topic, 12 words, ends
+BAD = "dog dog dog"
+KEY_ENV = "GPO_TEST_JUDGE_KEY"
+SECRET = "sk-test-secret-1234567890"
+
+PROMPTS = ["write a sentence about a cat", "tell me a fact", "hello"]
+FIRST = ["the cat is happy .", "no", "good dog"]
+SECOND = ["bad", "a long answer about the sea and the sky .", "good dog ."]
+
+
+@pytest.fixture(scope="module")
+def ab_model():
+    """A real tiny Llama whose word-level vocabulary has the answer tokens A and B."""
+    return tiny_model_and_tokenizer(vocab_words=(*DEFAULT_WORDS, "A", "B"), seed=0)
+
+
+class BiasedLM(nn.Module):
+    """Wraps a real model and adds a large bonus to one token: a judge that always answers it."""
+
+    def __init__(self, inner: nn.Module, token_id: int, bonus: float = 20.0) -> None:
+        super().__init__()
+        self.inner, self.token_id, self.bonus = inner, token_id, bonus
+        self.rows_seen = 0
+
+    def forward(self, **kwargs):
+        out = self.inner(**kwargs)
+        out.logits[..., self.token_id] += self.bonus
+        self.rows_seen += out.logits.shape[0]
+        return out
+
+
+# --- gold ------------------------------------------------------------------------------------
+
+
+def test_gold_judge_known_pairs():
+    judge = resolve_judge("gold")
+    assert judge.name == "gold"
+    assert judge([PROMPT] * 3, [GOOD, BAD, GOOD], [BAD, GOOD, GOOD]) == [1.0, 0.0, 0.5]
+    bt = resolve_judge("gold:mode=bt")
+    p, q = bt([PROMPT, PROMPT], [GOOD, BAD], [BAD, GOOD])
+    assert p == pytest.approx(gold_probability(PROMPT, GOOD, BAD)) and p > 0.9
+    assert p + q == pytest.approx(1.0)
+    mean, se = win_rate(judge, [PROMPT] * 4, [GOOD, GOOD, BAD, GOOD], [BAD, BAD, GOOD, GOOD])
+    assert mean == pytest.approx(2.5 / 4)
+    assert se == pytest.approx(0.4787135538781691 / 2)  # std(ddof=1) of 1,1,0,0.5 over sqrt(4)
+
+
+def test_resolve_judge_errors_list_valid_names():
+    assert list(JUDGES) == ["gold", "local", "http"]
+    with pytest.raises(ValueError, match="unknown judge 'oracle'; valid judges: gold, local, http"):
+        resolve_judge("oracle")
+    with pytest.raises(ValueError, match="no option 'temperature'; its options: mode"):
+        resolve_judge("gold", temperature=1.0)
+    with pytest.raises(ValueError, match="not key=value"):
+        resolve_judge("gold:bt")
+    with pytest.raises(ValueError, match="needs base_url"):
+        resolve_judge("http", model="m")
+    with pytest.raises(ValueError, match="mode must be"):
+        GoldJudge(mode="sampled")
+
+
+def test_win_rate_checks_lengths_and_range():
+    class Broken:
+        name = "broken"
+
+        def __call__(self, prompts, first, second):
+            return [1.5] * len(prompts)
+
+    with pytest.raises(ValueError, match="differ in length"):
+        win_rate(resolve_judge("gold"), [PROMPT], [GOOD, BAD], [BAD])
+    with pytest.raises(ValueError, match="outside"):
+        win_rate(Broken(), [PROMPT], [GOOD], [BAD])
+
+
+def test_parse_choice():
+    assert parse_choice("B") == "B"
+    assert parse_choice("Answer: A.") == "A"
+    assert parse_choice("a long answer") is None  # lower-case 'a' is a word, not the answer
+    assert parse_choice("") is None
+
+
+# --- local ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bias_token", ["A", "B"])
+def test_local_judge_swap_cancels_position_bias(ab_model, bias_token):
+    model, tok = ab_model
+    biased = BiasedLM(model, tok.convert_tokens_to_ids(bias_token))
+    judge = LocalJudge(biased, tok, batch_size=2)
+    # the model answers bias_token whatever the order (so without the swap: all 1 or all 0) ...
+    p_a = judge.prob_first_label(both_orders(PROMPTS, FIRST, SECOND))
+    assert all((p > 0.99) if bias_token == "A" else (p < 0.01) for p in p_a)
+    # ... and each pair was judged in both orders, which cancels the bias
+    biased.rows_seen = 0
+    scores = judge(PROMPTS, FIRST, SECOND)
+    assert biased.rows_seen == 2 * len(PROMPTS)
+    assert scores == pytest.approx([0.5] * 3, abs=1e-3)
+
+
+def test_local_judge_combines_orders(ab_model, monkeypatch):
+    """P(A) with first as A and P(B) with first as B are averaged, for the right response."""
+    model, tok = ab_model
+    judge = LocalJudge(model, tok)
+    seen = []
+
+    def content_judge(questions):  # prefers the response starting with "good", 80%
+        seen.extend(questions)
+        return [0.8 if "Response A:\ngood" in q else 0.2 for q in questions]
+
+    monkeypatch.setattr(judge, "prob_first_label", content_judge)
+    assert judge([PROMPT, PROMPT], ["good one", "bad one"], ["bad one", "good one"]) == (
+        pytest.approx([0.8, 0.2])
+    )
+    assert "Response A:\ngood one" in seen[0] and "Response B:\ngood one" in seen[2]
+
+
+def test_local_judge_real_model_symmetric_and_batch_invariant(ab_model):
+    model, tok = ab_model
+    judge = LocalJudge(model, tok, batch_size=4)
+    s = judge(PROMPTS, FIRST, SECOND)
+    assert all(0.0 < x < 1.0 for x in s)
+    # the order swap makes the judge antisymmetric: score(x, y) + score(y, x) = 1
+    assert [a + b for a, b in zip(s, judge(PROMPTS, SECOND, FIRST), strict=True)] == (
+        pytest.approx([1.0] * 3, abs=1e-6)
+    )
+    # right padding, logits at each row's last token: the batch size changes nothing
+    assert LocalJudge(model, tok, batch_size=1)(PROMPTS, FIRST, SECOND) == pytest.approx(
+        s, abs=1e-5
+    )
+    plain = LocalJudge(model, tok, chat_template=False)(PROMPTS, FIRST, SECOND)
+    assert all(0.0 < x < 1.0 for x in plain)
+
+
+def test_local_judge_loads_from_path_and_needs_answer_tokens(tiny_model_dir):
+    with pytest.raises(ValueError, match="no single token for the answer 'A'"):
+        resolve_judge(f"local:model={tiny_model_dir}")  # default tiny vocab lacks "A"
+
+
+# --- http, against a real local server ---------------------------------------------------------
+
+
+def test_http_judge_round_trip_with_key(ab_model, monkeypatch):
+    model, tok = ab_model
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    local = LocalJudge(model, tok)
+    p_a = local.prob_first_label(both_orders(PROMPTS, FIRST, SECOND))
+    n = len(PROMPTS)
+    expected = [0.5 * ((p_a[i] >= 0.5) + 1 - (p_a[n + i] >= 0.5)) for i in range(n)]
+    with JudgeServer(model, tok, api_key_env=KEY_ENV) as server:
+        judge = resolve_judge(
+            "http", base_url=server.base_url, model="gpo-judge", api_key_env=KEY_ENV
+        )
+        assert judge(PROMPTS, FIRST, SECOND) == expected  # the server's real model decided
+        # the server demands the key: the judge sent it in the Authorization header
+        monkeypatch.setenv(KEY_ENV, "sk-wrong")
+        with pytest.raises(JudgeError, match=rf"HTTP 401: the key in \${KEY_ENV} was refused"):
+            judge(PROMPTS, FIRST, SECOND)
+        monkeypatch.delenv(KEY_ENV)
+        with pytest.raises(JudgeError, match=f"no API key was sent: set .*{KEY_ENV}"):
+            judge(PROMPTS, FIRST, SECOND)
+    for text in (repr(judge), str(judge), json.dumps(vars(judge))):
+        assert SECRET not in text
+
+
+def test_http_judge_swap_cancels_position_bias_of_served_model(ab_model):
+    model, tok = ab_model
+    biased = BiasedLM(model, tok.convert_tokens_to_ids("B"))
+    with JudgeServer(biased, tok) as server:
+        judge = HTTPJudge(base_url=server.base_url, model="gpo-judge")
+        assert judge.ask(both_orders(PROMPTS, FIRST, SECOND)[0]) == 0.0  # says B: unswapped 0
+        assert judge(PROMPTS, FIRST, SECOND) == [0.5, 0.5, 0.5]
+
+
+def test_http_judge_reply_without_answer(tiny_model_dir):
+    """A served model that generates words but never A or B (the default tiny vocabulary)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with JudgeServer(model, tok, mode="generate") as server:
+        judge = HTTPJudge(base_url=server.base_url, model="gpo-judge")
+        with pytest.raises(JudgeError, match="answered neither A nor B"):
+            judge([PROMPT], [GOOD], [BAD])
+        tie = HTTPJudge(base_url=server.base_url, model="gpo-judge", unparsed="tie")
+        assert tie([PROMPT], [GOOD], [BAD]) == [0.5]
+
+
+class _Canned:
+    """A stdlib server answering every POST with a fixed status and body (for failure modes)."""
+
+    def __init__(self, status: int, body: str, echo_auth: bool = False) -> None:
+        self.requests = 0
+        canned = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                canned.requests += 1
+                self.rfile.read(int(self.headers["Content-Length"]))
+                text = body + (self.headers.get("Authorization", "") if echo_auth else "")
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(text.encode())))
+                self.end_headers()
+                self.wfile.write(text.encode())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_http_judge_malformed_reply():
+    with _Canned(200, "<html>not json</html>") as server:
+        judge = HTTPJudge(base_url=server.url, model="m")
+        with pytest.raises(JudgeError, match=r"malformed reply .* choices\[0\]\.message\.content"):
+            judge([PROMPT], [GOOD], [BAD])
+    with (
+        _Canned(200, json.dumps({"choices": []})) as server,
+        pytest.raises(JudgeError, match="malformed reply"),
+    ):
+        HTTPJudge(base_url=server.url, model="m")([PROMPT], [GOOD], [BAD])
+
+
+def test_http_judge_retries_5xx_and_masks_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with _Canned(503, "overloaded, you sent ", echo_auth=True) as server:
+        judge = HTTPJudge(
+            base_url=server.url, model="m", api_key_env=KEY_ENV, retries=2, backoff=0.01
+        )
+        with pytest.raises(JudgeError) as info:
+            judge.ask("Which is better, A or B?")
+        assert server.requests == 3  # 1 + 2 retries
+    message = str(info.value)
+    assert "HTTP 503 after 3 attempts" in message and "Bearer ***" in message
+    assert SECRET not in message and "\n" not in message
+
+
+def test_http_judge_unreachable_url():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    judge = HTTPJudge(base_url=f"http://127.0.0.1:{port}/v1", model="m", retries=1, backoff=0.01)
+    with pytest.raises(
+        JudgeError, match=f"cannot reach the judge endpoint .*:{port}/v1.*2 attempts"
+    ):
+        judge([PROMPT], [GOOD], [BAD])
+
+
+def test_judge_serve_cli_parser():
+    from gpo.cli import build_parser
+
+    args = build_parser().parse_args(["judge-serve", "--model", "m", "--port", "0"])
+    assert (args.model, args.port, args.mode) == ("m", 0, "choice")
