@@ -17,7 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from gpo.faults import fault_point
+
 STATE = "state.json"
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written (disk full, permissions); older ones are intact."""
 
 
 def _fsync_tree(path: Path) -> None:
@@ -27,6 +33,12 @@ def _fsync_tree(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _remove(ckpt: Path) -> None:
+    """Delete ``state.json`` first: a removal cut short leaves an incomplete (ignored) folder."""
+    (ckpt / STATE).unlink(missing_ok=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -48,22 +60,35 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-    (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2))
-    _fsync_tree(tmp)
-    shutil.rmtree(final, ignore_errors=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
+        fault_point("weights", step)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        fault_point("optimizer", step)
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+        fault_point("rng", step)
+        (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2))
+        fault_point("state", step)
+        _fsync_tree(tmp)
+    except OSError as e:  # e.g. ENOSPC: drop the partial copy; older checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"cannot write checkpoint {final} ({e.strerror or e}); the previous checkpoints are "
+            "kept and --resume continues from the newest"
+        ) from e
+    _remove(final)
     os.replace(tmp, final)
     _fsync_tree(root)
+    fault_point("renamed", step)
     for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+    fault_point("rotated", step)
     return final
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float = 1.0
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # inf/NaN loss or gradients: stop, or skip
     seed: int = 0
     # logging, evaluation, checkpoints
     out: str | None = None  # run folder; default runs/train-<timestamp>
@@ -72,14 +74,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         checks = {
-            "beta": self.beta > 0,
             "max_steps": self.max_steps > 0,
             "batch_size": self.batch_size > 0,
             "gradient_accumulation_steps": self.gradient_accumulation_steps > 0,
-            "learning_rate": self.learning_rate > 0,
             "logging_steps": self.logging_steps > 0,
             "eval_fraction": 0 < self.eval_fraction < 1,
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "max_grad_norm": 0 <= self.max_grad_norm < math.inf,  # 0: no clipping
+            "beta": 0 < self.beta < math.inf,
+            "learning_rate": 0 < self.learning_rate < math.inf,
+            "weight_decay": 0 <= self.weight_decay < math.inf,
         }
         for name, ok in checks.items():
             if not ok:

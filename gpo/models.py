@@ -43,10 +43,12 @@ def load_model_and_tokenizer(
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
         )
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: e.g. a folder with no tokenizer files
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = (
-            "the Hub is switched off (HF_HUB_OFFLINE=1): pass a local model folder, or "
+            "the folder is not a model and tokenizer saved with save_pretrained"
+            if Path(path).expanduser().is_dir()
+            else "the Hub is switched off (HF_HUB_OFFLINE=1): pass a local model folder, or "
             "'smollm2' for the embedded SmolLM2-135M-Instruct"
             if offline
             else "check the name or pass a local folder"

@@ -29,12 +29,20 @@ from gpo.data.collate import collate_for_training
 from gpo.data.prepare import PreparedData, prepare_data, prompt_text
 from gpo.data.tokenize import Limits, TokenizedPair
 from gpo.evaluate import gold_win_rate, on_policy_kl, pair_metrics
+from gpo.guards import (
+    NonFiniteGuard,
+    check_decreasing_at_zero,
+    check_free_space,
+    checkpoint_bytes,
+    finite_objective,
+    writable_run_dir,
+)
 from gpo.logps import PolicyLogps, SequenceLogps
 from gpo.metrics import concat_values, pair_values, reduce_metrics
 from gpo.models import add_lora, disable_dropout, frozen_copy, load_model_and_tokenizer
 from gpo.objectives import resolve_objective
 from gpo.reference import Reference
-from gpo.runs import new_run_dir, print_config, write_json
+from gpo.runs import print_config, write_json
 from gpo.tracking import Tracker
 
 #: Config keys that may differ when resuming (they do not change the optimisation).
@@ -50,6 +58,7 @@ RESUMABLE_CHANGES = {
     "eval_steps",
     "save_final",
     "ref_cache",
+    "on_nonfinite",
 }
 
 
@@ -150,6 +159,7 @@ class Trainer:
         self.cfg = cfg
         self.callbacks = list(callbacks)
         self.objective = resolve_objective(cfg.loss)  # fail fast, before any model is loaded
+        check_decreasing_at_zero(self.objective)
         self.acc = acc = _accelerator(cfg)
         self.main = acc.is_main_process
         self.run_dir = self._run_dir()
@@ -161,6 +171,9 @@ class Trainer:
             for report in self.data.reports:
                 print(f"data: {report}")
         self.params = [p for p in model.parameters() if p.requires_grad]
+        if self.main:  # a too-full disk fails now, not at the first checkpoint
+            ckpt = checkpoint_bytes(model, self.params, cfg.finetune == "lora")
+            check_free_space(self.run_dir, ckpt, cfg)
         optimizer = torch.optim.AdamW(
             self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
@@ -174,6 +187,8 @@ class Trainer:
         self.model = acc.unwrap_model(self.policy).model  # what is saved and sampled from
         self.reference.to(acc.device)
         _attach_ref_cache(cfg, self.reference)
+        # fp16's GradScaler already skips steps with inf gradients, so only losses are checked.
+        self.guard = NonFiniteGuard(cfg.on_nonfinite, acc.device, acc.scaler is None)
 
         self.start_step = self._resume() if cfg.resume else 0
         self.tracker = Tracker(
@@ -192,7 +207,7 @@ class Trainer:
             raise ValueError("--resume needs --out pointing at an existing run folder")
         run_dir = None
         if self.main:
-            run_dir = new_run_dir(cfg.out, "train")
+            run_dir = writable_run_dir(cfg.out, "train")
             if cfg.resume:
                 _check_resume(run_dir, cfg)
             print_config(cfg)
@@ -221,17 +236,15 @@ class Trainer:
         with self.acc.accumulate(self.policy):
             policy = SequenceLogps(*self.policy(batch))
             ref = self.reference.logps(batch, cfg.logp_reduction)
-            out = self.objective(*policy.split(), *ref.split(), cfg.beta)
+            out = finite_objective(self.objective, policy, ref, cfg.beta)
             loss = out.losses.mean()
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss at step {step} (micro-step {micro}), batch rows "
-                    f"{batch.indices.tolist()}; last checkpoint is kept"
-                )
+            self.guard.watch_loss(loss, micro, batch.indices)  # checked once per step, below
             self.acc.backward(loss)
+            norm = None
             if self.acc.sync_gradients and cfg.max_grad_norm > 0:
-                self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            self.optimizer.step()
+                norm = self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            if not self.acc.sync_gradients or self.guard.step_ok(step, self.params, norm):
+                self.optimizer.step()
             self.optimizer.zero_grad()
         return self._gather(pair_values(out, policy, ref, cfg.beta))
 
@@ -317,6 +330,8 @@ class Trainer:
                 last = reduce_metrics(concat_values(window))
                 epoch = (micro + 1) * cfg.batch_size * world / len(self.data.train)
                 last.update(learning_rate=self.scheduler.get_last_lr()[0], epoch=epoch)
+                if self.guard.skipped:  # on_nonfinite=skip: how many updates were dropped
+                    last["nonfinite_skipped_steps"] = self.guard.skipped
                 self.tracker.log(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
                 window = []

@@ -137,6 +137,15 @@ def parse_row(row: Any, source: str, index: int, conversational: bool) -> Prefer
                 f"share no {shared} to use as the prompt"
             )
         prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
+        sides = (("chosen", "rejected", chosen), ("rejected", "chosen", rejected))
+        for name, other, value in sides:
+            if not (value.strip() if isinstance(value, str) else value):  # all of it is shared
+                how = "equal to" if chosen == rejected else "a prefix of"
+                raise DataError(
+                    f"{_where(source, index, name)}: no 'prompt' field, and {name} is {how} "
+                    f"{other}, so nothing of it is left after the shared prompt; add a "
+                    "'prompt' field"
+                )
     for name, value in (("chosen", chosen), ("rejected", rejected)):
         if _is_empty(value):
             raise DataError(f"{_where(source, index, name)}: empty or whitespace-only response")

@@ -55,11 +55,20 @@ def _read_json(path: Path, split: str | None) -> list[Any]:
 
 def _read_with_datasets(path: Path, builder: str) -> list[Any]:
     import datasets
+    from datasets.utils import logging as ds_logging
 
+    # Quiet: a progress bar, or a logged error before our own, would break one-line errors.
+    verbosity, bars = ds_logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
+    datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as e:
         raise DataError(f"{path}: cannot read as {builder}: {e}") from None
+    finally:
+        ds_logging.set_verbosity(verbosity)
+        if bars:
+            datasets.enable_progress_bars()
     return ds.to_list()
 
 

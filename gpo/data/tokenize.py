@@ -16,7 +16,8 @@ Truncation (``Limits``): a prompt longer than ``max_prompt_length`` keeps its en
 (``prompt_truncation="keep_end"``, the part next to the response) or its start (``"keep_start"``);
 a completion longer than ``max_completion_length`` keeps its start (its EOS is then lost). A pair
 whose prompt + longer completion still exceeds ``max_length`` is dropped and counted, as is a pair
-whose chosen and rejected responses are identical.
+whose chosen and rejected responses are identical. Duplicate pairs are kept and counted in
+the report.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class DataReport:
     too_long: int = 0
     truncated_prompts: int = 0
     truncated_completions: int = 0
+    duplicates: int = 0  # kept pairs equal to an earlier kept pair (kept: see below)
     dropped_indices: list[int] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -75,6 +77,8 @@ class DataReport:
             parts.append(f"truncated {self.truncated_prompts} prompts")
         if self.truncated_completions:
             parts.append(f"truncated {self.truncated_completions} completions")
+        if self.duplicates:
+            parts.append(f"{self.duplicates} duplicate pairs (kept)")
         return "; ".join(parts)
 
 
@@ -141,6 +145,9 @@ def tokenize_rows(
     """Tokenize, truncate and filter; raise :class:`DataError` if nothing usable is left."""
     report = DataReport(source, rows=len(rows))
     pairs = []
+    # Duplicates are kept (as TRL does): repeating a pair is a legitimate way to weight it, and
+    # dropping rows silently would change the data; the report counts them so they are seen.
+    seen: set[tuple[tuple[int, ...], ...]] = set()
     for row in rows:
         if row.chosen == row.rejected:
             report.identical += 1
@@ -159,6 +166,9 @@ def tokenize_rows(
             report.too_long += 1
             report.dropped_indices.append(row.index)
             continue
+        key = (tuple(prompt), tuple(chosen), tuple(rejected))
+        report.duplicates += key in seen
+        seen.add(key)
         pairs.append(TokenizedPair(row.index, prompt, chosen, rejected))
     report.kept = len(pairs)
     if not pairs:

@@ -1,0 +1,142 @@
+"""Security: no unpickling of untrusted data (safetensors weights, ``weights_only=True`` loads),
+and remote code runs only when the user passes ``--trust-remote-code``."""
+
+import ast
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import gpo
+from gpo.checkpoint import checkpoint_dirs
+from gpo.cli import main
+from gpo.config import TrainConfig
+
+SOURCES = sorted(Path(gpo.__file__).parent.rglob("*.py"))
+
+
+def _calls(tree: ast.AST) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+
+
+def _name(call: ast.Call) -> str:
+    return ast.unparse(call.func)
+
+
+def test_every_torch_load_is_weights_only_and_nothing_unpickles() -> None:
+    loads = 0
+    for path in SOURCES:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not {"pickle", "dill", "joblib", "cloudpickle"} & set(names), path
+                if getattr(node, "module", None) == "torch":  # so every load is torch.load
+                    assert "load" not in names, path
+        for call in _calls(tree):
+            kw = {k.arg: k.value for k in call.keywords}
+            if _name(call) == "torch.load":
+                loads += 1
+                where = f"{path}:{call.lineno}"
+                assert "weights_only" in kw, f"torch.load without weights_only at {where}"
+                assert ast.literal_eval(kw["weights_only"]) is True, where
+            if "allow_pickle" in kw:
+                assert ast.literal_eval(kw["allow_pickle"]) is False, f"{path}:{call.lineno}"
+            if "trust_remote_code" in kw:  # never hard-coded on: always the user's setting
+                value = kw["trust_remote_code"]
+                assert not (isinstance(value, ast.Constant) and value.value), f"{path}"
+    assert loads >= 3  # checkpoint.py's optimizer, scheduler and RNG state
+
+
+class _Payload:
+    """Unpickling this runs ``os.mkdir(marker)``: what a hostile checkpoint file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def _args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--model", str(model),
+        "--data", str(data),
+        "--out", str(out),
+        "--finetune", "full",
+        "--batch-size", "4",
+        "--max-steps", "4",
+        "--save-steps", "1",
+        "--save-total-limit", "3",
+        "--eval-steps", "0",
+        "--kl-prompts", "0",
+        "--save-final", "false",
+        "--progress", "false",
+        "--report-to", "none",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_hostile_pickle_in_a_checkpoint_is_refused_not_run(
+    tiny_model_dir: Path, tiny_data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert main(_args(tiny_model_dir, tiny_data_file, run)) == 0
+    dirs = checkpoint_dirs(run)
+    assert [d.name for d in dirs] == ["step-000001", "step-000002", "step-000003"]
+    for d in dirs:  # weights are safetensors; only plain tensors/dicts are in the .pt files
+        assert {p.name for p in d.iterdir()} == {
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "optimizer.pt",
+            "scheduler.pt",
+            "rng.pt",
+            "state.json",
+        }
+    marker = tmp_path / "pwned"
+    torch.save(_Payload(marker), dirs[-1] / "optimizer.pt")
+    capsys.readouterr()
+    assert main([*_args(tiny_model_dir, tiny_data_file, run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert not marker.exists(), "the pickle payload ran"
+    assert "step-000003 is damaged (UnpicklingError" in out
+    assert "resuming at step 2" in out
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("flag", [[], ["--trust-remote-code"], ["--trust-remote-code", "false"]])
+def test_trust_remote_code_is_off_unless_passed(
+    flag: list[str],
+    tiny_model_dir: Path,
+    tiny_data_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import transformers
+
+    seen: dict[str, Any] = {}
+
+    def tokenizer(path: str, **kw: Any) -> Any:
+        seen["tokenizer"] = kw.get("trust_remote_code", "absent")
+        return real_tokenizer(path, **kw)
+
+    def model(path: str, **kw: Any) -> Any:
+        seen["model"] = kw.get("trust_remote_code", "absent")
+        raise _Stop("stop after the model is requested")
+
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model)
+    assert main(_args(tiny_model_dir, tiny_data_file, tmp_path, *flag)) == 2
+    assert "_Stop: stop after the model is requested" in capsys.readouterr().err
+    want = flag == ["--trust-remote-code"]
+    assert seen == {"tokenizer": want, "model": want}
+    assert TrainConfig().trust_remote_code is False
