@@ -53,6 +53,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float = 1.0
+    optim: Literal["adamw_fused", "adamw"] = "adamw_fused"  # 'adamw': torch's default AdamW
     on_nonfinite: Literal["stop", "skip"] = "stop"  # inf/NaN loss or gradients: stop, or skip
     seed: int = 0
     # logging, evaluation, checkpoints

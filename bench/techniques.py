@@ -1,0 +1,113 @@
+"""Per-technique gains of gpo's training step, each measured on the same work as ``vs_trl.py``.
+
+    .venv/bin/python bench/techniques.py                   # SmolLM2, both shapes (~15 min)
+    .venv/bin/python bench/techniques.py --models tiny     # quick check of the harness
+
+Variants run gpo alone (same data, batches, model, fp32 full fine-tuning as ``vs_trl.py``), each
+in a fresh process, adding one technique at a time:
+
+- ``plain``: the prompt run once per response, torch's default (per-tensor) AdamW;
+- ``+prefix sharing``: the prompt run once for both responses (``share_prompt``);
+- ``+fused AdamW``: ``optim=adamw_fused`` (gpo's default; TRL users get it with
+  ``optim="adamw_torch_fused"``);
+- ``+warm reference cache``: pi_ref's log-probs read from the on-disk cache, filled by one
+  untimed run first (what a second run or sweep member on the same data gets);
+- ``bf16 autocast``: the default with ``mixed_precision=bf16`` (speed and the loss gap to fp32).
+
+Each row reports pairs/s (median of ``--repeats``), the gain over the row above (over ``plain``
+for the bf16 row: over the default), and the largest per-step loss gap to ``plain``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import vs_trl  # the workload and the gpo child
+
+PLAIN = {"share_prompt": False, "optim": "adamw"}
+#: name -> (gpo options, the variant its gain is measured against)
+VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
+    "plain": (PLAIN, None),
+    "+prefix sharing": ({**PLAIN, "share_prompt": True}, "plain"),
+    "+fused AdamW": ({}, "+prefix sharing"),
+    "+warm reference cache": ({"ref_cache": "CACHE"}, "+fused AdamW"),
+    "bf16 autocast": ({"mixed_precision": "bf16"}, "+fused AdamW"),
+}
+
+
+def run_variant(
+    wl: vs_trl.Workload, options: dict[str, Any], args: argparse.Namespace, root: Path, lr: float
+) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="gpo-", dir=root))
+    spec = vs_trl.ChildSpec(
+        tool="gpo",
+        model_dir=wl.model_dir,
+        data=wl.gpo_data,
+        n_rows=wl.n_rows,
+        batch_size=args.batch_size,
+        warmup=args.warmup,
+        steps=args.steps,
+        learning_rate=lr,
+        lora=False,
+        work_dir=str(work),
+        result=str(work / "result.json"),
+        gpo_options=options,
+    )
+    out = vs_trl.run_child(spec, work / "log.txt")
+    ends = out["step_ends"]
+    out["pairs_per_s"] = args.batch_size * args.steps / (ends[-1] - ends[args.warmup - 1])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=vs_trl.MODELS, default=["smollm2"])
+    parser.add_argument("--shapes", nargs="+", choices=list(vs_trl.SHAPES), default=None)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=2)
+    args = parser.parse_args(argv)
+    shapes = args.shapes or list(vs_trl.SHAPES)
+    lr = 1e-4
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpo-techniques-") as tmp:
+        root = Path(tmp)
+        for shape in shapes:
+            for model in args.models:
+                wl = vs_trl.build_workload(
+                    shape, model, root, args.batch_size, args.warmup, args.steps
+                )
+                print(f"\n== {shape} / {model}: batch {args.batch_size}, {args.steps} timed steps")
+                print(f"{'variant':<24} {'pairs/s':>8} {'gain':>7} {'loss gap':>9} {'RSS MB':>7}")
+                cache = str(root / f"cache-{shape}-{model}")
+                pairs: dict[str, float] = {}
+                plain_losses: list[float] = []
+                for name, (raw, against) in VARIANTS.items():
+                    options = {k: cache if v == "CACHE" else v for k, v in raw.items()}
+                    if "ref_cache" in options:  # fill the cache with one untimed run
+                        run_variant(wl, options, args, root, lr)
+                    runs = [run_variant(wl, options, args, root, lr) for _ in range(args.repeats)]
+                    pairs[name] = statistics.median(r["pairs_per_s"] for r in runs)
+                    losses = runs[0]["losses"]
+                    plain_losses = plain_losses or losses
+                    gain = pairs[name] / pairs[against] if against else 1.0
+                    gap = max(abs(a - b) for a, b in zip(losses, plain_losses, strict=True))
+                    rss = max(r["peak_rss_mb"] for r in runs)
+                    print(
+                        f"{name:<24} {pairs[name]:>8.3f} {gain:>6.2f}x {gap:>9.1e} {rss:>7.0f}",
+                        flush=True,
+                    )
+    print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
