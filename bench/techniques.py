@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+        help="a subset to run (gains are then against the nearest variant run before)",
+    )
     args = parser.parse_args(argv)
     shapes = args.shapes or list(vs_trl.SHAPES)
     lr = 1e-4
@@ -91,7 +95,10 @@ def main(argv: list[str] | None = None) -> None:
                 cache = str(root / f"cache-{shape}-{model}")
                 pairs: dict[str, float] = {}
                 plain_losses: list[float] = []
-                for name, (raw, against) in VARIANTS.items():
+                for name in args.variants:
+                    raw, against = VARIANTS[name]
+                    while against is not None and against not in pairs:
+                        against = VARIANTS[against][1]
                     options = {k: cache if v == "CACHE" else v for k, v in raw.items()}
                     if "ref_cache" in options:  # fill the cache with one untimed run
                         run_variant(wl, options, args, root, lr)

@@ -5,8 +5,11 @@ that token is a completion token. Prompt and padding never contribute.
 
 Fast path: the decoder runs on the whole batch but the LM head only on the positions that
 predict a completion token, so full-vocabulary logits are never built for prompt and padding
-positions. Models that post-process their logits (soft-capping, scaling) would differ there, so
-the first call on a model compares both paths and keeps the fast one only if they agree.
+positions; when even those would exceed :data:`HEAD_CHUNK` entries, the head and the log-softmax
+run in checkpointed chunks (recomputed in the backward pass), so the full ``[tokens, vocab]``
+logits never exist at once. Models that post-process their logits (soft-capping, scaling) would
+differ there, so the first call on a model compares both paths and keeps the fast one only if
+they agree.
 
 Prefix sharing (:class:`SharedPromptBatch`): the prompt is run once, its KV cache (with its
 autograd graph) repeated for the two responses, and the responses run on top of it; the first
@@ -25,6 +28,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from gpo._numerics import warn_once
 from gpo.data.collate import SeqBatch, SharedPromptBatch
@@ -47,18 +51,49 @@ class SequenceLogps:
         return self.logps.chunk(2)
 
 
-def _completion_logits(model: nn.Module, batch: SeqBatch, mask: Tensor, fast: bool) -> Tensor:
-    """Logits ``[N completion tokens, V]`` at the positions predicting completion tokens."""
-    kwargs = {
+def _inputs(batch: SeqBatch) -> dict[str, Tensor | bool]:
+    return {
         "input_ids": batch.input_ids,
         "attention_mask": batch.attention_mask,
         "position_ids": batch.position_ids,
         "use_cache": False,
     }
+
+
+def _completion_logits(model: nn.Module, batch: SeqBatch, mask: Tensor, fast: bool) -> Tensor:
+    """Logits ``[N completion tokens, V]`` at the positions predicting completion tokens."""
+    kwargs = _inputs(batch)
     if fast:
         hidden = model.get_decoder()(**kwargs).last_hidden_state  # type: ignore[operator]
         return model.get_output_embeddings()(hidden[:, :-1][mask])  # type: ignore[operator]
     return model(**kwargs).logits[:, :-1][mask]
+
+
+#: Logit entries (tokens x vocab) the LM head computes at once: 2^26 = 256 MB in float32.
+HEAD_CHUNK = 2**26
+
+
+def _token_logps(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Target log-probs ``[N]`` and the (detached) vocab-mean logit ``[N]`` of ``logits``."""
+    logits = logits.float()
+    return -F.cross_entropy(logits, targets, reduction="none"), logits.detach().mean(-1)
+
+
+def _head_token_logps(head: nn.Module, hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_token_logps` of ``head(hidden)``, in chunks of at most HEAD_CHUNK logits."""
+    vocab = getattr(head, "out_features", None) or getattr(head, "num_embeddings", None)
+    rows = max(1, HEAD_CHUNK // vocab) if isinstance(vocab, int) else hidden.shape[0]
+    if hidden.shape[0] <= rows:
+        return _token_logps(head(hidden), targets)
+
+    def part(h: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return _token_logps(head(h), t)
+
+    outs = [
+        checkpoint(part, h, t, use_reentrant=False) if torch.is_grad_enabled() else part(h, t)
+        for h, t in zip(hidden.split(rows), targets.split(rows), strict=True)
+    ]
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
 def _can_be_fast(model: nn.Module) -> bool:
@@ -82,16 +117,15 @@ def _use_fast(model: nn.Module, batch: SeqBatch, mask: Tensor) -> bool:
 
 
 def _reduce(
-    picked: Tensor, targets: Tensor, rows: Tensor, tokens: Tensor, reduction: Reduction
+    per_token: tuple[Tensor, Tensor], rows: Tensor, tokens: Tensor, reduction: Reduction
 ) -> SequenceLogps:
-    """Per-row sums of the target log-probs of ``picked`` logits ``[N, V]`` (row of each)."""
-    picked = picked.float()
-    token_logps = -F.cross_entropy(picked, targets, reduction="none")
-    zeros = torch.zeros(tokens.shape[0], dtype=token_logps.dtype, device=picked.device)
+    """Per-sequence sums of ``(token log-probs, mean logits)`` ``[N]``; ``rows``: each's row."""
+    token_logps, mean_logits = per_token
+    zeros = torch.zeros(tokens.shape[0], dtype=token_logps.dtype, device=token_logps.device)
     logps = zeros.index_add(0, rows, token_logps)
     if reduction == "mean":
         logps = logps / tokens.clamp(min=1)
-    logits_sum = zeros.index_add(0, rows, picked.detach().mean(-1))
+    logits_sum = zeros.index_add(0, rows, mean_logits)
     return SequenceLogps(logps, tokens, logits_sum.detach())
 
 
@@ -101,9 +135,14 @@ def sequence_logps(
     """Completion log-probs of every sequence; ``fast=None`` picks the path as described above."""
     mask = batch.completion_mask[:, 1:].bool()
     use_fast = _use_fast(model, batch, mask) if fast is None else fast
-    picked = _completion_logits(model, batch, mask, use_fast)  # [N tokens, V]
     targets = batch.input_ids[:, 1:][mask]
-    return _reduce(picked, targets, mask.nonzero()[:, 0], mask.sum(1), reduction)
+    if use_fast:
+        hidden = model.get_decoder()(**_inputs(batch)).last_hidden_state  # type: ignore[operator]
+        head = model.get_output_embeddings()  # type: ignore[operator]
+        per_token = _head_token_logps(head, hidden[:, :-1][mask], targets)
+    else:
+        per_token = _token_logps(_completion_logits(model, batch, mask, False), targets)
+    return _reduce(per_token, mask.nonzero()[:, 0], mask.sum(1), reduction)
 
 
 def _cache_argument(decoder: nn.Module) -> str:
@@ -143,10 +182,9 @@ def _shared_prompt_logps(
     last_prompt = prompt.last_hidden_state[torch.arange(b), prompt_len - 1]
     predicting = torch.cat([last_prompt.repeat_interleave(2, 0)[:, None], hidden[:, :-1]], 1)
     mask = batch.completion_mask.bool()
-    picked = model.get_output_embeddings()(predicting[mask])  # type: ignore[operator]
-    out = _reduce(
-        picked, batch.completion_ids[mask], mask.nonzero()[:, 0], mask.sum(1), reduction
-    )
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    per_token = _head_token_logps(head, predicting[mask], batch.completion_ids[mask])
+    out = _reduce(per_token, mask.nonzero()[:, 0], mask.sum(1), reduction)
     # Interleaved (c0, r0, c1, r1, ...) -> chosen-first (c0, c1, ..., r0, r1, ...).
     order = torch.cat([torch.arange(0, 2 * b, 2), torch.arange(1, 2 * b, 2)]).to(mask.device)
     return SequenceLogps(out.logps[order], out.tokens[order], out.logits_sum[order])

@@ -348,6 +348,8 @@ class Trainer:
             if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < cfg.max_steps:
                 self.save(step)
         bar.close()
+        if self.reference.cache is not None:  # here, not in finish(): subclasses replace that
+            self.reference.cache.flush()
         summary: dict[str, Any] = {
             "train": last,
             "eval": last_eval,
@@ -377,13 +379,11 @@ class Trainer:
                 f"gold win rate vs reference: {rate:.3f} +- {se:.3f} ({len(ids)} held-out prompts)"
             )
         cache = self.reference.cache
-        if cache is not None:
-            cache.flush()
-            if self.main:
-                print(
-                    f"reference log-probs: {cache.hits} pairs from the cache, {cache.misses} "
-                    f"computed ({cache.folder})"
-                )
+        if cache is not None and self.main:
+            print(
+                f"reference log-probs: {cache.hits} pairs from the cache, {cache.misses} "
+                f"computed ({cache.folder})"
+            )
         if self.main and cfg.save_final:
             self.model.save_pretrained(self.run_dir / "final", safe_serialization=True)
             self.tokenizer.save_pretrained(self.run_dir / "final")

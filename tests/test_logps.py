@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from gpo.data import Limits, collate_pairs, parse_rows, tokenize_rows
@@ -135,3 +136,47 @@ def test_models_that_post_process_logits_fall_back_to_the_plain_path():
         plain = sequence_logps(model, batch, fast=False)
     assert model._gpo_fast_logps_ok is False
     torch.testing.assert_close(auto.logps, plain.logps)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("layout", ["pairs", "shared"])
+def test_chunked_lm_head_equals_one_pass_values_and_gradients(monkeypatch, lora, layout):
+    """HEAD_CHUNK small: the head runs in checkpointed chunks of 3 tokens, same numbers."""
+    import gpo.logps
+    from gpo.data.collate import collate_shared
+    from gpo.logps import batch_logps
+    from gpo.models import add_lora
+
+    model, tokenizer = tiny_model_and_tokenizer(seed=8)
+    vocab = model.get_output_embeddings().out_features
+    if lora:
+        model = add_lora(model, 4, 8, 0.0, "all-linear")
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)
+    pairs = _pairs(tokenizer)
+    collate = collate_shared if layout == "shared" else collate_pairs
+    batch = collate(pairs, tokenizer.pad_token_id)
+    batch_logps(model, batch)  # the per-model path checks run here, not in the counted calls
+    head_rows = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda m, args, out: head_rows.append(args[0].shape[0])
+    )
+    results = []
+    for chunk in (10**9, 3 * vocab):
+        monkeypatch.setattr(gpo.logps, "HEAD_CHUNK", chunk)
+        head_rows.clear()
+        model.zero_grad()
+        out = batch_logps(model, batch)
+        (out.logps * torch.arange(1.0, out.logps.numel() + 1)).sum().backward()
+        results.append((out, _grads(model), list(head_rows)))
+    (one, g_one, rows_one), (chunked, g_chunked, rows_chunked) = results
+    n = int(one.tokens.sum())
+    assert rows_one == [n]
+    assert max(rows_chunked) == 3 and sum(rows_chunked) == 2 * n  # forward + recompute
+    torch.testing.assert_close(chunked.logps, one.logps, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked.logits_sum, one.logits_sum, rtol=1e-5, atol=1e-5)
+    assert g_one.keys() == g_chunked.keys() and g_one
+    for name in g_one:
+        torch.testing.assert_close(g_chunked[name], g_one[name], rtol=1e-4, atol=1e-6)

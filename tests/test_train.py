@@ -160,6 +160,8 @@ def test_kill_and_resume_gives_the_same_curve(tiny_model_dir, tiny_data_file, tm
 
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, tiny_data_file, tmp_path):
+    """Also the fast paths under DDP against the plain ones: the two processes share prompts,
+    cache pi_ref and use fused AdamW (defaults); the single process does none of these."""
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     config = Path(__file__).parents[1] / "configs" / "accelerate" / "multi_cpu.yaml"
     common = [
@@ -197,6 +199,7 @@ def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, tiny_da
         "4",
         "--out",
         str(tmp_path / "one"),
+        *("--share-prompt", "false", "--ref-cache", "none", "--optim", "adamw"),
     ]
     launch = [
         accelerate,
