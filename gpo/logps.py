@@ -22,7 +22,7 @@ path and falls back (with a warning) if they differ or the model refuses.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -36,6 +36,7 @@ from gpo.data.collate import SeqBatch, SharedPromptBatch
 Reduction = Literal["sum", "mean"]
 _FAST_OK = "_gpo_fast_logps_ok"
 _SHARED_OK = "_gpo_shared_prompt_ok"
+_CHECK_ROWS = 4  # sequences compared by the per-model path checks
 
 
 @dataclass
@@ -107,7 +108,9 @@ def _use_fast(model: nn.Module, batch: SeqBatch, mask: Tensor) -> bool:
     ok = getattr(model, _FAST_OK, None)
     if ok is None:
         ok = _can_be_fast(model)
-        if ok:
+        if ok:  # checked on a few rows: full-vocabulary logits of a big batch could be huge
+            batch = SeqBatch(*(getattr(batch, f.name)[:_CHECK_ROWS] for f in fields(SeqBatch)))
+            mask = mask[:_CHECK_ROWS]
             with torch.no_grad():
                 fast = _completion_logits(model, batch, mask, True)
                 plain = _completion_logits(model, batch, mask, False)
@@ -193,6 +196,7 @@ def _shared_prompt_logps(
 def _use_shared(model: nn.Module, batch: SharedPromptBatch) -> bool:
     ok = getattr(model, _SHARED_OK, None)
     if ok is None:
+        batch = batch.first(_CHECK_ROWS // 2)
         plain = batch.unshared()
         ok = _use_fast(model, plain, plain.completion_mask[:, 1:].bool())
         if ok:

@@ -92,6 +92,16 @@ class SharedPromptBatch:
     def to(self, device: torch.device | str) -> SharedPromptBatch:
         return type(self)(*(getattr(self, f.name).to(device) for f in fields(self)))
 
+    def first(self, n: int) -> SharedPromptBatch:
+        """The first ``n`` pairs."""
+        return type(self)(
+            self.prompt_ids[:n],
+            self.prompt_mask[:n],
+            self.completion_ids[: 2 * n],
+            self.completion_mask[: 2 * n],
+            self.indices[:n],
+        )
+
     def unshared(self) -> PairBatch:
         """The same pairs as a :class:`PairBatch` (prompt repeated per response)."""
         b = self.num_pairs
