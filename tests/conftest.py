@@ -55,3 +55,29 @@ def tiny_data_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-data") / "prefs.jsonl"
     write_tiny_preferences(path)
     return path
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir, tiny_data_file, tmp_path):
+    """``make(name, **overrides)``: a quiet LoRA TrainConfig on the tiny model and data, with its
+    run folder at ``tmp_path / name`` (tests override only what they vary)."""
+    from gpo.config import TrainConfig
+
+    def make(name: str, **overrides):
+        base = dict(
+            model=str(tiny_model_dir),
+            data=str(tiny_data_file),
+            out=str(tmp_path / name),
+            finetune="lora",
+            batch_size=4,
+            logging_steps=1,
+            kl_prompts=0,
+            save_steps=0,
+            save_final=False,
+            progress=False,
+            report_to=["none"],
+        )
+        base.update(overrides)
+        return TrainConfig(**base)
+
+    return make

@@ -150,38 +150,18 @@ def test_models_without_a_usable_cache_fall_back_with_a_warning():
     torch.testing.assert_close(got, want)
 
 
-def test_training_with_and_without_prefix_sharing_gives_the_same_curve(
-    tiny_model_dir, tiny_data_file, tmp_path
-):
-    from gpo.config import TrainConfig
+def test_training_with_and_without_prefix_sharing_gives_the_same_curve(tiny_config, tmp_path):
     from gpo.tracking import read_metrics
     from gpo.train import train
 
     curves = {}
     for share in (True, False):
-        out = tmp_path / f"share-{share}"
-        cfg = TrainConfig(
-            model=str(tiny_model_dir),
-            data=str(tiny_data_file),
-            out=str(out),
-            finetune="lora",
-            batch_size=4,
-            max_steps=8,
-            logging_steps=1,
-            eval_steps=8,
-            kl_prompts=0,
-            save_steps=0,
-            save_final=False,
-            share_prompt=share,
-            ref_cache="none",  # both runs compute pi_ref themselves
-            progress=False,
-            report_to=["none"],
-        )
-        train(cfg)
-        curves[share] = [
-            (r["loss"], r["rewards/margins"]) for r in read_metrics(out) if "loss" in r
-        ]
-        curves[share] += [(r["eval/loss"], 0.0) for r in read_metrics(out) if "eval/loss" in r]
+        name = f"share-{share}"
+        # ref_cache none: both runs compute pi_ref themselves
+        train(tiny_config(name, max_steps=8, eval_steps=8, share_prompt=share, ref_cache="none"))
+        metrics = read_metrics(tmp_path / name)
+        curves[share] = [(r["loss"], r["rewards/margins"]) for r in metrics if "loss" in r]
+        curves[share] += [(r["eval/loss"], 0.0) for r in metrics if "eval/loss" in r]
     assert len(curves[True]) == 9
     torch.testing.assert_close(
         torch.tensor(curves[True]), torch.tensor(curves[False]), rtol=1e-4, atol=1e-5

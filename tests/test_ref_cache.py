@@ -97,32 +97,13 @@ def test_fingerprint_tracks_the_weights_and_ignores_lora_adapters():
     assert model_fingerprint(model) != base
 
 
-def test_a_second_run_reads_every_reference_logp_from_the_cache(
-    tiny_model_dir, tiny_data_file, tmp_path, capsys
-):
-    from gpo.config import TrainConfig
+def test_a_second_run_reads_every_reference_logp_from_the_cache(tiny_config, tmp_path, capsys):
     from gpo.tracking import read_metrics
     from gpo.train import Trainer
 
     def run(name, **kw):
-        cfg = TrainConfig(
-            model=str(tiny_model_dir),
-            data=str(tiny_data_file),
-            out=str(tmp_path / name),
-            finetune="lora",
-            batch_size=4,
-            max_steps=6,
-            logging_steps=1,
-            eval_steps=6,
-            kl_prompts=0,
-            save_steps=0,
-            save_final=False,
-            ref_cache=str(tmp_path / "cache"),
-            progress=False,
-            report_to=["none"],
-            **kw,
-        )
-        trainer = Trainer(cfg)
+        cache = str(tmp_path / "cache")
+        trainer = Trainer(tiny_config(name, max_steps=6, eval_steps=6, ref_cache=cache, **kw))
         trainer.run()
         losses = [r["loss"] for r in read_metrics(tmp_path / name) if "loss" in r]
         return trainer.reference.cache, losses
