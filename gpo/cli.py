@@ -16,6 +16,7 @@ from gpo.experiments.cli import add_experiment_parser
 from gpo.judge_server import add_judge_serve_parser
 from gpo.losses import LOSSES, resolve_loss
 from gpo.objectives import OBJECTIVES
+from gpo.sweep_cli import add_sweep_parsers
 
 
 def _fmt(x: float) -> str:
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     add_experiment_parser(sub)
     add_data_parser(sub)
+    add_sweep_parsers(sub)
     add_judge_serve_parser(sub)
     return parser
 

@@ -60,11 +60,15 @@ class TrainConfig:
     out: str | None = None  # run folder; default runs/train-<timestamp>
     logging_steps: int = 5
     eval_steps: int = 15
+    eval_schedule: str | None = None  # "200:2000,2000": overrides eval_steps (gpo/schedule.py)
     eval_max_pairs: int = 64
     kl_prompts: int = 8  # on-policy KL: held-out prompts sampled at each eval
     kl_samples: int = 2  # completions per prompt
     max_new_tokens: int = 48  # for KL and gold win-rate sampling
     gold_eval_prompts: int = 128  # held-out prompts for the final gold win rate (gold data only)
+    judge_prompts: int = 0  # held-out prompts judged at every eval (0: no per-eval win rate)
+    judge: str = "gold"  # the win-rate judge: a name of gpo.judges.JUDGES
+    opponent: str | None = None  # win-rate opponent: None = pi_ref, else a saved policy folder
     save_steps: int = 100
     save_total_limit: int = 2
     resume: bool = False
@@ -85,10 +89,15 @@ class TrainConfig:
             "beta": 0 < self.beta < math.inf,
             "learning_rate": 0 < self.learning_rate < math.inf,
             "weight_decay": 0 <= self.weight_decay < math.inf,
+            "judge_prompts": self.judge_prompts >= 0,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"config: {name} = {getattr(self, name)!r} is out of range")
+        if self.eval_schedule is not None:
+            from gpo.schedule import parse_schedule
+
+            parse_schedule(self.eval_schedule)  # a malformed schedule fails here, not mid-run
         unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
         if unknown:
             raise ValueError(f"config: report_to has unknown entries {sorted(unknown)}")

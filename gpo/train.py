@@ -43,7 +43,9 @@ from gpo.models import add_lora, disable_dropout, frozen_copy, load_model_and_to
 from gpo.objectives import resolve_objective
 from gpo.reference import Reference
 from gpo.runs import print_config, write_json
+from gpo.schedule import is_eval_step, segments_for
 from gpo.tracking import Tracker
+from gpo.win_rate import build_win_rate_eval
 
 #: Config keys that may differ when resuming (they do not change the optimisation).
 RESUMABLE_CHANGES = {
@@ -56,6 +58,7 @@ RESUMABLE_CHANGES = {
     "report_to",
     "logging_steps",
     "eval_steps",
+    "eval_schedule",
     "save_final",
     "ref_cache",
     "on_nonfinite",
@@ -207,6 +210,12 @@ class Trainer:
         )
         world, rank = acc.num_processes, acc.process_index
         self.eval_shard = self.data.eval[: cfg.eval_max_pairs][rank::world]
+        self.eval_segments = segments_for(cfg.eval_schedule, cfg.eval_steps)
+        self.win_rate = (
+            build_win_rate_eval(cfg, self.data, self.tokenizer, self.reference)
+            if self.main
+            else None
+        )
 
     def _run_dir(self) -> Path:
         cfg = self.cfg
@@ -284,6 +293,8 @@ class Trainer:
                 seed=cfg.seed + step,
             )
             result.update({"eval/kl": kl, "eval/kl_se": se})
+        if self.win_rate is not None:
+            result.update(self.win_rate.evaluate(self.model, self.tokenizer, step, self.run_dir))
         self.acc.wait_for_everyone()
         return result
 
@@ -342,7 +353,7 @@ class Trainer:
                 self.tracker.log(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
                 window = []
-            if cfg.eval_steps > 0 and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+            if self.eval_segments and is_eval_step(step, cfg.max_steps, self.eval_segments):
                 last_eval = self.evaluate(step)
                 self.tracker.log(step, last_eval)
             if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < cfg.max_steps:

@@ -204,7 +204,8 @@ def _sample(name: str, default: Any) -> tuple[list[str], Any]:
         value = default / 2 if default else 0.5
         return [repr(value)], value
     assert tp is str, f"{name}: no sample for {tp}"
-    return ["some-value"], "some-value"
+    value = {"eval_schedule": "200:2000,2000"}.get(name, "some-value")  # validated strings
+    return [value], value
 
 
 @pytest.mark.parametrize("field", FIELDS, ids=[f.name for f in FIELDS])

@@ -140,3 +140,31 @@ def test_trust_remote_code_is_off_unless_passed(
     want = flag == ["--trust-remote-code"]
     assert seen == {"tokenizer": want, "model": want}
     assert TrainConfig().trust_remote_code is False
+
+
+def test_judge_api_key_never_reaches_the_run_folder_or_logs(
+    tiny_config, tmp_path, monkeypatch, capfd
+):
+    """A run judged by the http judge (a real tiny model served on 127.0.0.1, key required):
+    the key is used, and appears in no file of the run folder and in no output."""
+    from gpo.judge_server import JudgeServer
+    from gpo.tiny import DEFAULT_WORDS, tiny_model_and_tokenizer
+    from gpo.train import train
+
+    secret = "sk-test-7f3a9c1e5b"
+    monkeypatch.setenv("GPO_TEST_JUDGE_KEY", secret)
+    judge_model, judge_tok = tiny_model_and_tokenizer(vocab_words=(*DEFAULT_WORDS, "A", "B"))
+    with JudgeServer(judge_model, judge_tok, api_key_env="GPO_TEST_JUDGE_KEY") as server:
+        spec = f"http:base_url={server.base_url},model=gpo-judge,api_key_env=GPO_TEST_JUDGE_KEY"
+        cfg = tiny_config(
+            "run", max_steps=2, eval_steps=2, judge=spec, judge_prompts=2,
+            max_new_tokens=4, save_steps=1, report_to=["tensorboard"],
+        )  # fmt: skip
+        summary = train(cfg)
+    assert 0.0 <= summary["eval"]["eval/win_rate"] <= 1.0  # the judge really answered
+    out, err = capfd.readouterr()
+    assert secret not in out + err
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.name == "config.json" for p in files) and len(files) > 5
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
