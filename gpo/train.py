@@ -405,6 +405,11 @@ class Trainer:
 
             plot_run(self.run_dir)
         self.acc.wait_for_everyone()
+        # Release the DDP wrapper (its reducer holds the process group) while every rank is
+        # alive: destroyed later, after a peer has exited, gloo can hang in its destructor.
+        self.policy = None
+        self.acc.free_memory()
+        self.acc.wait_for_everyone()
         self.acc.end_training()
         return summary
 

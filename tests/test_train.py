@@ -211,8 +211,8 @@ def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, tiny_da
     ]
     two = [*launch, "-m", "gpo.cli", "train", *common, "--batch-size", "2"]
     two += ["--out", str(tmp_path / "two")]
-    subprocess.run(one, env=env, check=True, capture_output=True, timeout=600)
-    subprocess.run(two, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(one, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(two, env=env, check=True, capture_output=True, timeout=300)
     a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert len(a) == len(b)  # only rank 0 wrote
     for x, y in zip(a, b, strict=True):
