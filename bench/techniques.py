@@ -6,16 +6,20 @@
 Variants run gpo alone (same data, batches, model, fp32 full fine-tuning as ``vs_trl.py``), each
 in a fresh process, adding one technique at a time:
 
-- ``plain``: the prompt run once per response, torch's default (per-tensor) AdamW;
+- ``plain``: the prompt run once per response, torch's default (per-tensor) AdamW, glibc's
+  default malloc settings, the head's token log-probs by ``torch.nn.functional.cross_entropy``;
 - ``+prefix sharing``: the prompt run once for both responses (``share_prompt``);
-- ``+fused AdamW``: ``optim=adamw_fused`` (gpo's default; TRL users get it with
-  ``optim="adamw_torch_fused"``);
+- ``+fused AdamW``: ``optim=adamw_fused`` (TRL users get it with ``optim="adamw_torch_fused"``);
+- ``+reuse host memory``: ``reuse_host_memory`` (freed memory kept for the next step instead of
+  re-faulted: ``gpo/host_memory.py``);
+- ``+fused target log-prob``: ``gpo.logps._TargetLogProb`` instead of cross-entropy (all of
+  gpo's defaults from here on);
 - ``+warm reference cache``: pi_ref's log-probs read from the on-disk cache, filled by one
   untimed run first (what a second run or sweep member on the same data gets);
 - ``bf16 autocast``: the default with ``mixed_precision=bf16`` (speed and the loss gap to fp32).
 
-Each row reports pairs/s (median of ``--repeats``), the gain over the row above (over ``plain``
-for the bf16 row: over the default), and the largest per-step loss gap to ``plain``.
+Each row reports pairs/s (median of ``--repeats``), the gain over the row above (for the bf16 row:
+over the default), and the largest per-step loss gap to ``plain``.
 """
 
 from __future__ import annotations
@@ -32,14 +36,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import vs_trl  # the workload and the gpo child
 
-PLAIN = {"share_prompt": False, "optim": "adamw"}
+#: ``cross_entropy_head`` is not a gpo option: it goes to the child's ``ChildSpec``.
+PLAIN = {
+    "share_prompt": False,
+    "optim": "adamw",
+    "reuse_host_memory": False,
+    "cross_entropy_head": True,
+}
 #: name -> (gpo options, the variant its gain is measured against)
 VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
     "plain": (PLAIN, None),
     "+prefix sharing": ({**PLAIN, "share_prompt": True}, "plain"),
-    "+fused AdamW": ({}, "+prefix sharing"),
-    "+warm reference cache": ({"ref_cache": "CACHE"}, "+fused AdamW"),
-    "bf16 autocast": ({"mixed_precision": "bf16"}, "+fused AdamW"),
+    "+fused AdamW": ({"reuse_host_memory": False, "cross_entropy_head": True}, "+prefix sharing"),
+    "+reuse host memory": ({"cross_entropy_head": True}, "+fused AdamW"),
+    "+fused target log-prob": ({}, "+reuse host memory"),
+    "+warm reference cache": ({"ref_cache": "CACHE"}, "+fused target log-prob"),
+    "bf16 autocast": ({"mixed_precision": "bf16"}, "+fused target log-prob"),
 }
 
 
@@ -47,6 +59,8 @@ def run_variant(
     wl: vs_trl.Workload, options: dict[str, Any], args: argparse.Namespace, root: Path, lr: float
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="gpo-", dir=root))
+    options = dict(options)
+    cross_entropy_head = options.pop("cross_entropy_head", False)
     spec = vs_trl.ChildSpec(
         tool="gpo",
         model_dir=wl.model_dir,
@@ -60,6 +74,7 @@ def run_variant(
         work_dir=str(work),
         result=str(work / "result.json"),
         gpo_options=options,
+        cross_entropy_head=cross_entropy_head,
     )
     out = vs_trl.run_child(spec, work / "log.txt")
     ends = out["step_ends"]
@@ -76,7 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
         help="a subset to run (gains are then against the nearest variant run before)",
     )
     args = parser.parse_args(argv)

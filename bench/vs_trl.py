@@ -111,6 +111,8 @@ class ChildSpec:
     work_dir: str
     result: str
     gpo_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trl_reuse_host_memory: bool = False  # give TRL gpo's malloc setting (gpo.host_memory)
+    cross_entropy_head: bool = False  # gpo: torch's cross_entropy for the head (techniques.py)
 
 
 # --- children --------------------------------------------------------------------------------
@@ -123,6 +125,20 @@ def _peak_rss_mb() -> float:
 def _token_digest(rows: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]]) -> str:
     blob = json.dumps([[list(p), list(c), list(r)] for p, c, r in rows]).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def _use_cross_entropy_head() -> None:
+    """Token log-probs by ``-cross_entropy`` (gpo before ``_TargetLogProb``), to measure it."""
+    import torch.nn.functional as F
+
+    import gpo.logps
+
+    class CrossEntropy:
+        @staticmethod
+        def apply(logits: Any, targets: Any) -> Any:
+            return -F.cross_entropy(logits, targets, reduction="none")
+
+    gpo.logps._TargetLogProb = CrossEntropy  # type: ignore[assignment,misc]
 
 
 def run_gpo_child(spec: ChildSpec) -> dict[str, Any]:
@@ -178,6 +194,8 @@ def run_gpo_child(spec: ChildSpec) -> dict[str, Any]:
         ref_cache="none",  # TRL computes pi_ref every step; --gpo-option ref_cache=DIR to cache
     )
     cfg = dataclasses.replace(cfg, **spec.gpo_options)
+    if spec.cross_entropy_head:
+        _use_cross_entropy_head()
     trainer = TimedTrainer(cfg)
     trainer.step_ends = []
     train = trainer.data.train
@@ -207,6 +225,10 @@ def run_trl_child(spec: ChildSpec) -> dict[str, Any]:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             step_ends.append(time.perf_counter())
 
+    if spec.trl_reuse_host_memory:
+        from gpo.host_memory import reuse_freed_memory
+
+        reuse_freed_memory()
     # the same calls, in the same order after the same seed, as gpo's Trainer (LoRA init matches)
     set_seed(SEED)
     model, tokenizer = load_model_and_tokenizer(spec.model_dir, "float32")
@@ -497,6 +519,7 @@ def run_cell(
                 work_dir=str(work),
                 result=str(work / "result.json"),
                 gpo_options=args.gpo_options,
+                trl_reuse_host_memory=args.trl_reuse_host_memory,
             )
             t0 = time.perf_counter()
             out = run_child(spec, work / "log.txt")
@@ -618,6 +641,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="KEY=YAML",
         help="a gpo TrainConfig override, e.g. share_prompt=false or ref_cache=/tmp/c "
         "(per-technique measurements; repeatable)",
+    )
+    parser.add_argument(
+        "--trl-reuse-host-memory",
+        action="store_true",
+        help="apply gpo's malloc setting (reuse_host_memory, gpo/host_memory.py) to TRL too",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import inspect
 import math
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,48 +22,49 @@ class TrainConfig:
         "smollm2"  # HF name or local folder; 'smollm2' = the embedded SmolLM2-135M-Instruct
     )
     data: str = "gold"  # file, saved dataset, hub name, or 'gold' (the built-in gold task)
-    split: str = "train"
+    split: str = "train"  # the split of `data` to train on
     eval_data: str | None = None  # default: `data` with `eval_split`, else a held-out fraction
-    eval_split: str | None = "test"
+    eval_split: str | None = "test"  # the split of `data` to evaluate on, if it has one
     eval_fraction: float = 0.05  # held out from `data` when there is no eval split
     loss: str = "logistic"  # a GPO loss, 'fdpo:js', 'iupo:js', ..., or 'pkg.module:func'
-    beta: float = 0.1
+    beta: float = 0.1  # the loss is f(beta * rho): larger beta, stronger regularization
     logp_reduction: Literal["sum", "mean"] = "sum"  # 'mean' = per-token mean (TRL's IPO)
     # model options
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    trust_remote_code: bool = False
-    finetune: Literal["lora", "full"] = "lora"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "all-linear"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights are loaded in this
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast (Accelerate)
+    trust_remote_code: bool = False  # run the model repo's own Python code (only if trusted)
+    finetune: Literal["lora", "full"] = "lora"  # LoRA adapters, or every weight
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA input
+    lora_target_modules: str = "all-linear"  # PEFT target_modules (comma-separated names)
     # data shaping
-    max_length: int = 512
-    max_prompt_length: int | None = None
-    max_completion_length: int | None = None
-    prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"
+    max_length: int = 512  # tokens; a longer prompt + completion pair is dropped and counted
+    max_prompt_length: int | None = None  # tokens; longer prompts are truncated
+    max_completion_length: int | None = None  # tokens; longer responses keep their start
+    prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"  # which part is kept
     share_prompt: bool = True  # run each prompt once for both responses (prefix sharing)
     ref_cache: str = "auto"  # pi_ref log-probs on disk: 'auto' ($GPO_CACHE_DIR), 'none', a folder
     # optimisation
     max_steps: int = 30  # the default run: a few minutes on 2 CPU cores
     batch_size: int = 8  # pairs per process per micro-step
     shuffle: bool = True  # False: every epoch in source order
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
     learning_rate: float = 1e-3  # LoRA; lower it for full fine-tuning
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    warmup_ratio: float = 0.1  # share of max_steps with a linearly rising learning rate
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
+    max_grad_norm: float = 1.0  # gradient-norm clipping; 0: none
     optim: Literal["adamw_fused", "adamw"] = "adamw_fused"  # 'adamw': torch's default AdamW
+    reuse_host_memory: bool = True  # keep freed host memory for the next step (glibc malloc)
     on_nonfinite: Literal["stop", "skip"] = "stop"  # inf/NaN loss or gradients: stop, or skip
-    seed: int = 0
+    seed: int = 0  # data order, initialisation, sampling
     # logging, evaluation, checkpoints
     out: str | None = None  # run folder; default runs/train-<timestamp>
-    logging_steps: int = 5
-    eval_steps: int = 15
+    logging_steps: int = 5  # optimizer steps per logged mean of the train metrics
+    eval_steps: int = 15  # evaluate every N optimizer steps (and at the end); 0: only at the end
     eval_schedule: str | None = None  # "200:2000,2000": overrides eval_steps (gpo/schedule.py)
-    eval_max_pairs: int = 64
+    eval_max_pairs: int = 64  # held-out pairs scored at each eval
     kl_prompts: int = 8  # on-policy KL: held-out prompts sampled at each eval
     kl_samples: int = 2  # completions per prompt
     max_new_tokens: int = 48  # for KL and gold win-rate sampling
@@ -69,12 +72,12 @@ class TrainConfig:
     judge_prompts: int = 0  # held-out prompts judged at every eval (0: no per-eval win rate)
     judge: str = "gold"  # the win-rate judge: a name of gpo.judges.JUDGES
     opponent: str | None = None  # win-rate opponent: None = pi_ref, else a saved policy folder
-    save_steps: int = 100
-    save_total_limit: int = 2
-    resume: bool = False
+    save_steps: int = 100  # checkpoint every N optimizer steps; 0: never
+    save_total_limit: int = 2  # newest checkpoints kept (older ones deleted); 0: all
+    resume: bool = False  # continue from the newest complete checkpoint in `out`
     save_final: bool = True  # write final/ (the trained model or adapter)
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    progress: bool = True
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # or wandb, none
+    progress: bool = True  # a progress bar
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -183,16 +186,39 @@ def _none_or(kind: type) -> Any:
     return parse
 
 
+def field_comments() -> dict[str, str]:
+    """Each field's trailing ``# comment`` in :class:`TrainConfig`'s source: the flags' help."""
+    lines = inspect.getsource(TrainConfig).splitlines(keepends=True)
+    comments: dict[str, str] = {}
+    field_name = None
+    for tok in tokenize.generate_tokens(iter(lines).__next__):
+        if (
+            tok.type == tokenize.NAME
+            and tok.start[1] == 4
+            and tok.line.strip().startswith(tok.string + ":")
+        ):
+            field_name = tok.string
+        elif tok.type == tokenize.COMMENT and field_name and field_name not in comments:
+            if tok.start[1] > 4:  # trailing, not a section heading like "# model options"
+                comments[field_name] = tok.string.lstrip("# ").strip()
+        elif tok.type == tokenize.NAME and tok.string == "def":
+            break
+    return comments
+
+
 def add_config_flags(parser: argparse.ArgumentParser, helps: dict[str, str] | None = None) -> None:
-    """One ``--flag`` per config field; flags not given are absent from the namespace."""
+    """One ``--flag`` per config field; flags not given are absent from the namespace.
+
+    Help: ``helps[name]`` if given, else the field's comment in :class:`TrainConfig`."""
     defaults = TrainConfig()
+    helps = {**field_comments(), **(helps or {})}
     for f in dataclasses.fields(TrainConfig):
         tp = _hints()[f.name]
         kinds, choices = _allowed(tp)
         flag = "--" + f.name.replace("_", "-")
         common = {
             "default": argparse.SUPPRESS,
-            "help": (helps or {}).get(f.name, "") + f" (default: {getattr(defaults, f.name)})",
+            "help": helps.get(f.name, "") + f" (default: {getattr(defaults, f.name)})",
         }
         if kinds == [bool]:
             parser.add_argument(

@@ -26,7 +26,6 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -74,10 +73,40 @@ def _completion_logits(model: nn.Module, batch: SeqBatch, mask: Tensor, fast: bo
 HEAD_CHUNK = 2**26
 
 
+class _TargetLogProb(torch.autograd.Function):
+    """``log_softmax(logits)[i, targets[i]]`` with a backward that reuses the saved log-softmax.
+
+    Same values and gradient as ``-cross_entropy(reduction="none")``. The gradient,
+    ``g * (onehot - softmax)``, is written over the saved ``[N, V]`` log-softmax in place
+    (one ``exp_`` pass), instead of cross-entropy's new zero-filled ``[N, V]`` for the gather's
+    gradient plus another for log-softmax's: ~5% of a SmolLM2 CPU step (docs/performance.md).
+    The saved tensor is consumed, so a second backward through it raises (version check).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, logits: Tensor, targets: Tensor
+    ) -> Tensor:
+        log_probs = torch.log_softmax(logits, -1)
+        ctx.save_for_backward(log_probs, targets)
+        return log_probs.gather(1, targets[:, None]).squeeze(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        log_probs, targets = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad_logits = log_probs.exp_().mul_(-grad[:, None])
+        return grad_logits.scatter_add_(1, targets[:, None], grad[:, None]), None
+
+
 def _token_logps(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Target log-probs ``[N]`` and the (detached) vocab-mean logit ``[N]`` of ``logits``."""
     logits = logits.float()
-    return -F.cross_entropy(logits, targets, reduction="none"), logits.detach().mean(-1)
+    if not torch.is_grad_enabled() or not logits.requires_grad:
+        token_logps = torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
+    else:
+        token_logps = _TargetLogProb.apply(logits, targets)
+    return token_logps, logits.detach().mean(-1)
 
 
 def _head_token_logps(head: nn.Module, hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

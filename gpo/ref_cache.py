@@ -82,9 +82,7 @@ def pair_keys(batch: SeqBatch | SharedPromptBatch) -> list[bytes] | None:
         b = batch.num_pairs
         ids, comp = batch.input_ids, batch.completion_mask.bool()
         prompt = batch.attention_mask.bool() & ~comp
-        return [
-            _key(ids[i][prompt[i]], ids[i][comp[i]], ids[b + i][comp[b + i]]) for i in range(b)
-        ]
+        return [_key(ids[i][prompt[i]], ids[i][comp[i]], ids[b + i][comp[b + i]]) for i in range(b)]
     return None
 
 

@@ -37,6 +37,7 @@ from gpo.guards import (
     finite_objective,
     writable_run_dir,
 )
+from gpo.host_memory import reuse_freed_memory
 from gpo.logps import PolicyLogps, SequenceLogps
 from gpo.metrics import concat_values, pair_values, reduce_metrics
 from gpo.models import add_lora, disable_dropout, frozen_copy, load_model_and_tokenizer
@@ -62,6 +63,7 @@ RESUMABLE_CHANGES = {
     "save_final",
     "ref_cache",
     "on_nonfinite",
+    "reuse_host_memory",
 }
 
 
@@ -172,6 +174,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.objective = resolve_objective(cfg.loss)  # fail fast, before any model is loaded
         check_decreasing_at_zero(self.objective)
+        if cfg.reuse_host_memory:  # before the model loads: ~15% of a CPU step is page faults
+            reuse_freed_memory()
         self.acc = acc = _accelerator(cfg)
         self.main = acc.is_main_process
         self.run_dir = self._run_dir()

@@ -250,3 +250,19 @@ def test_train_command_with_bad_config_fails_cleanly(
     assert main(["train", "--config", str(good), "--batch-size", "0"]) == 2
     err = capsys.readouterr().err
     assert err == "gpo: error: config: batch_size = 0 is out of range\n"
+
+
+def test_every_config_field_has_its_comment_as_flag_help():
+    import argparse
+    import dataclasses
+
+    from gpo.config import TrainConfig, add_config_flags, field_comments
+
+    comments = field_comments()
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if not comments.get(f.name)]
+    assert not missing, f"TrainConfig fields without a trailing # comment: {missing}"
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    helps = {a.dest: a.help for a in parser._actions}
+    assert helps["reuse_host_memory"].startswith(comments["reuse_host_memory"])
+    assert helps["beta"].endswith("(default: 0.1)")

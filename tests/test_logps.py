@@ -180,3 +180,42 @@ def test_chunked_lm_head_equals_one_pass_values_and_gradients(monkeypatch, lora,
     assert g_one.keys() == g_chunked.keys() and g_one
     for name in g_one:
         torch.testing.assert_close(g_chunked[name], g_one[name], rtol=1e-4, atol=1e-6)
+
+
+def test_target_log_prob_by_hand():
+    from gpo.logps import _token_logps
+
+    logits = torch.tensor([[0.0, torch.log(torch.tensor(3.0))]], requires_grad=True)
+    logp, _ = _token_logps(logits, torch.tensor([1]))
+    assert logp.item() == pytest.approx(torch.log(torch.tensor(0.75)).item(), abs=1e-7)
+    logp.sum().backward()  # d/dlogits log softmax[1] = onehot(1) - softmax = (-1/4, 1/4)
+    assert torch.allclose(logits.grad, torch.tensor([[-0.25, 0.25]]), atol=1e-7)
+
+
+def test_target_log_prob_equals_cross_entropy_values_and_gradients():
+    from gpo.logps import _token_logps
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(7, 50, generator=gen) * 4
+    targets = torch.randint(0, 50, (7,), generator=gen)
+    weights = torch.randn(7, generator=gen)  # a row swap would show
+    ours, reference = base.clone().requires_grad_(), base.clone().requires_grad_()
+    logp, mean_logit = _token_logps(ours, targets)
+    (logp * weights).sum().backward()
+    expected = -torch.nn.functional.cross_entropy(reference, targets, reduction="none")
+    (expected * weights).sum().backward()
+    assert torch.allclose(logp, expected, atol=1e-6)
+    assert torch.allclose(ours.grad, reference.grad, atol=1e-7)
+    assert torch.allclose(mean_logit, base.mean(-1))
+    with torch.no_grad():  # the no-grad path (the reference model) gives the same values
+        assert torch.allclose(_token_logps(base, targets)[0], expected, atol=1e-6)
+
+
+def test_target_log_prob_refuses_a_second_backward():
+    from gpo.logps import _token_logps
+
+    logits = torch.randn(3, 5, requires_grad=True)
+    logp, _ = _token_logps(logits, torch.tensor([0, 1, 2]))
+    logp.sum().backward(retain_graph=True)  # the backward consumed the saved log-softmax
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        logp.sum().backward()
