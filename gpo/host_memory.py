@@ -3,7 +3,7 @@
 By default glibc serves every allocation above ~32 MB (a batch's activations, its logits, their
 gradients) with a fresh ``mmap`` and unmaps it on free. A CPU training step frees and
 re-allocates the same few GB every step, so the kernel zero-fills ~1.8 GB of new pages per step
-(~450k page faults for SmolLM2-135M at batch 2): about 15% of a CPU step (``docs/performance.md``).
+(~450k page faults for SmolLM2-135M at batch 2): 6-15% of a CPU step (``docs/performance.md``).
 With ``mmap`` disabled and trimming raised, freed blocks stay on the heap and the next step
 reuses them. The price: memory freed after a peak is not handed back to the OS while the process
 lives, so RSS stays at its high-water mark (the peak itself is unchanged up to fragmentation).
@@ -36,11 +36,11 @@ def reuse_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        gnu_version = libc.gnu_get_libc_version  # present in glibc only
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    del gnu_version
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (musl's mallopt does nothing)
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
