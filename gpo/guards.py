@@ -19,6 +19,11 @@ from gpo.logps import SequenceLogps
 from gpo.losses import PreferenceLoss
 from gpo.runs import new_run_dir
 
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says at which step and why."""
+
+
 NonFinite = Literal["stop", "skip"]
 MiB = 2**20
 
@@ -144,8 +149,6 @@ class NonFiniteGuard:
 
     def step_ok(self, step: int, params: Sequence[nn.Parameter], grad_norm: Tensor | None) -> bool:
         """Call after backward and clipping, before ``optimizer.step``: False means skip it."""
-        from gpo.train import TrainingError
-
         watched, self._watched = self._watched, []
         bad = [(m, rows) for m, ok, rows in watched if not bool(ok)]
         grads_bad = False

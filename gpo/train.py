@@ -31,6 +31,7 @@ from gpo.data.tokenize import Limits, TokenizedPair
 from gpo.evaluate import gold_win_rate, on_policy_kl, pair_metrics
 from gpo.guards import (
     NonFiniteGuard,
+    TrainingError,
     check_decreasing_at_zero,
     check_free_space,
     checkpoint_bytes,
@@ -69,10 +70,6 @@ RESUMABLE_CHANGES = {
 
 #: Called after every optimizer step with ``(step, seconds since the loop started)``.
 StepCallback = Callable[[int, float], None]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says at which step and why."""
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
