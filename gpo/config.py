@@ -10,6 +10,7 @@ import math
 import tokenize
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -144,27 +145,34 @@ def _suggest(key: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults, then the YAML file, then CLI overrides; unknown keys are errors."""
+def read_yaml_mapping(
+    path: str | Path, label: str, known: set[str], hint: Callable[[str], str]
+) -> dict[str, Any]:
+    """A YAML file's top-level mapping (empty file: ``{}``); one-line errors start with
+    ``"{label} {path}"``, and an unknown key gets ``hint(key)`` appended."""
     import yaml
 
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{label} {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{label} {path}: invalid YAML ({e})") from None
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{label} {path}: expected a mapping of keys to values")
+    for key in loaded:
+        if key not in known:
+            raise ValueError(f"{label} {path}: unknown key {key!r}{hint(str(key))}")
+    return loaded
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the YAML file, then CLI overrides; unknown keys are errors."""
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ValueError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {path}: invalid YAML ({e})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path}: expected a mapping of keys to values")
         names = {f.name for f in dataclasses.fields(TrainConfig)}
-        for key in loaded:
-            if key not in names:
-                raise ValueError(f"config file {path}: unknown key {key!r}{_suggest(str(key))}")
-        values.update(loaded)
+        values.update(read_yaml_mapping(path, "config file", names, _suggest))
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpo.config import TrainConfig, _suggest
+from gpo.config import TrainConfig, _suggest, read_yaml_mapping
 from gpo.runs import print_config, write_json
 from gpo.sft import SftConfig
 
@@ -76,24 +76,12 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def load_sweep_config(path: str | Path | None, preset: str | None) -> SweepConfig:
     """A preset (if named), then the YAML file on top of it; unknown keys are errors."""
-    import yaml
-
     from gpo.presets import preset_dict
 
     values: dict[str, Any] = preset_dict(preset) if preset else {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ValueError(f"sweep config {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"sweep config {path}: invalid YAML ({e})") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"sweep config {path}: expected a mapping")
         known = {f.name for f in dataclasses.fields(SweepConfig)}
-        for key in loaded:
-            if key not in known:
-                raise ValueError(f"sweep config {path}: unknown key {key!r} (use {sorted(known)})")
+        loaded = read_yaml_mapping(path, "sweep config", known, lambda _: f" (use {sorted(known)})")
         values = merge(values, loaded)
     if not values:
         raise ValueError("gpo sweep needs --config YAML or --preset NAME")

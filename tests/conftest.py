@@ -38,6 +38,25 @@ def write_tiny_preferences(path, n: int = 48, seed: int = 0) -> None:
             f.write("\n")
 
 
+@pytest.fixture
+def active_lora():
+    """``make(model, std=0.1)``: LoRA (r 4, all linear layers) with its B matrices drawn from
+    N(0, std) instead of zeros, so the adapters change the outputs and A gets gradients too."""
+    import torch
+
+    from gpo.models import add_lora
+
+    def make(model, std: float = 0.1):
+        model = add_lora(model, 4, 8, 0.0, "all-linear")
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, std)
+        return model
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama + tokenizer saved with save_pretrained (loaded via from_pretrained)."""

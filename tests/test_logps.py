@@ -140,21 +140,18 @@ def test_models_that_post_process_logits_fall_back_to_the_plain_path():
 
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("layout", ["pairs", "shared"])
-def test_chunked_lm_head_equals_one_pass_values_and_gradients(monkeypatch, lora, layout):
+def test_chunked_lm_head_equals_one_pass_values_and_gradients(
+    monkeypatch, active_lora, lora, layout
+):
     """HEAD_CHUNK small: the head runs in checkpointed chunks of 3 tokens, same numbers."""
     import gpo.logps
     from gpo.data.collate import collate_shared
     from gpo.logps import batch_logps
-    from gpo.models import add_lora
 
     model, tokenizer = tiny_model_and_tokenizer(seed=8)
     vocab = model.get_output_embeddings().out_features
     if lora:
-        model = add_lora(model, 4, 8, 0.0, "all-linear")
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.1)
+        model = active_lora(model)
     pairs = _pairs(tokenizer)
     collate = collate_shared if layout == "shared" else collate_pairs
     batch = collate(pairs, tokenizer.pad_token_id)

@@ -15,7 +15,6 @@ from gpo.data.collate import (
     collate_shared,
 )
 from gpo.logps import batch_logps, sequence_logps
-from gpo.models import add_lora
 from gpo.reference import Reference
 from gpo.tiny import tiny_model_and_tokenizer
 
@@ -51,14 +50,10 @@ def _run(model, batch, reduction="sum"):
 
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_shared_prompt_equals_plain_values_and_gradients(lora, reduction):
+def test_shared_prompt_equals_plain_values_and_gradients(active_lora, lora, reduction):
     model, tokenizer = tiny_model_and_tokenizer(seed=11)
     if lora:
-        model = add_lora(model, 4, 8, 0.0, "all-linear")
-        with torch.no_grad():  # non-zero B so LoRA changes the outputs and gets A-gradients too
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.1)
+        model = active_lora(model)
     pairs = _pairs(tokenizer)
     plain, g_plain = _run(model, collate_pairs(pairs, tokenizer.pad_token_id), reduction)
     shared_batch = collate_shared(pairs, tokenizer.pad_token_id)
@@ -74,13 +69,9 @@ def test_shared_prompt_equals_plain_values_and_gradients(lora, reduction):
         torch.testing.assert_close(g_shared[name], g_plain[name], rtol=1e-4, atol=1e-6)
 
 
-def test_reference_with_adapters_off_uses_the_shared_path_too():
+def test_reference_with_adapters_off_uses_the_shared_path_too(active_lora):
     model, tokenizer = tiny_model_and_tokenizer(seed=12)
-    model = add_lora(model, 4, 8, 0.0, "all-linear")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    model = active_lora(model)
     pairs = _pairs(tokenizer)
     ref = Reference(model)
     shared = ref.logps(collate_shared(pairs, tokenizer.pad_token_id)).logps

@@ -8,7 +8,7 @@ import torch
 
 from gpo.data import Limits, parse_rows, tokenize_rows
 from gpo.data.collate import collate_pairs, collate_sequences, collate_shared
-from gpo.models import add_lora, frozen_copy
+from gpo.models import frozen_copy
 from gpo.ref_cache import RefLogpCache, model_fingerprint, pair_keys
 from gpo.reference import Reference
 from gpo.tiny import tiny_model_and_tokenizer
@@ -81,16 +81,12 @@ def test_a_damaged_part_is_ignored(tmp_path):
     assert len(RefLogpCache(tmp_path)) == 0
 
 
-def test_fingerprint_tracks_the_weights_and_ignores_lora_adapters():
+def test_fingerprint_tracks_the_weights_and_ignores_lora_adapters(active_lora):
     model, _, _ = _setup(seed=22)
     base = model_fingerprint(model)
     assert model_fingerprint(model) == base
     assert model_fingerprint(model, extra="mixed_precision=bf16") != base
-    lora = add_lora(frozen_copy(model), 4, 8, 0.0, "all-linear")
-    with torch.no_grad():
-        for name, p in lora.named_parameters():
-            if "lora_B" in name:
-                p.normal_()
+    lora = active_lora(frozen_copy(model), std=1.0)
     assert Reference(lora).fingerprint() == base  # adapters are off in pi_ref
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] += 1e-3
