@@ -20,7 +20,7 @@ import time
 import torch
 
 from gpo.experiments.bandit import BanditConfig, run_bandit, sample_batches, single_thread
-from gpo.losses import gpo_loss
+from gpo.losses.family import gpo_loss
 
 
 def naive_config(cfg: BanditConfig, name: str, beta: float, seed: int, steps: int) -> None:

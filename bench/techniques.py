@@ -11,8 +11,8 @@ in a fresh process, adding one technique at a time:
 - ``+prefix sharing``: the prompt run once for both responses (``share_prompt``);
 - ``+fused AdamW``: ``optim=adamw_fused`` (TRL users get it with ``optim="adamw_torch_fused"``);
 - ``+reuse host memory``: ``reuse_host_memory`` (freed memory kept for the next step instead of
-  re-faulted: ``gpo/host_memory.py``);
-- ``+fused target log-prob``: ``gpo.logps._TargetLogProb`` instead of cross-entropy (all of
+  re-faulted: ``gpo/train/host_memory.py``);
+- ``+fused target log-prob``: ``gpo.models.logps._TargetLogProb`` instead of cross-entropy (all of
   gpo's defaults from here on);
 - ``+warm reference cache``: pi_ref's log-probs read from the on-disk cache, filled by one
   untimed run first (what a second run or sweep member on the same data gets);

@@ -8,7 +8,7 @@ Same work (and how it is checked)
 - Model: the same folder on both sides, float32, dropout off. Full fine-tuning (default): the
   policy plus an explicit frozen reference with the same weights (gpo: ``frozen_copy``; TRL: a
   second ``from_pretrained`` passed as ``ref_model``). ``--lora``: the same PEFT adapters (r 16,
-  alpha 32, all-linear, no dropout), created by ``gpo.models.add_lora`` right after the same
+  alpha 32, all-linear, no dropout), created by ``gpo.models.loading.add_lora`` right after the same
   seeded load on both sides, so their random init is identical; the reference is the policy with
   adapters off on both sides.
 - Loss: gpo ``logistic`` = TRL ``sigmoid``, same beta, summed log-probs.
@@ -19,7 +19,8 @@ Same work (and how it is checked)
 - Data: generated rows (standard format, words drawn from gpo's tiny vocabulary, seeded) whose
   rendered token lengths hit the shape (``long_prompt``: 400-token prompt, 40-token responses;
   ``short_prompt``: 30 / 200; response lengths include the EOS). gpo reads the rows from a
-  ``.jsonl`` and takes global batches from its seeded permutation (``gpo.train.micro_batches``);
+  ``.jsonl`` and takes global batches from its seeded permutation
+  (``gpo.train.setup.micro_batches``);
   TRL gets the same rows already in that order and reads them with
   ``train_sampling_strategy="sequential"``. So step k sees the same B pairs on both sides.
 - Checked: (1) the TRL child hashes the ``prompt_ids``/``chosen_ids``/``rejected_ids`` TRL built
@@ -111,7 +112,7 @@ class ChildSpec:
     work_dir: str
     result: str
     gpo_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    trl_reuse_host_memory: bool = False  # give TRL gpo's malloc setting (gpo.host_memory)
+    trl_reuse_host_memory: bool = False  # give TRL gpo's malloc setting (gpo.train.host_memory)
     cross_entropy_head: bool = False  # gpo: torch's cross_entropy for the head (techniques.py)
 
 
@@ -131,20 +132,20 @@ def _use_cross_entropy_head() -> None:
     """Token log-probs by ``-cross_entropy`` (gpo before ``_TargetLogProb``), to measure it."""
     import torch.nn.functional as F
 
-    import gpo.logps
+    import gpo.models.logps
 
     class CrossEntropy:
         @staticmethod
         def apply(logits: Any, targets: Any) -> Any:
             return -F.cross_entropy(logits, targets, reduction="none")
 
-    gpo.logps._TargetLogProb = CrossEntropy  # type: ignore[assignment,misc]
+    gpo.models.logps._TargetLogProb = CrossEntropy  # type: ignore[assignment,misc]
 
 
 def run_gpo_child(spec: ChildSpec) -> dict[str, Any]:
-    from gpo.config import TrainConfig
-    from gpo.tracking import read_metrics
-    from gpo.train import Trainer
+    from gpo.train.config import TrainConfig
+    from gpo.train.tracking import read_metrics
+    from gpo.train.trainer import Trainer
 
     class TimedTrainer(Trainer):
         """Records the end time of every optimiser step (one micro-step each: no accumulation);
@@ -217,7 +218,7 @@ def run_trl_child(spec: ChildSpec) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from gpo.models import add_lora, disable_dropout, load_model_and_tokenizer
+    from gpo.models.loading import add_lora, disable_dropout, load_model_and_tokenizer
 
     step_ends: list[float] = []
 
@@ -226,7 +227,7 @@ def run_trl_child(spec: ChildSpec) -> dict[str, Any]:
             step_ends.append(time.perf_counter())
 
     if spec.trl_reuse_host_memory:
-        from gpo.host_memory import reuse_freed_memory
+        from gpo.train.host_memory import reuse_freed_memory
 
         reuse_freed_memory()
     # the same calls, in the same order after the same seed, as gpo's Trainer (LoRA init matches)
@@ -306,7 +307,7 @@ def model_dir(name: str, root: Path) -> str:
     if name == "tiny":
         from transformers.utils import logging as hf_logging
 
-        from gpo.tiny import tiny_model_and_tokenizer
+        from gpo.models.tiny import tiny_model_and_tokenizer
 
         path = root / "tiny"
         if not path.exists():
@@ -315,13 +316,13 @@ def model_dir(name: str, root: Path) -> str:
             model.save_pretrained(path)
             tokenizer.save_pretrained(path)
         return str(path)
-    from gpo.embedded import resolve_model_path
+    from gpo.models.embedded import resolve_model_path
 
     return resolve_model_path("smollm2")
 
 
 def _word_pool() -> list[str]:
-    from gpo.tiny import DEFAULT_WORDS
+    from gpo.models.tiny import DEFAULT_WORDS
 
     roles = {"system", "user", "assistant"}
     return [w for w in DEFAULT_WORDS if w.isalpha() and w not in roles]
@@ -385,7 +386,7 @@ def build_workload(
     from transformers import AutoTokenizer
 
     from gpo.data import Limits, parse_rows, tokenize_rows
-    from gpo.train import micro_batches
+    from gpo.train.setup import micro_batches
 
     path = model_dir(model, root)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -610,7 +611,7 @@ def report(
 def _gpo_options(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
     import yaml
 
-    from gpo.config import TrainConfig
+    from gpo.train.config import TrainConfig
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     options = {}
@@ -645,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--trl-reuse-host-memory",
         action="store_true",
-        help="apply gpo's malloc setting (reuse_host_memory, gpo/host_memory.py) to TRL too",
+        help="apply gpo's malloc setting (reuse_host_memory, gpo/train/host_memory.py) to TRL too",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -1,22 +1,22 @@
 """gpo: offline preference optimization with the GPO loss family, f-DPO and IUPO."""
 
-from gpo.analysis import LossReport, analyze, equivalent_beta
-from gpo.divergences import (
+from gpo.losses import (
     DIVERGENCES,
+    LOSSES,
     Divergence,
+    Loss,
+    LossReport,
+    PreferenceLoss,
     alpha_divergence,
+    analyze,
+    equivalent_beta,
     fdpo_loss,
     fipo_loss,
-    iupo_loss,
-    resolve_divergence,
-)
-from gpo.losses import (
-    LOSSES,
-    Loss,
-    PreferenceLoss,
     gpo_loss,
+    iupo_loss,
     log_ratio_difference,
     preference_loss,
+    resolve_divergence,
     resolve_loss,
 )
 

@@ -12,7 +12,7 @@ os.environ.setdefault("GPO_CACHE_DIR", tempfile.mkdtemp(prefix="gpo-test-cache-"
 @pytest.fixture(autouse=True)
 def _fresh_warnings():
     """Each test sees the warn-once warnings afresh."""
-    from gpo._numerics import reset_warnings
+    from gpo.losses.numerics import reset_warnings
 
     reset_warnings()
     yield
@@ -23,7 +23,7 @@ def write_tiny_preferences(path, n: int = 48, seed: int = 0) -> None:
     import json
     import random
 
-    from gpo.tiny import DEFAULT_WORDS
+    from gpo.models.tiny import DEFAULT_WORDS
 
     rng = random.Random(seed)
     words = [w for w in DEFAULT_WORDS if w.isalpha() and w not in ("good", "bad")]
@@ -44,7 +44,7 @@ def active_lora():
     N(0, std) instead of zeros, so the adapters change the outputs and A gets gradients too."""
     import torch
 
-    from gpo.models import add_lora
+    from gpo.models.loading import add_lora
 
     def make(model, std: float = 0.1):
         model = add_lora(model, 4, 8, 0.0, "all-linear")
@@ -60,7 +60,7 @@ def active_lora():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama + tokenizer saved with save_pretrained (loaded via from_pretrained)."""
-    from gpo.tiny import tiny_model_and_tokenizer
+    from gpo.models.tiny import tiny_model_and_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-model")
     model, tokenizer = tiny_model_and_tokenizer(seed=0)
@@ -80,7 +80,7 @@ def tiny_data_file(tmp_path_factory):
 def tiny_config(tiny_model_dir, tiny_data_file, tmp_path):
     """``make(name, **overrides)``: a quiet LoRA TrainConfig on the tiny model and data, with its
     run folder at ``tmp_path / name`` (tests override only what they vary)."""
-    from gpo.config import TrainConfig
+    from gpo.train.config import TrainConfig
 
     def make(name: str, **overrides):
         base = dict(

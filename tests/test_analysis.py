@@ -6,7 +6,7 @@ import torch
 
 import gpo
 
-# (name, f'(0), f''(0), strength, tail) computed by hand from SPEC §2's formulas.
+# (name, f'(0), f''(0), strength, tail) computed by hand from the GPO paper's Table 1 formulas.
 EXPECTED = [
     ("logistic", -0.5, 0.25, 0.5, "I"),
     ("hinge", -1.0, 0.0, 0.0, "II"),

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from gpo.cli import build_parser, main
-from gpo.config import load_config, overrides_from_args
-from gpo.runs import write_json
+from gpo.cli.flags import values_from_args
+from gpo.io import write_json
+from gpo.train.config import TrainConfig, load_config
 
 WORDS = ["the", "cat", "dog", "sun", "moon", "tree", "bird", "sky", "sea", "rain"]
 
@@ -66,7 +67,7 @@ def _resume_setup(tmp: Path, argv: list[str]) -> None:
     """A run folder made with beta 0.1; the case resumes it with beta 0.2."""
     base = [a for a in argv if a not in ("--resume",)]
     base = base[: base.index("--beta")] if "--beta" in base else base
-    cfg = load_config(None, overrides_from_args(build_parser().parse_args(base)))
+    cfg = load_config(None, values_from_args(build_parser().parse_args(base), TrainConfig))
     out = Path(cfg.out or "")
     out.mkdir(parents=True)
     write_json(out / "config.json", cfg)

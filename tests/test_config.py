@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 import pytest
 
-from gpo.config import TrainConfig, add_config_flags, load_config, overrides_from_args
+from gpo.cli.flags import add_dataclass_flags, field_comments, values_from_args
+from gpo.train.config import TrainConfig, load_config
 
 FIELDS = dataclasses.fields(TrainConfig)
 HINTS = typing.get_type_hints(TrainConfig)
@@ -24,12 +25,12 @@ def write_yaml(tmp_path: Path, text: str) -> Path:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="t", exit_on_error=False)
-    add_config_flags(p)
+    add_dataclass_flags(p, TrainConfig)
     return p
 
 
 def parse(*argv: str) -> dict[str, Any]:
-    return overrides_from_args(parser().parse_args(list(argv)))
+    return values_from_args(parser().parse_args(list(argv)), TrainConfig)
 
 
 def flag(name: str) -> str:
@@ -230,13 +231,13 @@ def test_flags_and_fields_match_one_to_one() -> None:
 def test_train_command_with_bad_config_fails_cleanly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gpo.train
+    import gpo.train.trainer
     from gpo.cli import main
 
     def no_training(cfg: TrainConfig) -> dict[str, Any]:
         raise AssertionError("training must not start with a bad config")
 
-    monkeypatch.setattr(gpo.train, "train", no_training)
+    monkeypatch.setattr(gpo.train.trainer, "train", no_training)
     bad = write_yaml(tmp_path, "beta: 0.1\nlearning_rat: 0.001\n")
     assert main(["train", "--config", str(bad)]) == 2
     captured = capsys.readouterr()
@@ -256,13 +257,11 @@ def test_every_config_field_has_its_comment_as_flag_help():
     import argparse
     import dataclasses
 
-    from gpo.config import TrainConfig, add_config_flags, field_comments
-
-    comments = field_comments()
+    comments = field_comments(TrainConfig)
     missing = [f.name for f in dataclasses.fields(TrainConfig) if not comments.get(f.name)]
     assert not missing, f"TrainConfig fields without a trailing # comment: {missing}"
     parser = argparse.ArgumentParser()
-    add_config_flags(parser)
+    add_dataclass_flags(parser, TrainConfig)
     helps = {a.dest: a.help for a in parser._actions}
     assert helps["reuse_host_memory"].startswith(comments["reuse_host_memory"])
     assert helps["beta"].endswith("(default: 0.1)")

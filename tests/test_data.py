@@ -18,7 +18,7 @@ from gpo.data.formats import ROLES, DataError, NoSuchSplit, PreferenceRow, parse
 from gpo.data.prepare import prepare_data
 from gpo.data.sources import load_rows
 from gpo.data.tokenize import Limits, TokenizedPair, tokenize_rows
-from gpo.tiny import CHAT_TEMPLATE, DEFAULT_WORDS, tiny_tokenizer
+from gpo.models.tiny import CHAT_TEMPLATE, DEFAULT_WORDS, tiny_tokenizer
 
 Row = dict[str, Any]
 
@@ -819,7 +819,7 @@ def test_property_implicit_prompt_matches_trl(rows: list[Row]) -> None:
 
 def test_unfinished_responses_get_no_eos():
     """``*_finished: false`` (gpo extension): no EOS/end-of-turn is added to a cut-off reply."""
-    from gpo.tiny import tiny_tokenizer
+    from gpo.models.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
     eos = tok.eos_token_id

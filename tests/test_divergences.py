@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import gpo
-from gpo._numerics import EXP_CAP
+from gpo.losses.numerics import EXP_CAP
 
 
 def _logps(n=32, scale=3.0, seed=0):
@@ -16,7 +16,8 @@ def _logps(n=32, scale=3.0, seed=0):
 
 
 def _direct_f_prime(name, u, alpha=0.5):
-    """f'(u) from SPEC §4's table, evaluated on u directly (fine for moderate u)."""
+    """f'(u) of each f-divergence (Sun et al. 2024), evaluated on u directly (fine for
+    moderate u)."""
     if name == "reverse_kl":
         return torch.log(u) + 1
     if name == "forward_kl":

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpo import embedded
-from gpo.tiny import tiny_model_and_tokenizer
+from gpo.models import embedded
+from gpo.models.tiny import tiny_model_and_tokenizer
 
 HAS_WHEEL = importlib.util.find_spec(embedded.WHEEL_PACKAGE) is not None
 

@@ -16,7 +16,7 @@ from gpo.experiments.bandit import (
     simulate,
     single_thread,
 )
-from gpo.losses import LOSSES, gpo_loss
+from gpo.losses.family import LOSSES, gpo_loss
 
 
 def plain_loop(name: str, beta: float, seed: int, cfg: BanditConfig) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 
 from gpo.cli import main
 from gpo.experiments.taylor import TaylorConfig, fit_order, run_taylor
-from gpo.losses import LOSSES
+from gpo.losses.family import LOSSES
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 import torch
 
-from gpo.checkpoint import STATE, checkpoint_dirs
-from gpo.faults import CHECKPOINT_POINTS
+from gpo.train.checkpoint import STATE, checkpoint_dirs
+from gpo.train.faults import CHECKPOINT_POINTS
 
 SEED = 20240607  # the trial schedule is reproducible; it is printed on failure
 STEPS, SAVE_EVERY = 12, 2
 PRELOAD = [
     "gpo.cli",
-    "gpo.train",
-    "gpo.plots",
+    "gpo.train.trainer",
+    "gpo.train.plots",
     "transformers.optimization",
     "transformers.models.llama.modeling_llama",
     "transformers.models.auto.modeling_auto",

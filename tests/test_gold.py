@@ -5,8 +5,13 @@ import random
 
 import pytest
 
-from gpo import gold
-from gpo.gold import gold_prefers, gold_reward, gold_win_rate
+from gpo import io
+from gpo.data import builtin
+from gpo.eval.judges import GoldJudge
+from gpo.eval.win_rate import win_rate
+from gpo.gold import build, reward
+from gpo.gold import prompts as gold_prompts
+from gpo.gold.reward import gold_prefers, gold_reward
 
 P = "Write one sentence about a cat."
 GOOD = "A cat is a small and curious animal that loves to nap in the warm sun."
@@ -22,11 +27,11 @@ REPETITIVE = "A cat is a cat is a cat is a cat is a cat is a cat."
 
 def test_good_response_beats_each_flaw():
     good = gold_reward(P, GOOD)
-    assert good == pytest.approx(gold.W_TOPIC + gold.W_END - gold.W_DISTINCT * (1 - 15 / 16))
+    assert good == pytest.approx(reward.W_TOPIC + reward.W_END - reward.W_DISTINCT * (1 - 15 / 16))
     for worse in (OFF_TOPIC, NO_END, TOO_LONG, REPETITIVE, "Cat.", "cat", "", "Cats are nice."):
         assert gold_reward(P, worse) < good - 0.5, worse
     # Each flaw costs exactly its own term.
-    assert good - gold_reward(P, OFF_TOPIC) == pytest.approx(gold.W_TOPIC)
+    assert good - gold_reward(P, OFF_TOPIC) == pytest.approx(reward.W_TOPIC)
     assert gold_reward(P, NO_END) < gold_reward(P, GOOD)
 
 
@@ -39,31 +44,33 @@ def test_one_token_and_degenerate_responses_score_low():
 
 
 def test_length_penalty_shape():
-    lo, hi = gold.LENGTH_BAND
-    assert all(gold.length_penalty(n) == 0 for n in range(lo, hi + 1))
-    below = [gold.length_penalty(n) for n in range(0, lo + 1)]
-    above = [gold.length_penalty(n) for n in range(hi, 200)]
+    lo, hi = reward.LENGTH_BAND
+    assert all(reward.length_penalty(n) == 0 for n in range(lo, hi + 1))
+    below = [reward.length_penalty(n) for n in range(0, lo + 1)]
+    above = [reward.length_penalty(n) for n in range(hi, 200)]
     assert below[1] == pytest.approx(math.log(lo))
     assert all(a >= b for a, b in itertools.pairwise(below))  # shrinks towards lo
     assert all(a < b for a, b in itertools.pairwise(above))  # grows past hi
-    assert gold.length_penalty(2 * hi) == pytest.approx(math.log(2))
+    assert reward.length_penalty(2 * hi) == pytest.approx(math.log(2))
 
 
 def test_topic_extraction_and_plurals():
-    assert gold.extract_topic("Describe an apple in a few words.") == "apple"
-    assert gold.extract_topic("Write a short, friendly sentence about the butterfly.") == (
+    assert gold_prompts.extract_topic("Describe an apple in a few words.") == "apple"
+    assert gold_prompts.extract_topic("Write a short, friendly sentence about the butterfly.") == (
         "butterfly"
     )
-    assert gold.extract_topic([{"role": "user", "content": "What is a leaf? Answer briefly."}]) == (
-        "leaf"
-    )
-    assert gold.extract_topic("I like many foxes, tell me more") == "fox"  # fallback: word list
-    assert gold.extract_topic("Say hello.") is None
-    assert gold.gold_features("What is a butterfly?", "Butterflies fly.").on_topic
-    assert gold.gold_features("What is a leaf?", "Leaves fall.").on_topic
-    assert not gold.gold_features("What is a leaf?", "Leafy greens.").on_topic
+    assert gold_prompts.extract_topic(
+        [{"role": "user", "content": "What is a leaf? Answer briefly."}]
+    ) == ("leaf")
+    assert (
+        gold_prompts.extract_topic("I like many foxes, tell me more") == "fox"
+    )  # fallback: word list
+    assert gold_prompts.extract_topic("Say hello.") is None
+    assert reward.gold_features("What is a butterfly?", "Butterflies fly.").on_topic
+    assert reward.gold_features("What is a leaf?", "Leaves fall.").on_topic
+    assert not reward.gold_features("What is a leaf?", "Leafy greens.").on_topic
     # Without a known topic nobody gets the topic credit.
-    assert gold_reward("Say hello.", GOOD) == pytest.approx(gold_reward(P, GOOD) - gold.W_TOPIC)
+    assert gold_reward("Say hello.", GOOD) == pytest.approx(gold_reward(P, GOOD) - reward.W_TOPIC)
 
 
 def test_prefers_and_win_rate_by_hand():
@@ -72,53 +79,53 @@ def test_prefers_and_win_rate_by_hand():
     assert gold_prefers(P, GOOD, GOOD) == 0.5
     with pytest.raises(ValueError):
         gold_prefers(P, GOOD, GOOD, mode="nope")
-    prompts = [P] * 4
-    mean, se = gold_win_rate(prompts, [GOOD, OFF_TOPIC, GOOD, GOOD], [NO_END, GOOD, GOOD, "x"])
+    ps = [P] * 4
+    mean, se = win_rate(GoldJudge(), ps, [GOOD, OFF_TOPIC, GOOD, GOOD], [NO_END, GOOD, GOOD, "x"])
     scores = [1.0, 0.0, 0.5, 1.0]
     assert mean == pytest.approx(0.625)
     sd = math.sqrt(sum((s - 0.625) ** 2 for s in scores) / 3)
     assert se == pytest.approx(sd / 2)
-    bt_mean, _ = gold_win_rate(prompts[:1], [GOOD], [OFF_TOPIC], mode="bt")
-    assert bt_mean == pytest.approx(1 / (1 + math.exp(-gold.W_TOPIC)))
+    bt_mean, _ = win_rate(GoldJudge(mode="bt"), ps[:1], [GOOD], [OFF_TOPIC])
+    assert bt_mean == pytest.approx(1 / (1 + math.exp(-reward.W_TOPIC)))
     with pytest.raises(ValueError):
-        gold_win_rate(prompts, [GOOD], [GOOD])
+        win_rate(GoldJudge(), ps, [GOOD], [GOOD])
 
 
 def test_bradley_terry_draws_match_sigmoid():
     a, b = GOOD, NO_END  # gap W_END + the distinct-ratio difference: p* well inside (0, 1)
-    p = gold.gold_probability(P, a, b)
+    p = reward.gold_probability(P, a, b)
     assert 0.6 < p < 0.95
     rng = random.Random(0)
     wins = [gold_prefers(P, a, b, mode="bt", rng=rng) for _ in range(4000)]
     assert set(wins) == {0.0, 1.0}
     assert sum(wins) / len(wins) == pytest.approx(p, abs=3 * math.sqrt(p * (1 - p) / 4000))
-    assert gold.gold_probability(P, b, a) == pytest.approx(1 - p)
+    assert reward.gold_probability(P, b, a) == pytest.approx(1 - p)
 
 
 def test_make_prompts_deterministic_distinct_and_split():
-    a = gold.make_prompts(300, seed=1)
-    assert a == gold.make_prompts(300, seed=1)
-    assert a != gold.make_prompts(300, seed=2)
+    a = gold_prompts.make_prompts(300, seed=1)
+    assert a == gold_prompts.make_prompts(300, seed=1)
+    assert a != gold_prompts.make_prompts(300, seed=2)
     assert len({p.text for p in a}) == 300
-    assert all(gold.extract_topic(p.text) == p.topic for p in a)
-    train, test = set(gold.topics("train")), set(gold.topics("test"))
-    assert not train & test and len(train | test) == len(gold.all_topics()) == 300
-    t = gold.make_prompts(100, seed=1, split="test")
+    assert all(gold_prompts.extract_topic(p.text) == p.topic for p in a)
+    train, test = set(gold_prompts.topics("train")), set(gold_prompts.topics("test"))
+    assert not train & test and len(train | test) == len(gold_prompts.all_topics()) == 300
+    t = gold_prompts.make_prompts(100, seed=1, split="test")
     assert {p.topic for p in t} <= test and {p.topic for p in a} <= train
     with pytest.raises(ValueError):
-        gold.make_prompts(10_000, split="test")
+        gold_prompts.make_prompts(10_000, split="test")
 
 
 def test_label_pairs_modes():
-    prompts = [gold.GoldPrompt(P, "cat", 0, "train")] * 3
+    prompts = [gold_prompts.GoldPrompt(P, "cat", 0, "train")] * 3
     pairs = [(GOOD, OFF_TOPIC), (OFF_TOPIC, GOOD), (GOOD, GOOD)]
-    det = gold.label_pairs(prompts, pairs, mode="deterministic")
+    det = build.label_pairs(prompts, pairs, mode="deterministic")
     assert len(det) == 2  # identical responses dropped
     assert all(r["gold_chosen"] > r["gold_rejected"] for r in det)
     assert [r["chosen_index"] for r in det] == [0, 1]
-    bt = gold.label_pairs(prompts, pairs, mode="bt", seed=5)
-    assert bt == gold.label_pairs(prompts, pairs, mode="bt", seed=5)
-    assert gold.relabel(bt, mode="bt", seed=5) == bt
+    bt = build.label_pairs(prompts, pairs, mode="bt", seed=5)
+    assert bt == build.label_pairs(prompts, pairs, mode="bt", seed=5)
+    assert build.relabel(bt, mode="bt", seed=5) == bt
     row = bt[0]
     assert row["prompt"] == [{"role": "user", "content": prompts[0].text}]
     assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
@@ -127,8 +134,8 @@ def test_label_pairs_modes():
 def test_jsonl_roundtrip(tmp_path):
     rows = [{"a": 1, "t": "é"}, {"a": 2}]
     for name in ("x.jsonl", "x.jsonl.gz"):
-        gold.write_jsonl(rows, tmp_path / name)
-        assert gold.read_jsonl(tmp_path / name) == rows
+        io.write_jsonl(rows, tmp_path / name)
+        assert io.read_jsonl(tmp_path / name) == rows
 
 
 # --- the shipped dataset ---------------------------------------------------------------------
@@ -136,16 +143,16 @@ def test_jsonl_roundtrip(tmp_path):
 
 @pytest.fixture(scope="module")
 def shipped():
-    return gold.load_builtin_gold(None)
+    return builtin.load_builtin_gold(None)
 
 
 @pytest.fixture(scope="module")
 def meta():
-    return json.loads(gold.BUILTIN_GOLD_META_PATH.read_text())
+    return json.loads(builtin.BUILTIN_GOLD_META_PATH.read_text())
 
 
 def test_shipped_file_is_small():
-    assert gold.BUILTIN_GOLD_PATH.stat().st_size < 3_000_000
+    assert builtin.BUILTIN_GOLD_PATH.stat().st_size < 3_000_000
 
 
 def test_shipped_rows_have_the_format(shipped, meta):
@@ -158,7 +165,7 @@ def test_shipped_rows_have_the_format(shipped, meta):
         assert r["prompt"][0]["role"] == "user" and len(r["prompt"]) == 1
         assert r["chosen"][0]["role"] == "assistant" and r["rejected"][0]["role"] == "assistant"
         assert r["chosen"][0]["content"] != r["rejected"][0]["content"]
-    assert gold.load_builtin_gold("train") == train
+    assert builtin.load_builtin_gold("train") == train
 
 
 def test_shipped_test_prompts_are_held_out(shipped):
@@ -170,7 +177,7 @@ def test_shipped_test_prompts_are_held_out(shipped):
 
     assert not prompts("train") & prompts("test")
     assert not topics("train") & topics("test")
-    assert topics("test") <= set(gold.topics("test"))
+    assert topics("test") <= set(gold_prompts.topics("test"))
 
 
 def test_shipped_labels_follow_the_current_gold(shipped, meta):
@@ -183,14 +190,14 @@ def test_shipped_labels_follow_the_current_gold(shipped, meta):
         assert r["gold_rejected"] == pytest.approx(
             gold_reward(p, r["rejected"][0]["content"]), abs=1e-5
         )
-    assert gold.relabel(shipped, mode=meta["mode"], seed=meta["seed"]) == shipped
+    assert build.relabel(shipped, mode=meta["mode"], seed=meta["seed"]) == shipped
     higher = sum(r["gold_chosen"] > r["gold_rejected"] for r in shipped) / len(shipped)
     assert higher > 0.7 if meta["mode"] == "bt" else higher == 1.0
 
 
 def test_build_gold_cli_end_to_end(tmp_path, capsys):
     from gpo.cli import main
-    from gpo.tiny import tiny_model_and_tokenizer
+    from gpo.models.tiny import tiny_model_and_tokenizer
 
     model, tok = tiny_model_and_tokenizer()
     model.save_pretrained(tmp_path / "tiny")
@@ -199,7 +206,7 @@ def test_build_gold_cli_end_to_end(tmp_path, capsys):
     argv = ["data", "build-gold", "--out", str(out), "--model", str(tmp_path / "tiny")]
     argv += ["--n-prompts", "6", "--n-test-prompts", "3", "--max-new-tokens", "5"]
     assert main(argv) == 0
-    rows = gold.read_jsonl(out)
+    rows = io.read_jsonl(out)
     assert [r["split"] for r in rows] == ["train"] * 6 + ["test"] * 3
     meta = json.loads((tmp_path / "g.meta.json").read_text())
     assert meta["summary"]["train"]["pairs"] == 6 and meta["mode"] == "bt"

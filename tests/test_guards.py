@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import torch
 
-from gpo.checkpoint import checkpoint_dirs
 from gpo.cli import main
-from gpo.config import TrainConfig
-from gpo.guards import NonFiniteGuard, any_rank
-from gpo.losses import PreferenceLoss
-from gpo.train import Trainer, TrainingError, micro_batches
+from gpo.losses.family import PreferenceLoss
+from gpo.train.checkpoint import checkpoint_dirs
+from gpo.train.config import TrainConfig
+from gpo.train.guards import NonFiniteGuard, any_rank
+from gpo.train.setup import micro_batches
+from gpo.train.trainer import Trainer, TrainingError
 
 QUIET = dict(progress=False, report_to=["none"], eval_steps=0, kl_prompts=0, save_final=False)
 
@@ -44,8 +45,8 @@ def _poison_loss_at(trainer: Trainer, step: int) -> None:
     """Make the objective's losses NaN on the ``step``-th call (one call per step here)."""
     inner, calls = trainer.objective, [0]
 
-    def objective(*args: Any) -> PreferenceLoss:
-        out = inner(*args)
+    def objective(*args: Any, **kwargs: Any) -> PreferenceLoss:
+        out = inner(*args, **kwargs)
         calls[0] += 1
         return out._replace(losses=out.losses * float("nan")) if calls[0] == step else out
 
@@ -125,14 +126,14 @@ def test_skip_mode_drops_the_update_counts_it_and_goes_on(
 def test_loss_overflow_inside_the_objective_stops_at_the_step(
     tiny_model_dir: Path, tiny_data_file: Path, tmp_path: Path
 ) -> None:
-    """``square`` overflowing (its own ValueError names no step or rows) is caught as a NaN."""
+    """``square`` overflowing (unvalidated in training) is caught by the guard at its step."""
     trainer = Trainer(_cfg(tiny_model_dir, tiny_data_file, tmp_path, loss="square", beta=1.0))
     calls = [0]
     inner = trainer.objective
 
-    def objective(pc: torch.Tensor, pr: torch.Tensor, *rest: Any) -> PreferenceLoss:
+    def objective(pc: torch.Tensor, pr: torch.Tensor, *rest: Any, **kw: Any) -> PreferenceLoss:
         calls[0] += 1  # a huge log-prob gap on step 2: (1 - 1e20)^2 overflows float32
-        return inner(pc + (1e20 if calls[0] == 2 else 0.0), pr, *rest)
+        return inner(pc + (1e20 if calls[0] == 2 else 0.0), pr, *rest, **kw)
 
     trainer.objective = objective  # type: ignore[assignment]
     with pytest.raises(TrainingError, match="non-finite loss at step 2"):
@@ -269,7 +270,9 @@ def test_too_little_free_space_fails_before_training(
     import shutil
 
     real = shutil.disk_usage
-    monkeypatch.setattr("gpo.guards.shutil.disk_usage", lambda p: real(p)._replace(free=10_000))
+    monkeypatch.setattr(
+        "gpo.train.guards.shutil.disk_usage", lambda p: real(p)._replace(free=10_000)
+    )
     assert main(_train_args(tiny_model_dir, tiny_data_file, tmp_path)) == 2
     err = _one_line_error(capsys)
     assert "only 0 MiB free, but checkpoints and the final model need about" in err
@@ -294,12 +297,12 @@ def test_enospc_during_checkpoint_write_keeps_previous_and_says_so(
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(obj, f, *a, **kw)
 
-    monkeypatch.setattr("gpo.checkpoint.torch.save", full_disk)
+    monkeypatch.setattr("gpo.train.checkpoint.torch.save", full_disk)
     assert main(_train_args(tiny_model_dir, tiny_data_file, tmp_path)) == 2
     err = _one_line_error(capsys)
     assert "CheckpointError: cannot write checkpoint" in err and "step-000004" in err
     assert "No space left on device" in err and "previous checkpoints are kept" in err
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000002"]
-    monkeypatch.setattr("gpo.checkpoint.torch.save", real_save)
+    monkeypatch.setattr("gpo.train.checkpoint.torch.save", real_save)
     assert main([*_train_args(tiny_model_dir, tiny_data_file, tmp_path), "--resume"]) == 0
     assert "resuming at step 2" in capsys.readouterr().out

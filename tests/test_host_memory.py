@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-import gpo.train
-from gpo.train import Trainer
+import gpo.train.trainer
+from gpo.train.trainer import Trainer
 
 # Allocates, fills and frees a 64 MB tensor 12 times and prints each cycle's minor page faults
 # (a fresh block costs one fault per 4 KB page when filled). With reuse, the heap first grows for
@@ -14,7 +14,7 @@ from gpo.train import Trainer
 # until neighbours coalesce: measured 1-6 cycles), then a freed block serves the next cycle.
 _CYCLES = """
 import resource, sys, torch
-from gpo.host_memory import reuse_freed_memory
+from gpo.train.host_memory import reuse_freed_memory
 applied = reuse_freed_memory() if sys.argv[1] == "reuse" else False
 faults = []
 for _ in range(12):
@@ -47,6 +47,6 @@ def test_freed_tensors_are_reused_without_page_faults():
 @pytest.mark.parametrize("reuse", [True, False])
 def test_trainer_applies_the_setting_only_when_asked(tiny_config, monkeypatch, reuse):
     calls = []
-    monkeypatch.setattr(gpo.train, "reuse_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(gpo.train.trainer, "reuse_freed_memory", lambda: calls.append(1) or True)
     Trainer(tiny_config("run", max_steps=1, reuse_host_memory=reuse))
     assert calls == ([1] if reuse else [])

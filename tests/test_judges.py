@@ -8,12 +8,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from torch import nn
 
-from gpo.gold import gold_probability
-from gpo.judge_http import HTTPJudge, JudgeError
-from gpo.judge_local import LocalJudge
-from gpo.judge_server import JudgeServer
-from gpo.judges import JUDGES, GoldJudge, both_orders, parse_choice, resolve_judge, win_rate
-from gpo.tiny import DEFAULT_WORDS, tiny_model_and_tokenizer
+from gpo.eval.judge_http import HTTPJudge, JudgeError
+from gpo.eval.judge_local import LocalJudge
+from gpo.eval.judge_server import JudgeServer
+from gpo.eval.judges import JUDGES, GoldJudge, both_orders, parse_choice, resolve_judge
+from gpo.eval.win_rate import win_rate
+from gpo.gold.reward import gold_probability
+from gpo.models.tiny import DEFAULT_WORDS, tiny_model_and_tokenizer
 
 PROMPT = "Write one sentence about a cat."
 GOOD = "My cat likes to sleep in the warm sun all afternoon long."  # on topic, 12 words, ends

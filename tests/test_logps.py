@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from gpo.data import Limits, collate_pairs, parse_rows, tokenize_rows
-from gpo.logps import sequence_logps
-from gpo.tiny import tiny_model_and_tokenizer
+from gpo.models.logps import sequence_logps
+from gpo.models.tiny import tiny_model_and_tokenizer
 
 
 def _pairs(tokenizer):
@@ -96,7 +96,7 @@ def _grads(model):
 
 
 def test_fast_path_equals_plain_path_values_and_gradients():
-    from gpo.models import add_lora
+    from gpo.models.loading import add_lora
 
     for lora in (False, True):
         model, tokenizer = tiny_model_and_tokenizer(seed=5)
@@ -144,9 +144,9 @@ def test_chunked_lm_head_equals_one_pass_values_and_gradients(
     monkeypatch, active_lora, lora, layout
 ):
     """HEAD_CHUNK small: the head runs in checkpointed chunks of 3 tokens, same numbers."""
-    import gpo.logps
+    import gpo.models.logps
     from gpo.data.collate import collate_shared
-    from gpo.logps import batch_logps
+    from gpo.models.logps import batch_logps
 
     model, tokenizer = tiny_model_and_tokenizer(seed=8)
     vocab = model.get_output_embeddings().out_features
@@ -162,7 +162,7 @@ def test_chunked_lm_head_equals_one_pass_values_and_gradients(
     )
     results = []
     for chunk in (10**9, 3 * vocab):
-        monkeypatch.setattr(gpo.logps, "HEAD_CHUNK", chunk)
+        monkeypatch.setattr(gpo.models.logps, "HEAD_CHUNK", chunk)
         head_rows.clear()
         model.zero_grad()
         out = batch_logps(model, batch)
@@ -180,7 +180,7 @@ def test_chunked_lm_head_equals_one_pass_values_and_gradients(
 
 
 def test_target_log_prob_by_hand():
-    from gpo.logps import _token_logps
+    from gpo.models.logps import _token_logps
 
     logits = torch.tensor([[0.0, torch.log(torch.tensor(3.0))]], requires_grad=True)
     logp, _ = _token_logps(logits, torch.tensor([1]))
@@ -190,7 +190,7 @@ def test_target_log_prob_by_hand():
 
 
 def test_target_log_prob_equals_cross_entropy_values_and_gradients():
-    from gpo.logps import _token_logps
+    from gpo.models.logps import _token_logps
 
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(7, 50, generator=gen) * 4
@@ -209,7 +209,7 @@ def test_target_log_prob_equals_cross_entropy_values_and_gradients():
 
 
 def test_target_log_prob_refuses_a_second_backward():
-    from gpo.logps import _token_logps
+    from gpo.models.logps import _token_logps
 
     logits = torch.randn(3, 5, requires_grad=True)
     logp, _ = _token_logps(logits, torch.tensor([0, 1, 2]))

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import gpo
-from gpo._numerics import EXP_CAP
-from gpo.losses import (
+from gpo.losses.family import (
     exponential,
     hinge,
     logistic,
@@ -13,6 +12,8 @@ from gpo.losses import (
     square,
     truncated_quadratic,
 )
+from gpo.losses.numerics import EXP_CAP, NonFiniteError
+from gpo.losses.objectives import OBJECTIVES, resolve_objective
 
 LN3 = math.log(3.0)
 
@@ -122,7 +123,7 @@ def test_user_callable_and_dotted_path():
     torch.testing.assert_close(by_callable, by_path)
     assert gpo.resolve_loss("user_losses:smooth_hinge").name == "user_losses:smooth_hinge"
     torch.testing.assert_close(
-        gpo.gpo_loss("gpo.losses:logistic", rho, 2.0), gpo.gpo_loss("logistic", rho, 2.0)
+        gpo.gpo_loss("gpo.losses.family:logistic", rho, 2.0), gpo.gpo_loss("logistic", rho, 2.0)
     )
 
 
@@ -136,7 +137,8 @@ def test_preference_loss_returns_losses_and_rho():
 
 
 def test_square_is_ipo_with_tau_half_beta():
-    """SPEC §5: (beta rho - 1)^2 = beta^2 (rho - 1/(2 tau))^2 with tau = beta / 2."""
+    """The IPO mapping (GPO paper Table 1): (beta rho - 1)^2 = beta^2 (rho - 1/(2 tau))^2 with
+    tau = beta / 2."""
     rho = torch.randn(64, dtype=torch.float64) * 5
     for beta in (0.01, 0.1, 1.0, 7.0):
         tau = beta / 2
@@ -198,3 +200,43 @@ def test_loss_returning_wrong_shape():
 def test_overflow_is_a_clear_error():
     with pytest.raises(ValueError, match="non-finite value"):
         gpo.gpo_loss("square", torch.tensor([1e20]), 1.0)
+
+
+def test_non_finite_errors_are_typed():
+    """Callers catch NonFiniteError (a ValueError), never match message text."""
+    with pytest.raises(NonFiniteError):
+        gpo.gpo_loss("hinge", torch.tensor([0.0, float("nan")]), 1.0)
+    with pytest.raises(NonFiniteError):
+        gpo.gpo_loss("square", torch.tensor([1e20]), 1.0)
+    inf = torch.tensor([float("inf")])
+    with pytest.raises(NonFiniteError):
+        gpo.preference_loss("logistic", inf, torch.zeros(1), torch.zeros(1), torch.zeros(1), 1.0)
+    with pytest.raises(NonFiniteError):
+        gpo.iupo_loss(inf, torch.zeros(1), torch.zeros(1), torch.zeros(1), 1.0, "js")
+
+
+@pytest.mark.parametrize("objective", ["logistic", "savage", "fdpo:js", "iupo:js", "fipo:alpha"])
+def test_unvalidated_path_equals_validated_and_lets_non_finite_through(objective):
+    """``validate=False`` (the trainer's hot path) computes the same losses on finite inputs and
+    returns non-finite values instead of raising (the trainer's guard checks once per step)."""
+    obj = OBJECTIVES[objective]
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(6, generator=g, dtype=torch.float64) * 3 for _ in range(4))
+    checked = obj(pc, pr, rc, rr, 0.5)
+    fast = obj(pc, pr, rc, rr, 0.5, validate=False)
+    assert torch.equal(checked.losses, fast.losses) and torch.equal(checked.rho, fast.rho)
+    pc = pc.clone()
+    pc[2] = float("nan")
+    with pytest.raises(NonFiniteError):
+        obj(pc, pr, rc, rr, 0.5)
+    out = obj(pc, pr, rc, rr, 0.5, validate=False)
+    assert torch.isnan(out.losses[2]) and torch.isfinite(out.losses[[0, 1, 3, 4, 5]]).all()
+
+
+def test_objectives_refuse_a_user_loss_that_increases_at_zero():
+    with pytest.raises(ValueError, match=r"f'\(0\) = 1 >= 0.*favours the rejected"):
+        resolve_objective("user_losses:increasing")
+    with pytest.raises(ValueError, match=r"f'\(0\) = 1 >= 0"):
+        resolve_objective(lambda v: torch.exp(v))
+    assert resolve_objective("user_losses:smooth_hinge").name == "user_losses:smooth_hinge"
+    assert gpo.losses.derivatives_at_zero("square") == (1.0, -2.0, 2.0)

@@ -2,8 +2,8 @@
 
 import torch
 
-from gpo.config import TrainConfig
-from gpo.train import make_optimizer
+from gpo.train.config import TrainConfig
+from gpo.train.setup import make_optimizer
 
 
 def test_fused_and_default_adamw_take_the_same_steps():

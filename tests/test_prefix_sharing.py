@@ -14,9 +14,9 @@ from gpo.data.collate import (
     collate_pairs,
     collate_shared,
 )
-from gpo.logps import batch_logps, sequence_logps
-from gpo.reference import Reference
-from gpo.tiny import tiny_model_and_tokenizer
+from gpo.models.logps import batch_logps, sequence_logps
+from gpo.models.reference import Reference
+from gpo.models.tiny import tiny_model_and_tokenizer
 
 ROWS = [
     {"prompt": "the cat", "chosen": " runs fast", "rejected": " is a very slow cat"},
@@ -142,8 +142,8 @@ def test_models_without_a_usable_cache_fall_back_with_a_warning():
 
 
 def test_training_with_and_without_prefix_sharing_gives_the_same_curve(tiny_config, tmp_path):
-    from gpo.tracking import read_metrics
-    from gpo.train import train
+    from gpo.train.tracking import read_metrics
+    from gpo.train.trainer import train
 
     curves = {}
     for share in (True, False):

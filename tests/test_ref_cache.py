@@ -8,10 +8,10 @@ import torch
 
 from gpo.data import Limits, parse_rows, tokenize_rows
 from gpo.data.collate import collate_pairs, collate_sequences, collate_shared
-from gpo.models import frozen_copy
-from gpo.ref_cache import RefLogpCache, model_fingerprint, pair_keys
-from gpo.reference import Reference
-from gpo.tiny import tiny_model_and_tokenizer
+from gpo.models.loading import frozen_copy
+from gpo.models.ref_cache import RefLogpCache, model_fingerprint, pair_keys
+from gpo.models.reference import Reference
+from gpo.models.tiny import tiny_model_and_tokenizer
 
 ROWS = [
     {"prompt": "the cat", "chosen": " runs fast", "rejected": " is a very slow cat"},
@@ -94,8 +94,8 @@ def test_fingerprint_tracks_the_weights_and_ignores_lora_adapters(active_lora):
 
 
 def test_a_second_run_reads_every_reference_logp_from_the_cache(tiny_config, tmp_path, capsys):
-    from gpo.tracking import read_metrics
-    from gpo.train import Trainer
+    from gpo.train.tracking import read_metrics
+    from gpo.train.trainer import Trainer
 
     def run(name, **kw):
         cache = str(tmp_path / "cache")

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from gpo.sampling import Samples, cut_at_eos, encode_chat_prompts, sample
-from gpo.tiny import tiny_model_and_tokenizer
+from gpo.models.sampling import Samples, cut_at_eos, encode_chat_prompts, sample
+from gpo.models.tiny import tiny_model_and_tokenizer
 
 PROMPTS = [
     "write one sentence about cats .",

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import gpo
-from gpo.checkpoint import checkpoint_dirs
 from gpo.cli import main
-from gpo.config import TrainConfig
+from gpo.train.checkpoint import checkpoint_dirs
+from gpo.train.config import TrainConfig
 
 SOURCES = sorted(Path(gpo.__file__).parent.rglob("*.py"))
 
@@ -147,9 +147,9 @@ def test_judge_api_key_never_reaches_the_run_folder_or_logs(
 ):
     """A run judged by the http judge (a real tiny model served on 127.0.0.1, key required):
     the key is used, and appears in no file of the run folder and in no output."""
-    from gpo.judge_server import JudgeServer
-    from gpo.tiny import DEFAULT_WORDS, tiny_model_and_tokenizer
-    from gpo.train import train
+    from gpo.eval.judge_server import JudgeServer
+    from gpo.models.tiny import DEFAULT_WORDS, tiny_model_and_tokenizer
+    from gpo.train.trainer import train
 
     secret = "sk-test-7f3a9c1e5b"
     monkeypatch.setenv("GPO_TEST_JUDGE_KEY", secret)

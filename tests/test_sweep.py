@@ -15,10 +15,11 @@ import pytest
 import yaml
 
 from gpo.cli import main
-from gpo.config import TrainConfig, add_config_flags, overrides_from_args
-from gpo.presets import PRESETS, preset_dict
-from gpo.schedule import eval_steps_of, parse_schedule
-from gpo.sweep import SweepConfig, load_sweep_config, plan, train_args
+from gpo.cli.flags import add_dataclass_flags, values_from_args
+from gpo.experiments.presets import PRESETS, preset_dict
+from gpo.experiments.sweep import SweepConfig, load_sweep_config, plan, train_args
+from gpo.train.config import TrainConfig
+from gpo.train.schedule import eval_steps_of, parse_schedule
 
 FIGURES = [
     "fig5_kl_vs_mu_sq.png",
@@ -109,8 +110,8 @@ def test_train_args_round_trip_through_the_cli_parser() -> None:
         learning_rate=3e-5,
     )
     parser = argparse.ArgumentParser()
-    add_config_flags(parser)
-    parsed = overrides_from_args(parser.parse_args(train_args(tc)))
+    add_dataclass_flags(parser, TrainConfig)
+    parsed = values_from_args(parser.parse_args(train_args(tc)), TrainConfig)
     assert TrainConfig(**parsed) == tc
 
 
@@ -248,7 +249,7 @@ def test_report_writes_every_file_with_finite_data(sweep, tmp_path) -> None:
 def test_tiny_sft_learns_is_reloadable_and_is_reused(tmp_path, tiny_data_file, capsys) -> None:
     from transformers import AutoModelForCausalLM
 
-    from gpo.sft import SftConfig, train_tiny_sft
+    from gpo.experiments.sft import SftConfig, train_tiny_sft
 
     cfg = SftConfig(data=str(tiny_data_file), steps=40, batch_size=8, learning_rate=1e-2, hidden=32)
     out = train_tiny_sft(cfg, tmp_path / "sft", progress=False)
@@ -263,20 +264,20 @@ def test_tiny_sft_learns_is_reloadable_and_is_reused(tmp_path, tiny_data_file, c
 
 
 def test_a_saved_opponent_is_sampled_like_the_same_reference(tiny_model_dir, tmp_path) -> None:
-    from gpo.models import frozen_copy, load_model_and_tokenizer
-    from gpo.reference import Reference
-    from gpo.sampling import encode_chat_prompts
-    from gpo.tiny import tiny_model_and_tokenizer
-    from gpo.win_rate import _sample_opponent
+    from gpo.eval.win_rate import sample_opponent
+    from gpo.models.loading import frozen_copy, load_model_and_tokenizer
+    from gpo.models.reference import Reference
+    from gpo.models.sampling import encode_chat_prompts
+    from gpo.models.tiny import tiny_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(str(tiny_model_dir))
     ids = encode_chat_prompts(tok, ["tell me a fact about a cat", "write about the sea"])
     ref = Reference(model, frozen=frozen_copy(model))
-    from_path = _sample_opponent(str(tiny_model_dir), None, tok, ids, 8, seed=3)
-    assert from_path == _sample_opponent(None, ref, tok, ids, 8, seed=3)
-    assert from_path != _sample_opponent(None, ref, tok, ids, 8, seed=4)  # the seed matters
+    from_path = sample_opponent(str(tiny_model_dir), None, tok, ids, 8, seed=3)
+    assert from_path == sample_opponent(None, ref, tok, ids, 8, seed=3)
+    assert from_path != sample_opponent(None, ref, tok, ids, 8, seed=4)  # the seed matters
     other, other_tok = tiny_model_and_tokenizer(["some", "other", "words"])
     other.save_pretrained(tmp_path)
     other_tok.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="different tokenizer"):
-        _sample_opponent(str(tmp_path), None, tok, ids, 8, seed=3)
+        sample_opponent(str(tmp_path), None, tok, ids, 8, seed=3)

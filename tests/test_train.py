@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gpo.config import TrainConfig
-from gpo.train import micro_batches, train
+from gpo.train.config import TrainConfig
+from gpo.train.setup import micro_batches
+from gpo.train.trainer import train
 
 QUIET = {
     "progress": False,
@@ -222,7 +223,7 @@ def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, tiny_da
 
 
 def test_unshuffled_order_callbacks_and_no_final_model(tiny_model_dir, tiny_data_file, tmp_path):
-    from gpo.train import Trainer
+    from gpo.train.trainer import Trainer
 
     gen = micro_batches(10, 4, seed=0, start=0, shuffle=False)
     assert [next(gen)[1] for _ in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3]]
@@ -243,3 +244,24 @@ def test_unshuffled_order_callbacks_and_no_final_model(tiny_model_dir, tiny_data
     assert times == sorted(times) and times[0] >= 0
     assert not (tmp_path / "final").exists()
     assert (tmp_path / "summary.json").exists()
+
+
+def test_final_gold_win_rate_is_an_ordinary_gold_judge_evaluation(tiny_config):
+    """On gold data the final evaluation samples the policy and pi_ref on held-out prompts and
+    judges them with the gold judge through the one win-rate path: its saved rows re-judge to
+    the same scores, and the summary is their mean and standard error."""
+    from gpo.eval.judges import GoldJudge
+    from gpo.io import read_jsonl
+    from gpo.stats import mean_se
+
+    cfg = tiny_config("gold", data="gold", max_steps=1, eval_steps=0, eval_max_pairs=4)
+    cfg.gold_eval_prompts, cfg.max_new_tokens = 6, 5
+    summary = train(cfg)
+    rows = read_jsonl(Path(cfg.out) / "samples" / "final-gold.jsonl")
+    assert len(rows) == 6
+    prompts = [r["prompt"] for r in rows]
+    scores = GoldJudge()(prompts, [r["policy"] for r in rows], [r["opponent"] for r in rows])
+    assert [r["score"] for r in rows] == scores
+    rate, se = mean_se(scores)
+    assert summary["gold_win_rate"] == rate
+    assert summary["gold_win_rate_se"] == pytest.approx(se, nan_ok=True)

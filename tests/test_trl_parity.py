@@ -26,11 +26,11 @@ TRL -> gpo mapping checked here:
   metrics (``rewards/*``, ``logps/*``, ``logits/*``).
 - ``ipo`` with ``beta = tau``: TRL scores per-token MEAN log-ratios. gpo ``iupo:reverse_kl`` at
   ``beta = tau`` with ``logp_reduction="mean"`` gives the same loss exactly; gpo ``square`` at
-  ``beta_g = 2 tau`` with mean reduction gives ``beta_g^2`` times it (SPEC §5). TRL's IPO metrics
-  stay sum-based (``rewards = tau * summed log-ratio``, ``logps/*`` summed), whereas gpo's metrics
-  follow ``logp_reduction``; so the metrics are compared against gpo's sum-reduction pass at
-  ``beta = tau``, and gpo's mean-reduction per-pair rewards times the token counts are checked to
-  rebuild TRL's sum-based rewards.
+  ``beta_g = 2 tau`` with mean reduction gives ``beta_g^2`` times it (the README's IPO
+  mapping). TRL's IPO metrics stay sum-based (``rewards = tau * summed log-ratio``, ``logps/*``
+  summed), whereas gpo's metrics follow ``logp_reduction``; so the metrics are compared
+  against gpo's sum-reduction pass at ``beta = tau``, and gpo's mean-reduction per-pair rewards
+  times the token counts are checked to rebuild TRL's sum-based rewards.
 - f-divergences with ``sigmoid``: ``js_divergence`` = ``fdpo:js``, ``forward_kl`` =
   ``fdpo:forward_kl`` (TRL's ``f' = 1 - 1/u`` is gpo's ``-1/u`` shifted by 1, which cancels), and
   ``alpha_divergence`` with ``f_alpha_divergence_coef = c`` = ``fdpo:alpha=1-c``.
@@ -57,11 +57,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from gpo.data import Limits, TokenizedPair, collate_pairs, parse_rows, tokenize_rows  # noqa: E402
-from gpo.logps import Reduction, SequenceLogps, sequence_logps  # noqa: E402
-from gpo.metrics import pair_values, reduce_metrics  # noqa: E402
-from gpo.objectives import resolve_objective  # noqa: E402
-from gpo.reference import Reference  # noqa: E402
-from gpo.tiny import tiny_model_and_tokenizer  # noqa: E402
+from gpo.eval.pairs import pair_values, reduce_metrics  # noqa: E402
+from gpo.losses.objectives import resolve_objective  # noqa: E402
+from gpo.models.logps import Reduction, SequenceLogps, sequence_logps  # noqa: E402
+from gpo.models.reference import Reference  # noqa: E402
+from gpo.models.tiny import tiny_model_and_tokenizer  # noqa: E402
 
 TOL = 1e-5
 
@@ -351,8 +351,8 @@ def test_ipo_equals_iupo_reverse_kl_with_mean_logps(
 def test_ipo_equals_square_with_beta_mapping(
     checkpoints: Checkpoints, trl_ipo: tuple[float, TRLStep]
 ) -> None:
-    """SPEC §5: ``square`` at ``beta_g`` is ``beta_g^2 (rho - 1/beta_g)^2``, i.e. ``beta_g^2`` times
-    IPO at ``tau = beta_g / 2``."""
+    """The README's IPO mapping: ``square`` at ``beta_g`` is ``beta_g^2 (rho - 1/beta_g)^2``,
+    i.e. ``beta_g^2`` times IPO at ``tau = beta_g / 2``."""
     tau, theirs = trl_ipo
     beta_g = 2 * tau
     ours = run_gpo(checkpoints, STANDARD_ROWS, "square", beta_g, reduction="mean")

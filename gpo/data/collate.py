@@ -2,11 +2,12 @@
 
 :class:`PairBatch`: rows ``0..B-1`` are prompt+chosen and rows ``B..2B-1`` prompt+rejected
 (TRL's order). :class:`SharedPromptBatch`: each prompt once, then its two responses, for
-prefix sharing (the prompt is run once; see :mod:`gpo.logps`).
+prefix sharing (the prompt is run once; see :mod:`gpo.models.logps`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -43,19 +44,30 @@ class PairBatch(SeqBatch):
 Padding = Literal["right", "left"]
 
 
+def pad_rows(
+    rows: Sequence[Sequence[int]], pad_id: int, side: Padding = "right"
+) -> tuple[Tensor, Tensor]:
+    """Token rows as ``[N, L]`` ids (``pad_id`` where a row is short) and an attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        start = 0 if side == "right" else width - len(r)
+        ids[i, start : start + len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, start : start + len(r)] = 1
+    return ids, mask
+
+
 def collate_sequences(
     seqs: list[tuple[list[int], list[int]]], pad_id: int, padding_side: Padding = "right"
 ) -> SeqBatch:
     """Pad ``(prompt_ids, completion_ids)`` pairs into one batch."""
-    length = max(len(a) + len(b) for a, b in seqs)
-    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), length), dtype=torch.long)
-    comp = torch.zeros((len(seqs), length), dtype=torch.long)
+    ids, attn = pad_rows([a + b for a, b in seqs], pad_id, padding_side)
+    length = ids.shape[1]
+    comp = torch.zeros_like(attn)
     for i, (prompt, completion) in enumerate(seqs):
         n = len(prompt) + len(completion)
         start = 0 if padding_side == "right" else length - n
-        ids[i, start : start + n] = torch.tensor(prompt + completion, dtype=torch.long)
-        attn[i, start : start + n] = 1
         comp[i, start + len(prompt) : start + n] = 1
     positions = (attn.cumsum(1) - 1).clamp(min=0)
     return SeqBatch(ids, attn, positions, comp)
@@ -115,23 +127,13 @@ class SharedPromptBatch:
         return PairBatch(*(getattr(out, f.name) for f in fields(out)), self.indices)
 
 
-def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def collate_shared(pairs: list[TokenizedPair], pad_id: int) -> SharedPromptBatch:
     """Each prompt once and its responses interleaved; every prompt must have a token."""
     if any(not p.prompt_ids for p in pairs):
         raise ValueError("prefix sharing needs a non-empty prompt in every pair")
-    prompt_ids, prompt_mask = _right_pad([p.prompt_ids for p in pairs], pad_id)
+    prompt_ids, prompt_mask = pad_rows([p.prompt_ids for p in pairs], pad_id)
     replies = [r for p in pairs for r in (p.chosen_ids, p.rejected_ids)]
-    completion_ids, completion_mask = _right_pad(replies, pad_id)
+    completion_ids, completion_mask = pad_rows(replies, pad_id)
     indices = torch.tensor([p.index for p in pairs], dtype=torch.long)
     return SharedPromptBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, indices)
 

@@ -43,6 +43,19 @@ class PreferenceRow:
     rejected_finished: bool = True
 
 
+def prompt_text(prompt: Field | PreferenceRow) -> str:
+    """The user's request: a prompt string as is, else the last user message of a message list
+    (the last message when none is from the user). Gold topics and win-rate prompts use this."""
+    if isinstance(prompt, PreferenceRow):
+        prompt = prompt.prompt
+    if isinstance(prompt, str):
+        return prompt
+    if not prompt:
+        raise ValueError("empty conversational prompt")
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else prompt[-1]["content"]
+
+
 def _where(source: str, index: int, field: str | None = None) -> str:
     loc = f"{source}: row {index + 1}"
     return f"{loc}, field '{field}'" if field else loc

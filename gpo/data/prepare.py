@@ -19,14 +19,6 @@ class PreparedData:
     reports: list[DataReport]
 
 
-def prompt_text(row: PreferenceRow) -> str:
-    """The user-visible prompt: the last user message, or the prompt string."""
-    if isinstance(row.prompt, str):
-        return row.prompt
-    users = [m["content"] for m in row.prompt if m["role"] == "user"]
-    return users[-1] if users else row.prompt[-1]["content"]
-
-
 def prepare_data(
     data: str,
     split: str,

@@ -7,27 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gpo.data.builtin import load_builtin_gold
 from gpo.data.formats import DataError, NoSuchSplit
+from gpo.io import read_jsonl
 
 BUILTIN_NAMES = ("gold", "builtin")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-
-
-def _read_jsonl(path: Path) -> list[Any]:
-    rows = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a BOM
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: not valid UTF-8 ({e.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
-    return rows
 
 
 def _read_json(path: Path, split: str | None) -> list[Any]:
@@ -42,7 +27,7 @@ def _read_json(path: Path, split: str | None) -> list[Any]:
     if not isinstance(data, dict) and split not in (None, "train"):
         raise NoSuchSplit(f"{path}: a list of rows has no split {split!r}")
     if data is None:
-        return _read_jsonl(path)
+        return read_jsonl(path, DataError)
     if isinstance(data, dict) and "chosen" not in data:
         key = split or "train"
         if key not in data:
@@ -121,8 +106,6 @@ def looks_like_path(source: str) -> bool:
 def load_rows(source: str, split: str | None = None) -> list[Any]:
     """Raw rows from ``source``: the built-in gold task, a file, a saved dataset or a hub name."""
     if source in BUILTIN_NAMES:
-        from gpo.gold import load_builtin_gold
-
         return load_builtin_gold(split or "train")
     path = Path(source).expanduser()
     if path.is_dir():
@@ -134,7 +117,7 @@ def load_rows(source: str, split: str | None = None) -> list[Any]:
         if split not in (None, "train") and suffix != ".json":
             raise NoSuchSplit(f"{path}: a single file has no split {split!r}")
         if suffix == ".jsonl":
-            return _read_jsonl(path)
+            return read_jsonl(path, DataError)
         if suffix == ".json":
             return _read_json(path, split)
         if suffix in (".parquet", ".csv"):

@@ -1,9 +1,10 @@
-"""The GPO paper's toy experiments (Tang et al. 2024, §4.1-4.2, App. A.1-A.2; SPEC §6 items 1-2).
+"""The GPO paper's toy experiments (Tang et al. 2024, §4.1-4.2,
+App. A.1-A.2).
 
 Each experiment is a thin script over the library: a typed config dataclass, a pure ``run_*``
 function that returns the results as a JSON-ready dict, and a ``main`` that prints the resolved
 config, writes ``results.json`` plus a PNG into a run folder and prints a summary. The CLI
-(``gpo experiment bandit|mog|taylor``) lives in :mod:`gpo.experiments.cli`.
+(``gpo experiment bandit|mog|taylor``) lives in :mod:`gpo.cli.experiment`.
 """
 
 from gpo.experiments.bandit import BanditConfig, run_bandit

@@ -1,5 +1,5 @@
 """The 3-action bandit of Azar et al. (2023, §5.4) as the GPO paper reuses it (Tang et al. 2024,
-§4.1 Fig. 3, App. A.1; SPEC §6 item 1).
+§4.1 Fig. 3, App. A.1).
 
 Actions y1..yA, offline pairs ``(winner, loser)`` (default: the total order (y1,y2), (y2,y3),
 (y1,y3)), mini-batches of ``batch_size`` pairs drawn uniformly with replacement, a softmax policy
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gpo._numerics import check_beta
-from gpo.experiments._plot import pyplot
 from gpo.experiments.run import run_experiment
-from gpo.losses import LOSSES, Loss, resolve_loss
+from gpo.io import pyplot
+from gpo.losses.family import LOSSES, Loss, resolve_loss
+from gpo.losses.numerics import check_beta
 
 #: Named offline datasets, as 1-based ``(winner, loser)`` action pairs.
 DATASETS: dict[str, tuple[tuple[int, int], ...]] = {
@@ -77,15 +77,15 @@ def parse_pairs(dataset: str) -> list[list[int]]:
 class BanditConfig:
     """Resolved settings of ``gpo experiment bandit`` (defaults: the paper's setup)."""
 
-    losses: list[str] = field(default_factory=lambda: list(LOSSES))
-    betas: list[float] = field(default_factory=lambda: [1.0, 2.0, 10.0])
-    steps: int = 18_000
-    seeds: int = 10
-    seed: int = 0  # seed s of the run uses torch.Generator().manual_seed(seed + s)
-    lr: float = 0.01
-    batch_size: int = 9
-    dataset: str = "total_order"
-    max_points: int = 200  # trajectory points kept per config (step 0 and the last included)
+    losses: list[str] = field(default_factory=lambda: list(LOSSES))  # names or pkg.module:func
+    betas: list[float] = field(default_factory=lambda: [1.0, 2.0, 10.0])  # one run per beta
+    steps: int = 18_000  # Adam steps per run
+    seeds: int = 10  # seeds per config
+    seed: int = 0  # first seed: seed s uses torch.Generator().manual_seed(seed + s)
+    lr: float = 0.01  # Adam learning rate
+    batch_size: int = 9  # pairs per step, drawn with replacement
+    dataset: str = "total_order"  # total_order | cycle | pairs like '1>2,2>3,3>1' (winner>loser)
+    max_points: int = field(default=200, metadata={"flag": "--points"})  # trajectory points kept
     # Derived from `dataset`: 1-based [winner, loser] pairs; actions = largest id used.
     pairs: list[list[int]] = field(init=False)
     n_actions: int = field(init=False)

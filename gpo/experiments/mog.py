@@ -1,5 +1,5 @@
 """Mixture-of-Gaussians counterexample: KL vs the mu-weighted squared loss (Tang et al. 2024,
-§4.2 Fig. 4/8, App. A.2 and B.1; SPEC §6 item 2).
+§4.2 Fig. 4/8, App. A.2 and B.1).
 
 * ``mu = (1/3) sum_i N(u_i, 0.05^2)`` with ``u_i ~ U(-1, 1)`` i.i.d. (the offline data);
 * ``pi_ref = 0.3 N(-0.8, 0.1^2) + 0.4 N(0, 0.1^2) + 0.3 N(0.8, 0.1^2)``;
@@ -9,8 +9,8 @@ With ``h_c(x) = log pi_theta(x) - log pi_ref(x)``, for every ``c``:
 
 * ``KL(pi_theta, pi_ref) = E_{x ~ pi_theta}[h_c(x)]``;
 * the mu-weighted squared loss ``E_{y, y' ~ mu}[(h_c(y) - h_c(y'))^2 / 2] = Var_mu[h_c]``
-  (paper App. B.1: for i.i.d. ``Y, Y'``, ``E[(Y - Y')^2] / 2 = Var[Y]``). SPEC §6 item 2 says
-  "half the variance"; the paper's identity gives the full variance, and the paper wins. The
+  (paper App. B.1: for i.i.d. ``Y, Y'``, ``E[(Y - Y')^2] / 2 = Var[Y]``). Some summaries call
+  it "half the variance"; the paper's identity gives the full variance, and the paper wins. The
   factor does not move any minimum (it shifts the log-scale curve by ``log 2``).
 
 Monte Carlo: ``samples`` draws from ``pi_ref`` (shifted by ``c``: ``x = x_0 + c`` is a draw from
@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from gpo.experiments._plot import pyplot
 from gpo.experiments.run import run_experiment
+from gpo.io import pyplot
 
 QUAD_HALF_WIDTH = 10.0
 QUAD_POINTS = 401
@@ -53,18 +53,18 @@ class MogConfig:
 
     seed: int = 0  # the draw of the u_i (and of the MC samples); with search: the first tried
     search: int = 0  # > 0: try seeds seed, seed+1, ..., keep the first counterexample
-    samples: int = 2000
-    grid: int = 201
-    c_max: float = 1.0
-    mu_n: int = 3
-    mu_low: float = -1.0
-    mu_high: float = 1.0
-    mu_std: float = 0.05
-    ref_means: list[float] = field(default_factory=lambda: [-0.8, 0.0, 0.8])
-    ref_weights: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.3])
-    ref_std: float = 0.1
-    min_shift: float = 0.1
-    match_tol: float = 0.05
+    samples: int = 2000  # Monte Carlo samples per estimate
+    grid: int = 201  # number of shifts c in [-c_max, c_max]
+    c_max: float = 1.0  # largest shift of pi_theta against pi_ref
+    mu_n: int = 3  # components of mu (means u_i drawn uniformly in [mu_low, mu_high])
+    mu_low: float = -1.0  # lower end of the u_i draw
+    mu_high: float = 1.0  # upper end of the u_i draw
+    mu_std: float = 0.05  # standard deviation of each mu component
+    ref_means: list[float] = field(default_factory=lambda: [-0.8, 0.0, 0.8])  # pi_ref means
+    ref_weights: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.3])  # pi_ref weights
+    ref_std: float = 0.1  # standard deviation of each pi_ref component
+    min_shift: float = 0.1  # a counterexample's squared-loss minimum must lie at |c| > this
+    match_tol: float = 0.05  # KL minima within this of a squared-loss minimum count as shared
 
     def __post_init__(self) -> None:
         if self.samples < 2 or self.grid < 3 or self.mu_n < 1 or self.search < 0:

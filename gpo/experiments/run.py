@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gpo.runs import new_run_dir, print_config, write_json
+from gpo.io import new_run_dir, print_config, write_json
 
 
 def run_experiment(

@@ -1,5 +1,5 @@
-"""Near ``rho = 0`` every smooth GPO loss acts like IPO (Tang et al. 2024, §4.1 and App. B.2;
-SPEC §3): a numerical check on gradients.
+"""Near ``rho = 0`` every smooth GPO loss acts like IPO (Tang et al. 2024, §4.1 and App. B.2):
+a numerical check on gradients.
 
 Second-order Taylor expansion of a loss ``f`` with ``f'(0) < 0 < f''(0)``:
 ``f(beta rho) ~ f(0) + f'(0) beta rho + f''(0) beta^2 rho^2 / 2``. With the IPO-equivalent
@@ -11,7 +11,7 @@ learning rate, but breaks the comparison). Gradients in ``rho``:
 * GPO: ``g(rho) = beta f'(beta rho)``;
 * IPO-equivalent: ``G(rho) = K beta' sq'(beta' rho) = |f'(0)| beta (beta' rho - 1)``, where
   ``sq(v) = (v - 1)^2`` is the registered ``square`` loss, differentiated by
-  :func:`gpo.analysis.derivatives` like ``f``.
+  :func:`gpo.losses.analysis.derivatives` like ``f``.
 
 The reported error is relative to the gradient at the origin, ``|G(0)| = |f'(0)| beta``:
 ``err(rho) = |g(rho) - G(rho)| / (|f'(0)| beta) = |f'(v) - f'(0) - f''(0) v| / |f'(0)|`` with
@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpo._numerics import check_beta
-from gpo.analysis import LossReport, analyze, derivatives
-from gpo.experiments._plot import pyplot
 from gpo.experiments.run import run_experiment
-from gpo.losses import LOSSES, resolve_loss
+from gpo.io import pyplot
+from gpo.losses.analysis import LossReport, analyze, derivatives
+from gpo.losses.family import LOSSES, resolve_loss
+from gpo.losses.numerics import check_beta
 
 #: The square loss the others are compared with (IPO, paper Table 1).
 IPO_LOSS = "square"
@@ -53,11 +53,11 @@ FIT_MIN_ERR = 1e-12
 class TaylorConfig:
     """Resolved settings of ``gpo experiment taylor``."""
 
-    losses: list[str] = field(default_factory=lambda: list(LOSSES))
-    betas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])
-    rho_min: float = 1e-3
-    rho_max: float = 1.0
-    points: int = 61
+    losses: list[str] = field(default_factory=lambda: list(LOSSES))  # names or pkg.module:func
+    betas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])  # betas compared
+    rho_min: float = 1e-3  # smallest |rho| of the grid
+    rho_max: float = 1.0  # largest |rho| of the grid
+    points: int = 61  # |rho| grid points (log-spaced)
 
     def __post_init__(self) -> None:
         names = [resolve_loss(name).name for name in self.losses]

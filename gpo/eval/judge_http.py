@@ -1,0 +1,164 @@
+"""An OpenAI-compatible chat-completions endpoint as a pairwise judge (see :mod:`gpo.eval.judges`).
+
+Each judge question goes to ``POST {base_url}/chat/completions`` (temperature 0, a few tokens);
+the first standalone "A" or "B" of the reply is the answer, and each pair is asked in both
+orders. The API key is read from the environment variable named by ``api_key_env`` (default
+``GPO_JUDGE_API_KEY``) at each request and sent as ``Authorization: Bearer``; it is never stored
+on the judge, so it cannot leak into its repr, configs or logs, and it is masked out of errors.
+Standard library only (urllib).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gpo.eval.judges import Prompt, average_orders, both_orders, parse_choice
+
+DEFAULT_KEY_ENV = "GPO_JUDGE_API_KEY"
+
+
+class JudgeError(RuntimeError):
+    """The judge endpoint could not be used; the one-line message says why."""
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class HTTPJudge:
+    """Ask an OpenAI-compatible endpoint (``base_url`` like ``http://127.0.0.1:8000/v1``).
+
+    Connection errors, timeouts, HTTP 429 and 5xx are retried ``retries`` times with exponential
+    backoff (``backoff``, 2x, 4x... seconds); other HTTP errors fail at once. A reply naming
+    neither A nor B is an error, or a tie with ``unparsed="tie"``.
+    """
+
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = DEFAULT_KEY_ENV
+    timeout: float = 60.0
+    retries: int = 3
+    backoff: float = 1.0
+    max_tokens: int = 4
+    max_workers: int = 4
+    unparsed: Literal["error", "tie"] = "error"
+    name: str = "http"
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(
+                "the http judge needs base_url=http(s)://HOST[:PORT]/v1, "
+                f"got {self.base_url or 'none'!r}"
+            )
+        if not self.model:
+            raise ValueError("the http judge needs model=NAME (the served model's name)")
+        if self.unparsed not in ("error", "tie"):
+            raise ValueError(f"unparsed must be 'error' or 'tie', got {self.unparsed!r}")
+        if self.retries < 0 or self.max_workers < 1:
+            raise ValueError("retries must be >= 0 and max_workers >= 1")
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+    def _key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None
+
+    def _fail(self, message: str) -> JudgeError:
+        key = self._key()
+        message = _one_line(message, 400)
+        return JudgeError(message.replace(key, "***") if key else message)
+
+    def _request(self, question: str) -> bytes:
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+        }
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = self._key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(
+            self.url, data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return response.read()
+            except urllib.error.HTTPError as e:
+                detail = _one_line(e.read().decode(errors="replace"))
+                if (e.code == 429 or e.code >= 500) and not last:
+                    time.sleep(self.backoff * 2**attempt)
+                    continue
+                raise self._http_error(e.code, detail, attempt + 1) from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if not last:
+                    time.sleep(self.backoff * 2**attempt)
+                    continue
+                reason = getattr(e, "reason", e)
+                raise self._fail(
+                    f"cannot reach the judge endpoint {self.url}: {reason} "
+                    f"(after {attempt + 1} attempts; is the server running?)"
+                ) from None
+        raise AssertionError("unreachable")
+
+    def _http_error(self, code: int, detail: str, attempts: int) -> JudgeError:
+        if code in (401, 403):
+            hint = (
+                f"the key in ${self.api_key_env} was refused"
+                if self._key()
+                else f"no API key was sent: set the environment variable {self.api_key_env}"
+            )
+            return self._fail(f"judge endpoint {self.url} answered HTTP {code}: {hint}")
+        if code == 404:
+            return self._fail(
+                f"judge endpoint {self.url} answered HTTP 404 (base_url should end in /v1, "
+                f"and model {self.model!r} must be served): {detail}"
+            )
+        return self._fail(
+            f"judge endpoint {self.url} answered HTTP {code} after {attempts} attempts: {detail}"
+        )
+
+    def ask(self, question: str) -> float:
+        """1.0 if the endpoint answers A, 0.0 for B (0.5 if unparsed and ``unparsed="tie"``)."""
+        raw = self._request(question)
+        try:
+            content = json.loads(raw)["choices"][0]["message"]["content"]
+            if not isinstance(content, str):
+                raise TypeError
+        except (ValueError, KeyError, IndexError, TypeError):
+            snippet = _one_line(raw.decode(errors="replace"), 120)
+            raise self._fail(
+                f"malformed reply from the judge endpoint {self.url}: expected JSON with "
+                f"choices[0].message.content, got {snippet!r}"
+            ) from None
+        choice = parse_choice(content)
+        if choice is None:
+            if self.unparsed == "tie":
+                return 0.5
+            raise self._fail(
+                f"the judge at {self.url} answered neither A nor B: {_one_line(content, 80)!r} "
+                "(pass unparsed='tie' to count such replies as ties)"
+            )
+        return 1.0 if choice == "A" else 0.0
+
+    def __call__(
+        self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]
+    ) -> list[float]:
+        questions = both_orders(prompts, first, second)
+        with ThreadPoolExecutor(self.max_workers) as pool:
+            answers: list[Any] = list(pool.map(self.ask, questions))
+        return average_orders(answers)

@@ -1,0 +1,180 @@
+"""A tiny OpenAI-compatible judge server around a local causal LM (standard library only).
+
+For tests of the ``http`` judge and for users without a served judge::
+
+    gpo judge-serve --model smollm2 --port 8000        # then: judge http:base_url=http://127.0.0.1:8000/v1,model=gpo-judge
+
+It answers ``POST /v1/chat/completions`` (and ``GET /v1/models``) on 127.0.0.1 with a real model:
+
+- ``mode="choice"`` (default): the next-token probabilities of "A" and "B" after the request's
+  conversation (chat template when the tokenizer has one) decide; the reply is the likelier
+  letter. This is the ``local`` judge's scoring turned into a reply, so it always answers A or B.
+- ``mode="generate"``: greedy decoding of up to ``max_tokens`` (at most 64) new tokens.
+
+With ``api_key_env`` set, requests must carry ``Authorization: Bearer <that variable's value>``
+(read once, at start).
+One request at a time reaches the model (a lock); the HTTP side is threaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+import torch
+
+from gpo.eval.judge_local import choice_probabilities, encode_messages, label_token_ids
+from gpo.eval.judges import LABELS
+
+MAX_NEW_TOKENS = 64
+
+
+class JudgeServer:
+    """Serve ``model`` on ``host:port`` (port 0: a free one); ``base_url`` is the URL to use."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        mode: Literal["choice", "generate"] = "choice",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key_env: str | None = None,
+        served_model: str = "gpo-judge",
+    ) -> None:
+        if mode not in ("choice", "generate"):
+            raise ValueError(f"judge server mode must be 'choice' or 'generate', got {mode!r}")
+        self.model, self.tokenizer, self.mode = model.eval(), tokenizer, mode
+        self.served_model = served_model
+        # Read once at start, so clients in the same process (tests) can change theirs.
+        self._key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not self._key:
+            raise ValueError(f"the judge server should require ${api_key_env}, but it is unset")
+        self.label_ids = label_token_ids(tokenizer, LABELS) if mode == "choice" else None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.httpd = ThreadingHTTPServer((host, port), _handler(self))
+        self.httpd.daemon_threads = True
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def reply(self, messages: list[dict[str, str]], max_tokens: int) -> str:
+        """The assistant's reply text to a conversation."""
+        ids = encode_messages(self.tokenizer, messages)
+        pad = self.tokenizer.pad_token_id or 0
+        with self._lock:
+            if self.mode == "choice":
+                p_a = choice_probabilities(self.model, [ids], self.label_ids, pad)[0]
+                return LABELS[0] if p_a >= 0.5 else LABELS[1]
+            with torch.no_grad():
+                out = self.model.generate(
+                    torch.tensor([ids]),
+                    attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    max_new_tokens=max(1, min(max_tokens, MAX_NEW_TOKENS)),
+                    do_sample=False,
+                    pad_token_id=pad,
+                )
+        return self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
+
+    def authorized(self, header: str | None) -> bool:
+        return self._key is None or header == f"Bearer {self._key}"
+
+    def start(self) -> JudgeServer:
+        """Serve in a background thread; returns self."""
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.httpd.server_close()
+
+    def __enter__(self) -> JudgeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _valid_messages(messages: Any) -> bool:
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    )
+
+
+def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: no per-request lines
+            pass
+
+        def _send(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, status: int, message: str, kind: str) -> None:
+            self._send(status, {"error": {"message": message, "type": kind}})
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") != "/v1/models":
+                return self._error(404, f"no route {self.path}", "not_found")
+            self._send(
+                200, {"object": "list", "data": [{"id": server.served_model, "object": "model"}]}
+            )
+
+        def do_POST(self) -> None:
+            if self.path.rstrip("/") != "/v1/chat/completions":
+                return self._error(404, f"no route {self.path}", "not_found")
+            if not server.authorized(self.headers.get("Authorization")):
+                return self._error(401, "invalid or missing API key", "invalid_api_key")
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            except (ValueError, TypeError):
+                return self._error(400, "the body is not JSON", "invalid_request_error")
+            messages = body.get("messages") if isinstance(body, dict) else None
+            if not _valid_messages(messages):
+                return self._error(
+                    400,
+                    "messages must be a non-empty list of {role, content}",
+                    "invalid_request_error",
+                )
+            max_tokens = body.get("max_tokens") or 16
+            text = server.reply(messages, int(max_tokens))
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{time.time_ns()}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": server.served_model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                },
+            )
+
+    return Handler

@@ -1,0 +1,50 @@
+"""On-policy KL(pi_theta || pi_ref), estimated from the policy's own samples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from gpo.data.collate import collate_sequences
+from gpo.models.logps import sequence_logps
+from gpo.models.reference import Reference
+from gpo.models.sampling import sample
+from gpo.stats import mean_se
+
+
+def on_policy_kl(
+    policy: nn.Module,
+    reference: Reference,
+    tokenizer: Any,
+    prompt_ids: Sequence[list[int]],
+    num_samples: int,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 16,
+) -> tuple[float, float]:
+    """Monte Carlo ``KL(pi_theta || pi_ref) = E_{y ~ pi_theta}[log pi_theta(y) - log pi_ref(y)]``.
+
+    Completions are drawn at temperature 1 from the full vocabulary and cut at ``max_new_tokens``:
+    this is the exact KL between the two distributions over completions truncated at that length.
+    Returns the mean and its standard error over the ``len(prompt_ids) * num_samples`` draws.
+    """
+    samples = sample(policy, tokenizer, prompt_ids, num_samples, max_new_tokens, seed=seed)
+    seqs = [
+        (list(prompt_ids[i]), ids)
+        for i, ids in zip(samples.prompt_index, samples.completion_ids, strict=True)
+        if ids
+    ]
+    device = next(policy.parameters()).device
+    pad = tokenizer.pad_token_id
+    diffs = []
+    was_training = policy.training
+    policy.eval()
+    for k in range(0, len(seqs), batch_size):
+        batch = collate_sequences(seqs[k : k + batch_size], pad).to(device)
+        with torch.no_grad():
+            diffs.append(sequence_logps(policy, batch).logps - reference.logps(batch).logps)
+    policy.train(was_training)
+    return mean_se(torch.cat(diffs))

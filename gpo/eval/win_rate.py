@@ -1,0 +1,107 @@
+"""Win rate: the one place where a judge's scores become a win rate with its standard error.
+
+:func:`win_rate` (and :func:`judge_scores` under it) is used by every caller: the per-evaluation
+win rate against a fixed opponent, the final gold evaluation of `gpo train`, and the report's
+side-by-side matrix.
+
+:class:`WinRateEval`: the opponent (pi_ref by default, or any saved policy with the same
+tokenizer) is sampled once per run on the first prompts of the held-out set; every evaluation
+samples the policy on the same prompts and asks the judge, per prompt, for the score that the
+policy's completion beats the opponent's. Each evaluation's completions go to a JSONL file in
+the run folder (``samples/step-NNNNNN.jsonl``), so a report can judge the final policies of
+different runs against each other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from gpo.eval.judges import Judge, Prompt, check_lengths
+from gpo.io import read_jsonl, write_jsonl
+from gpo.models.reference import Reference
+from gpo.models.sampling import sample
+from gpo.stats import mean_se
+
+SAMPLES_DIR = "samples"
+
+
+def judge_scores(
+    judge: Judge, prompts: Sequence[Prompt], mine: Sequence[str], theirs: Sequence[str]
+) -> list[float]:
+    """The judge's per-prompt scores of ``mine`` against ``theirs``, checked: one per prompt,
+    each a number in [0, 1]."""
+    check_lengths(prompts, mine, theirs)
+    scores = judge(prompts, mine, theirs)
+    if len(scores) != len(prompts):
+        raise ValueError(f"judge {judge.name!r} returned {len(scores)} scores for {len(prompts)}")
+    bad = [s for s in scores if not (isinstance(s, (int, float)) and 0.0 <= s <= 1.0)]
+    if bad or any(math.isnan(s) for s in scores):
+        raise ValueError(f"judge {judge.name!r} returned scores outside [0, 1]: {bad[:3]}")
+    return [float(s) for s in scores]
+
+
+def win_rate(
+    judge: Judge, prompts: Sequence[Prompt], mine: Sequence[str], theirs: Sequence[str]
+) -> tuple[float, float]:
+    """(mean score of ``mine`` against ``theirs``, its standard error; see :mod:`gpo.stats`)."""
+    return mean_se(judge_scores(judge, prompts, mine, theirs))
+
+
+@dataclass
+class WinRateEval:
+    """The policy against a fixed opponent's completions on fixed prompts, by one judge."""
+
+    judge: Judge
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    opponent: list[str]  # the opponent's completion per prompt, sampled once
+    max_new_tokens: int
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, seed: int, samples: Path) -> dict:
+        """Sample the policy, judge it against the opponent, save the rows to ``samples``;
+        returns ``{"win_rate": ..., "win_rate_se": ...}``."""
+        mine = sample(model, tokenizer, self.prompt_ids, 1, self.max_new_tokens, seed=seed).text
+        scores = judge_scores(self.judge, self.prompts, mine, self.opponent)
+        rows = [
+            {"prompt": p, "policy": a, "opponent": b, "score": s}
+            for p, a, b, s in zip(self.prompts, mine, self.opponent, scores, strict=True)
+        ]
+        write_jsonl(rows, samples)
+        rate, se = mean_se(scores)
+        return {"win_rate": rate, "win_rate_se": se}
+
+
+def sample_opponent(
+    path: str | None,
+    reference: Reference,
+    tokenizer: Any,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    seed: int,
+) -> list[str]:
+    """One completion per prompt from pi_ref (``path`` None) or the saved policy at ``path``."""
+    if path is None:
+        with reference.model() as ref:
+            return sample(ref, tokenizer, prompt_ids, 1, max_new_tokens, seed=seed).text
+    from gpo.models.loading import load_model_and_tokenizer
+
+    model, their_tokenizer = load_model_and_tokenizer(path)
+    if their_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"opponent {path} has a different tokenizer from the policy")
+    return sample(model, tokenizer, prompt_ids, 1, max_new_tokens, seed=seed).text
+
+
+def step_samples_path(run_dir: Path, step: int) -> Path:
+    return run_dir / SAMPLES_DIR / f"step-{step:06d}.jsonl"
+
+
+def final_samples(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The samples of a run's last evaluation (its final policy), or None if it saved none."""
+    files = sorted((run_dir / SAMPLES_DIR).glob("step-*.jsonl"))
+    return read_jsonl(files[-1]) if files else None

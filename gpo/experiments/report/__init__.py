@@ -1,0 +1,88 @@
+"""`gpo report SWEEP_DIR`: the GPO paper's LM figures, a summary.json and a Markdown table.
+
+Reads every ``runs/*/metrics.jsonl`` of a sweep (see gpo/sweep.py); runs are grouped by
+(loss, beta), other grid keys (seeds, learning rates) pooled. Writes into ``SWEEP_DIR/report``
+(or ``--out``):
+
+- ``fig5_kl_vs_mu_sq.png``: KL vs mu-weighted squared loss over training, one panel per loss, one
+  curve per beta (log-log; paper Fig. 5); ``fig10_kl_vs_mu_sq_pooled.png``: all checkpoints,
+  coloured by loss (Fig. 10).
+- ``fig6_win_rate_vs_kl.png``: win rate against the opponent vs KL at every checkpoint, a panel
+  per loss coloured by beta (Fig. 6); ``fig9_win_rate_vs_kl_by_beta.png``: a panel per beta
+  coloured by loss (Fig. 9).
+- ``fig7_peak_win_rate_median_kl.png``: 90th-percentile win rate over checkpoints and median KL
+  vs beta, per loss (Fig. 7).
+- ``fig11_final_win_rate_vs_beta.png``: the final win rate vs beta per loss (Fig. 11).
+- ``fig12_side_by_side.png``: final policies of different losses at one beta judged against each
+  other on the same prompts, from their saved samples (Fig. 12).
+- ``spearman_vs_beta.png``: Spearman correlation of KL and the mu-weighted squared loss over
+  checkpoints, per beta (the paper: higher at larger beta).
+- ``curves.png``: train loss, eval loss, eval preference accuracy and eval reward margin vs step
+  per run (UPO paper Fig. 1).
+- ``summary.json`` (the resolved sweep config, per-run numbers, correlations, the side-by-side
+  matrix) and ``report.md``.
+
+KL estimates are Monte Carlo and can be <= 0 near pi_ref; log-scale plots leave those points out
+and ``summary.json`` counts them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gpo.experiments.report.collect import (
+    default_beta,
+    load_runs,
+    run_rows,
+    side_by_side,
+    spearman_per_beta,
+)
+from gpo.experiments.report.figures import draw_figures
+from gpo.experiments.report.markdown import markdown
+from gpo.io import write_json
+
+
+def report(
+    sweep_dir: str | Path,
+    out: str | Path | None = None,
+    beta: float | None = None,
+    judge: str | None = None,
+) -> dict[str, Any]:
+    """Write the figures, summary.json and report.md (see the module docstring); the summary."""
+    sweep_dir = Path(sweep_dir)
+    runs = load_runs(sweep_dir)
+    out_dir = Path(out) if out is not None else sweep_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = run_rows(runs)
+    per_beta = spearman_per_beta(runs)
+    betas = sorted({r.key[1] for r in runs})
+    sbs_beta = beta if beta is not None else default_beta(rows)
+    if sbs_beta is not None and sbs_beta not in betas:
+        raise ValueError(f"--beta {sbs_beta:g} is not in the sweep (betas: {betas})")
+    judge_spec = judge or runs[0].config.get("judge", "gold")
+    sbs = side_by_side(runs, sbs_beta, judge_spec) if sbs_beta is not None else None
+    written = draw_figures(runs, rows, per_beta, sbs, out_dir)
+
+    sweep_json = sweep_dir / "sweep.json"
+    nonpositive = sum(1 for r in runs for k in r.series("eval/kl") if k <= 0)
+    summary = {
+        "sweep": json.loads(sweep_json.read_text()) if sweep_json.is_file() else None,
+        "report": {
+            "sweep_dir": str(sweep_dir),
+            "side_by_side_beta": sbs_beta,
+            "judge": judge_spec,
+            "nonpositive_kl_checkpoints": nonpositive,
+        },
+        "runs": rows,
+        "spearman_per_beta": per_beta,
+        "side_by_side": sbs,
+        "figures": [p.name for p in written],
+    }
+    write_json(out_dir / "summary.json", summary)
+    text = markdown(rows, per_beta, sbs, written)
+    (out_dir / "report.md").write_text(text)
+    print(text)
+    print(f"report: wrote {len(written)} figures, summary.json and report.md to {out_dir}/")
+    return summary

@@ -1,0 +1,156 @@
+"""Reading a sweep folder into per-run numbers: final metrics, peak win rate, median KL,
+Spearman correlations, and the side-by-side matrix of final policies."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpo.eval.judges import resolve_judge
+from gpo.eval.win_rate import final_samples, win_rate
+from gpo.experiments.sweep import RUNS_DIR
+from gpo.train.tracking import read_metrics
+
+
+@dataclass
+class RunData:
+    name: str
+    dir: Path
+    config: dict[str, Any]
+    evals: list[dict[str, Any]]  # records with eval metrics, by step
+    train: list[dict[str, Any]]  # records with the train loss
+    finished: bool
+
+    @property
+    def key(self) -> tuple[str, float]:
+        return self.config["loss"], float(self.config["beta"])
+
+    def series(self, name: str) -> list[float]:
+        return [r[name] for r in self.evals if name in r]
+
+    def pairs(self, x: str, y: str) -> list[tuple[dict[str, Any], float, float]]:
+        return [(r, r[x], r[y]) for r in self.evals if x in r and y in r]
+
+
+def load_runs(sweep_dir: Path) -> list[RunData]:
+    runs = []
+    for d in sorted((sweep_dir / RUNS_DIR).glob("*")):
+        records = read_metrics(d)
+        if not (d / "config.json").is_file() or not records:
+            continue
+        runs.append(
+            RunData(
+                d.name,
+                d,
+                json.loads((d / "config.json").read_text()),
+                [r for r in records if any(k.startswith("eval/") for k in r)],
+                [r for r in records if "loss" in r],
+                (d / "summary.json").is_file(),
+            )
+        )
+    if not runs:
+        raise ValueError(f"{sweep_dir}: no runs with metrics under {RUNS_DIR}/ (run gpo sweep)")
+    return sorted(runs, key=lambda r: (*r.key, r.name))  # legends in beta order, not name order
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    return float(spearmanr(xs, ys).statistic)
+
+
+def _final(r: RunData) -> dict[str, Any]:
+    last = r.evals[-1] if r.evals else {}
+    keys = ["win_rate", "win_rate_se", "kl", "kl_se", "mu_sq_loss", "loss"]
+    keys += ["rewards/accuracies", "rewards/margins"]
+    out = {k: last[f"eval/{k}"] for k in keys if f"eval/{k}" in last}
+    out["step"] = last.get("step")
+    return out
+
+
+def run_rows(runs: list[RunData]) -> list[dict[str, Any]]:
+    """Per-run numbers: final eval metrics, 90th-percentile win rate, median KL."""
+    rows = []
+    for r in runs:
+        wins, kls = r.series("eval/win_rate"), r.series("eval/kl")
+        kl_pairs = [(m, k) for _, m, k in r.pairs("eval/mu_sq_loss", "eval/kl")]
+        rows.append(
+            {
+                "name": r.name,
+                "loss": r.key[0],
+                "beta": r.key[1],
+                "seed": r.config.get("seed"),
+                "learning_rate": r.config.get("learning_rate"),
+                "finished": r.finished,
+                "evals": len(r.evals),
+                "final": _final(r),
+                "peak_win_rate_p90": float(np.percentile(wins, 90)) if wins else None,
+                "median_kl": statistics.median(kls) if kls else None,
+                "spearman_kl_mu_sq": _spearman([m for m, _ in kl_pairs], [k for _, k in kl_pairs]),
+            }
+        )
+    return rows
+
+
+def spearman_per_beta(runs: list[RunData]) -> dict[str, Any]:
+    """Spearman correlation of KL and mu-weighted squared loss over all checkpoints of a beta."""
+    by_beta: dict[float, list[tuple[float, float]]] = defaultdict(list)
+    for r in runs:
+        by_beta[r.key[1]] += [(m, k) for _, m, k in r.pairs("eval/mu_sq_loss", "eval/kl")]
+    return {
+        f"{b:g}": {
+            "beta": b,
+            "checkpoints": len(pts),
+            "spearman": _spearman([m for m, _ in pts], [k for _, k in pts]),
+        }
+        for b, pts in sorted(by_beta.items())
+    }
+
+
+def side_by_side(runs: list[RunData], beta: float, judge_spec: str) -> dict[str, Any] | None:
+    """Judge the final samples of each loss's run at ``beta`` against each other's."""
+    chosen: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        samples = final_samples(r.dir)
+        if r.key[1] == beta and samples and r.key[0] not in chosen:
+            chosen[r.key[0]] = samples
+    losses = list(chosen)
+    if len(losses) < 2:
+        return None
+    judge = resolve_judge(judge_spec)
+    n = len(losses)
+    rate = [[0.5] * n for _ in range(n)]
+    se = [[0.0] * n for _ in range(n)]
+    for i, a in enumerate(losses):
+        for j, b in enumerate(losses):
+            if i == j:
+                continue
+            sa, sb = chosen[a], chosen[b]
+            prompts = [s["prompt"] for s in sa]
+            if prompts != [s["prompt"] for s in sb]:
+                raise ValueError(f"side by side: {a} and {b} were sampled on different prompts")
+            mine, theirs = [s["policy"] for s in sa], [s["policy"] for s in sb]
+            rate[i][j], se[i][j] = win_rate(judge, prompts, mine, theirs)
+    return {"beta": beta, "judge": judge_spec, "losses": losses, "win_rate": rate, "se": se}
+
+
+def default_beta(rows: list[dict[str, Any]]) -> float | None:
+    """The beta with the best mean final win rate over losses (cf. the paper's choice of 0.1)."""
+    agg: dict[float, list[float]] = defaultdict(list)
+    for r in rows:
+        if finite(r["final"].get("win_rate")):
+            agg[r["beta"]].append(r["final"]["win_rate"])
+    return max(agg, key=lambda b: float(np.mean(agg[b]))) if agg else None

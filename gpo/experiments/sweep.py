@@ -1,0 +1,263 @@
+"""`gpo sweep`: a grid of `gpo train` runs in one sweep folder, resumable and parallel.
+
+A sweep config (YAML, or a preset of :mod:`gpo.experiments.presets`) has::
+
+    base:  {TrainConfig key: value, ...}       # shared by every run
+    grid:  {TrainConfig key: [values], ...}    # one run per combination, in key order
+    sft:   {SftConfig key: value, ...} | null  # optional: build a tiny pi_sft first (gpo/sft.py)
+    jobs: 1                                    # runs at once (--jobs overrides)
+
+The sweep folder holds ``sweep.json`` (the resolved config), ``commands.sh``, ``pi_sft/`` when
+built, and ``runs/<name>/``, one `gpo train` run folder per combination. A run with a
+``summary.json`` is finished and skipped; a run with a ``config.json`` only was interrupted and
+is restarted with ``--resume`` (from its newest checkpoint). Each run is a subprocess with its
+output in ``runs/<name>/train.log``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpo.experiments.sft import SftConfig
+from gpo.io import print_config, read_yaml_mapping, write_json
+from gpo.train.config import TrainConfig, suggest_field
+
+RUNS_DIR = "runs"
+SFT_DIR = "pi_sft"
+
+
+@dataclass
+class SweepConfig:
+    base: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    sft: SftConfig | None = None
+    jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sft, dict):
+            unknown = set(self.sft) - {f.name for f in dataclasses.fields(SftConfig)}
+            if unknown:
+                raise ValueError(f"sweep config: unknown sft keys {sorted(unknown)}")
+            self.sft = SftConfig(**self.sft)
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        for part, keys in (("base", self.base), ("grid", self.grid)):
+            for key in keys:
+                if key not in names:
+                    raise ValueError(
+                        f"sweep config: unknown {part} key {key!r}{suggest_field(key)}"
+                    )
+        for key, values in self.grid.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"sweep config: grid.{key} must be a non-empty list")
+        for key in ("out", "resume"):
+            if key in self.base or key in self.grid:
+                raise ValueError(f"sweep config: {key!r} is set by the sweep, not the config")
+        if self.jobs < 1:
+            raise ValueError(f"sweep config: jobs must be >= 1, got {self.jobs}")
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; the ``base``, ``grid`` and ``sft`` mappings merge key-wise."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def load_sweep_config(path: str | Path | None, preset: str | None) -> SweepConfig:
+    """A preset (if named), then the YAML file on top of it; unknown keys are errors."""
+    from gpo.experiments.presets import preset_dict
+
+    values: dict[str, Any] = preset_dict(preset) if preset else {}
+    if path is not None:
+        known = {f.name for f in dataclasses.fields(SweepConfig)}
+        loaded = read_yaml_mapping(path, "sweep config", known, lambda _: f" (use {sorted(known)})")
+        values = merge(values, loaded)
+    if not values:
+        raise ValueError("gpo sweep needs --config YAML or --preset NAME")
+    return SweepConfig(**values)
+
+
+@dataclass
+class Run:
+    name: str
+    dir: Path
+    config: TrainConfig
+    point: dict[str, Any]  # this run's grid values
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "summary.json").is_file()
+
+    @property
+    def started(self) -> bool:
+        return (self.dir / "config.json").is_file()
+
+
+def _fmt(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return "".join(c if c.isalnum() or c in ".-+" else "_" for c in text)
+
+
+def plan(cfg: SweepConfig, sweep_dir: Path) -> list[Run]:
+    """Every run of the grid, with its validated TrainConfig (fails before anything runs)."""
+    base = dict(cfg.base)
+    if cfg.sft is not None:
+        base["model"] = str(sweep_dir / SFT_DIR)
+    keys = list(cfg.grid)
+    runs = []
+    for values in itertools.product(*(cfg.grid[k] for k in keys)):
+        point = dict(zip(keys, values, strict=True))
+        name = "_".join(f"{k}={_fmt(v)}" for k, v in point.items()) or "run"
+        run_dir = sweep_dir / RUNS_DIR / name
+        try:
+            tc = TrainConfig(**{**base, **point, "out": str(run_dir)})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"sweep run {name}: {e}") from None
+        runs.append(Run(name, run_dir, tc, point))
+    if len({r.name for r in runs}) != len(runs):
+        raise ValueError("sweep: two grid points give the same run name; make the values distinct")
+    return runs
+
+
+def _flag_values(value: Any) -> list[str]:
+    if isinstance(value, bool):
+        return ["true" if value else "false"]
+    if value is None:
+        return ["none"]
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [repr(value) if isinstance(value, float) else str(value)]
+
+
+#: Flags a printed command always spells out, so that it names what it trains even if a
+#: later gpo version changes a default.
+ALWAYS = {"model", "data", "loss", "beta", "seed", "out"}
+
+
+def train_args(tc: TrainConfig) -> list[str]:
+    """`gpo train` flags that reproduce ``tc`` exactly (:data:`ALWAYS` and non-defaults)."""
+    default = TrainConfig()
+    args = []
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(tc, f.name)
+        if value != getattr(default, f.name) or f.name in ALWAYS:
+            args += ["--" + f.name.replace("_", "-"), *_flag_values(value)]
+    return args
+
+
+def command(run: Run, prefix: list[str] | None = None) -> list[str]:
+    """The `gpo train` command of ``run`` (``--resume`` if it was started before)."""
+    cmd = [*(prefix or ["gpo"]), "train", *train_args(run.config)]
+    return [*cmd, "--resume"] if run.started and not run.done else cmd
+
+
+def _threads(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _describe(run: Run, seconds: float) -> str:
+    import json
+
+    summary = json.loads((run.dir / "summary.json").read_text())
+    ev = summary.get("eval", {})
+    parts = [f"done in {seconds:.0f} s"]
+    if "eval/win_rate" in ev:
+        parts.append(f"win rate {ev['eval/win_rate']:.3f} +- {ev['eval/win_rate_se']:.3f}")
+    if "eval/kl" in ev:
+        parts.append(f"KL {ev['eval/kl']:.3g} +- {ev['eval/kl_se']:.2g}")
+    if "eval/loss" in ev:
+        parts.append(f"eval loss {ev['eval/loss']:.4g}")
+    return ", ".join(parts)
+
+
+def _tail(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def execute(runs: list[Run], jobs: int) -> list[Run]:
+    """Run the unfinished runs, ``jobs`` at a time; print progress; return the failed ones."""
+    todo = [r for r in runs if not r.done]
+    n = len(runs)
+    index = {r.name: k + 1 for k, r in enumerate(runs)}
+    for r in runs:
+        if r.done:
+            print(f"[{index[r.name]}/{n}] {r.name}: finished before, skipped", flush=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(_threads(jobs)))  # jobs share the cores
+    prefix = [sys.executable, "-m", "gpo.cli"]
+    running: list[tuple[Run, subprocess.Popen[bytes], float, Any]] = []
+    failed: list[Run] = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            run = todo.pop(0)
+            cmd = command(run, prefix)
+            run.dir.mkdir(parents=True, exist_ok=True)
+            log = open(run.dir / "train.log", "ab")  # noqa: SIM115 - closed when the run ends
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            how = "resuming" if "--resume" in cmd else "started"
+            print(f"[{index[run.name]}/{n}] {run.name}: {how}", flush=True)
+            running.append((run, proc, time.perf_counter(), log))
+        time.sleep(0.2)
+        for item in list(running):
+            run, proc, t0, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            k = index[run.name]
+            if proc.returncode == 0 and run.done:
+                print(
+                    f"[{k}/{n}] {run.name}: {_describe(run, time.perf_counter() - t0)}", flush=True
+                )
+            else:
+                failed.append(run)
+                print(
+                    f"[{k}/{n}] {run.name}: FAILED (exit {proc.returncode}): "
+                    f"{_tail(run.dir / 'train.log')} (log: {run.dir / 'train.log'})",
+                    flush=True,
+                )
+    return failed
+
+
+def run_sweep(
+    cfg: SweepConfig, sweep_dir: str | Path, jobs: int | None = None, print_commands: bool = False
+) -> int:
+    """Set up and run (or, with ``print_commands``, only print) the sweep; the exit status."""
+    sweep_dir = Path(sweep_dir).resolve()  # absolute: printed commands run from anywhere
+    runs = plan(cfg, sweep_dir)
+    jobs = jobs or cfg.jobs
+    if cfg.sft is not None:  # the runs start from it, so it is built even for --print-commands
+        from gpo.experiments.sft import train_tiny_sft
+
+        train_tiny_sft(cfg.sft, sweep_dir / SFT_DIR, progress=not print_commands)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    lines = [shlex.join(command(r)) for r in runs]
+    (sweep_dir / "commands.sh").write_text("".join(line + "\n" for line in lines))
+    if print_commands:
+        print("\n".join(lines))
+        return 0
+    resolved = {"sweep": cfg, "sweep_dir": str(sweep_dir), "jobs": jobs, "runs": len(runs)}
+    print_config(resolved, "resolved sweep config")
+    write_json(sweep_dir / "sweep.json", resolved)
+    t0 = time.perf_counter()
+    failed = execute(runs, jobs)
+    print(
+        f"sweep: {len(runs) - len(failed)}/{len(runs)} runs finished in "
+        f"{time.perf_counter() - t0:.0f} s; report with: gpo report {sweep_dir}",
+        flush=True,
+    )
+    return 1 if failed else 0

@@ -1,0 +1,133 @@
+"""What gpo reads and writes, shared by every package: JSON and JSON lines, YAML mappings, run
+folders and their printed config, headless figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+
+def new_run_dir(out: str | os.PathLike[str] | None, kind: str) -> Path:
+    """``out`` if given, else ``runs/<kind>-<timestamp>``; created if missing."""
+    path = (
+        Path(out) if out is not None else Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)  # "inf"/"nan": keep the file strict JSON
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _jsonable(obj.item())
+    return obj
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as strict, indented JSON atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(_jsonable(obj), f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def print_config(config: Any, title: str = "resolved config") -> None:
+    """Print a (dataclass) config as indented JSON under a title."""
+    print(f"{title}:\n{json.dumps(_jsonable(config), indent=2)}", flush=True)
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write rows as JSON lines (gzip if the name ends in .gz), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    # mtime=0: the same rows give the same bytes.
+    raw = open(tmp, "wb")  # noqa: SIM115 - closed below, after the gzip wrapper
+    try:
+        f = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.suffix == ".gz" else raw
+        for row in rows:
+            f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+        if f is not raw:
+            f.close()
+    finally:
+        raw.close()
+    os.replace(tmp, path)
+    return path
+
+
+def read_jsonl(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> list[Any]:
+    """The JSON value of every non-blank line (gzip if the name ends in .gz; a UTF-8 BOM on the
+    first line is ignored). A bad line raises ``error`` naming the file and line."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise error(f"{path}: line {lineno}: not valid UTF-8 ({e.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise error(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
+    return rows
+
+
+def read_yaml_mapping(
+    path: str | Path, label: str, known: set[str], hint: Callable[[str], str]
+) -> dict[str, Any]:
+    """A YAML file's top-level mapping (empty file: ``{}``); one-line errors start with
+    ``"{label} {path}"``, and an unknown key gets ``hint(key)`` appended."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{label} {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{label} {path}: invalid YAML ({e})") from None
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{label} {path}: expected a mapping of keys to values")
+    for key in loaded:
+        if key not in known:
+            raise ValueError(f"{label} {path}: unknown key {key!r}{hint(str(key))}")
+    return loaded
+
+
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display on servers).
+
+    Imported only when a figure is drawn, which keeps ``gpo`` start-up fast; selecting the
+    backend here rather than at import leaves an importing application's own backend alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

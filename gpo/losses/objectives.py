@@ -1,0 +1,131 @@
+"""Training objectives: what the trainer calls on the four sequence log-prob tensors.
+
+:data:`OBJECTIVES` is the single source of objective names (CLI choices, errors): every GPO loss
+of :data:`gpo.LOSSES` by its name, and ``family:divergence`` for the f-divergence families
+(``fdpo:js``, ``iupo:js``, ``fipo:alpha``, ...). ``family:alpha=0.3`` sets the alpha-divergence
+coefficient; ``pkg.module:func`` (or any callable ``f(v)``) is a user GPO loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor
+
+from gpo.losses.analysis import require_decreasing_at_zero
+from gpo.losses.divergences import (
+    DIVERGENCES,
+    Divergence,
+    fdpo_loss,
+    fipo_loss,
+    iupo_loss,
+    resolve_divergence,
+)
+from gpo.losses.family import LOSSES, Loss, PreferenceLoss, preference_loss
+
+
+class Objective(Protocol):
+    name: str
+
+    def __call__(
+        self, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, *, validate: bool = True
+    ) -> PreferenceLoss:
+        """Per-pair losses and rho; ``validate=False`` skips the finiteness checks."""
+        ...
+
+
+@dataclass(frozen=True)
+class GPOObjective:
+    """``f(beta * rho)`` for a GPO loss ``f`` (Tang et al. 2024, eq. 4)."""
+
+    loss: Loss
+
+    @property
+    def name(self) -> str:
+        return self.loss.name
+
+    def __call__(
+        self, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, *, validate: bool = True
+    ) -> PreferenceLoss:
+        return preference_loss(self.loss, pc, pr, rc, rr, beta, validate=validate)
+
+
+@dataclass(frozen=True)
+class Family:
+    """An f-divergence family: its loss function and, for ``gpo losses``, its formula."""
+
+    fn: Callable[..., PreferenceLoss]
+    formula: str
+    source: str
+
+
+FAMILIES: dict[str, Family] = {
+    "fdpo": Family(
+        fdpo_loss, "-log sigmoid(beta f'(pi/pi_ref)(y_w) - beta f'(pi/pi_ref)(y_l))", "UPO eq. 5"
+    ),
+    "iupo": Family(
+        iupo_loss,
+        "(f'(pi(y_w)/pi(y_l)) - f'(pi_ref(y_w)/pi_ref(y_l)) - 1/(2 beta))^2",
+        "UPO eq. 23-24",
+    ),
+    "fipo": Family(
+        fipo_loss, "(f'(pi/pi_ref)(y_w) - f'(pi/pi_ref)(y_l) - 1/(2 beta))^2", "TRL ipo + f"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DivergenceObjective:
+    """An f-divergence family (f-DPO, IUPO, f-IPO) with a fixed divergence."""
+
+    family: str
+    divergence: Divergence
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}:{self.divergence.name}"
+
+    def __call__(
+        self, pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor, beta: float, *, validate: bool = True
+    ) -> PreferenceLoss:
+        fn = FAMILIES[self.family].fn
+        return fn(pc, pr, rc, rr, beta, self.divergence, validate=validate)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    **{name: GPOObjective(loss) for name, loss in LOSSES.items()},
+    **{
+        f"{fam}:{div}": DivergenceObjective(fam, d)
+        for fam in FAMILIES
+        for div, d in DIVERGENCES.items()
+    },
+}
+
+
+def resolve_objective(spec: str | Objective | Callable[[Tensor], Tensor]) -> Objective:
+    """An objective from a registered name, ``family:alpha=A``, ``pkg.module:func`` or callable.
+
+    A user GPO loss must decrease at 0 (:func:`gpo.losses.analysis.require_decreasing_at_zero`):
+    checked here, once, so nothing trains with one that favours rejected responses.
+    """
+    if not isinstance(spec, str):
+        if hasattr(spec, "name") and callable(spec) and not isinstance(spec, Loss):
+            return spec  # type: ignore[return-value]
+        return GPOObjective(require_decreasing_at_zero(spec))  # type: ignore[arg-type]
+    if spec in OBJECTIVES:
+        return OBJECTIVES[spec]
+    family, _, rest = spec.partition(":")
+    if family in FAMILIES and rest.startswith("alpha="):
+        try:
+            alpha = float(rest.removeprefix("alpha="))
+        except ValueError:
+            raise ValueError(f"bad alpha in {spec!r}: expected e.g. {family}:alpha=0.3") from None
+        return DivergenceObjective(family, resolve_divergence("alpha", alpha))
+    if ":" in spec and family not in FAMILIES:
+        return GPOObjective(require_decreasing_at_zero(spec))
+    raise ValueError(
+        f"unknown loss {spec!r}: valid names are {', '.join(OBJECTIVES)}; "
+        "also 'family:alpha=A' or a dotted path 'pkg.module:func'"
+    )

@@ -1,0 +1,169 @@
+"""Batched sampling of completions from any Hugging Face causal LM, at token level.
+
+Prompts go in as token ids (e.g. from :func:`encode_chat_prompts`), are left-padded into
+batches and passed to ``model.generate``. Each completion is cut after its first EOS (kept, so
+that its log-probability includes ending the turn) or left as is when ``max_new_tokens`` ran
+out. Sampling is ancestral at the given temperature over the FULL vocabulary (``top_k=0``:
+transformers otherwise silently applies top-50), so ``temperature=1, top_p=1`` draws from the
+model's own distribution. ``temperature=0`` means greedy decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from gpo.data.collate import pad_rows
+
+
+@dataclass
+class Samples:
+    """Completions, one entry per (prompt, sample), prompt-major order."""
+
+    prompt_index: list[int] = field(default_factory=list)
+    sample_index: list[int] = field(default_factory=list)
+    #: Generated ids, cut after the first EOS (included) or at ``max_new_tokens``.
+    completion_ids: list[list[int]] = field(default_factory=list)
+    #: Decoded completion without special tokens.
+    text: list[str] = field(default_factory=list)
+    #: True when the completion ended with EOS (False: truncated by ``max_new_tokens``).
+    finished: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+    def for_prompt(self, i: int) -> list[str]:
+        """The texts sampled for prompt ``i``."""
+        return [t for p, t in zip(self.prompt_index, self.text, strict=True) if p == i]
+
+
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """All ids that end a completion: the tokenizer's EOS and the generation config's."""
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model defines an EOS token")
+    return ids
+
+
+def pad_id(model: Any, tokenizer: Any) -> int:
+    for value in (tokenizer.pad_token_id, model.generation_config.pad_token_id):
+        if isinstance(value, int):
+            return value
+    return min(eos_ids(model, tokenizer))
+
+
+def cut_at_eos(ids: Sequence[int], eos: set[int]) -> tuple[list[int], bool]:
+    """``ids`` up to and including the first EOS; and whether there was one."""
+    for k, t in enumerate(ids):
+        if t in eos:
+            return list(ids[: k + 1]), True
+    return list(ids), False
+
+
+def encode_chat_prompts(
+    tokenizer: Any, prompts: Sequence[str | list[dict[str, str]]]
+) -> list[list[int]]:
+    """Token ids of chat prompts (a user string or a message list) with the generation prompt."""
+    out = []
+    for p in prompts:
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        out.append(list(ids))
+    return out
+
+
+@contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Seed torch's global RNG (generate draws from it) without leaking the change outside."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def sample(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    num_samples: int = 1,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 32,
+    seed: int | None = None,
+    show_progress: bool = False,
+) -> Samples:
+    """Sample ``num_samples`` completions for each prompt (see the module docstring).
+
+    Deterministic for a given ``seed`` and ``batch_size`` (each batch is seeded from ``seed``;
+    sampled tokens depend on the batch composition, so a different ``batch_size`` gives
+    different, equally valid samples). The model's train/eval mode is restored afterwards.
+    """
+    if num_samples < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("num_samples, max_new_tokens and batch_size must be >= 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("empty prompt: every prompt needs at least one token")
+
+    eos = eos_ids(model, tokenizer)
+    pad = pad_id(model, tokenizer)
+    device = next(model.parameters()).device
+    jobs = [(i, j) for i in range(len(prompt_ids)) for j in range(num_samples)]
+    batches = [jobs[k : k + batch_size] for k in range(0, len(jobs), batch_size)]
+    # One seed per batch, so batch b's samples do not depend on how long earlier batches ran.
+    batch_seeds: list[int | None] = [None] * len(batches)
+    if seed is not None:
+        g = torch.Generator().manual_seed(seed)
+        batch_seeds = torch.randint(0, 2**62, (len(batches),), generator=g).tolist()
+
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad}
+    gen_kwargs["eos_token_id"] = sorted(eos)
+    if temperature == 0:
+        gen_kwargs["do_sample"] = False
+    else:
+        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+
+    out = Samples()
+    bar = tqdm(total=len(jobs), desc="sampling", unit="seq", disable=not show_progress)
+    with _eval_mode(model), torch.inference_mode():
+        for batch, bseed in zip(batches, batch_seeds, strict=True):
+            input_ids, mask = pad_rows([prompt_ids[i] for i, _ in batch], pad, "left")
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            with _seeded(bseed):
+                generated = model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
+            new = generated[:, input_ids.shape[1] :].tolist()
+            for (i, j), ids in zip(batch, new, strict=True):
+                ids, finished = cut_at_eos(ids, eos)
+                out.prompt_index.append(i)
+                out.sample_index.append(j)
+                out.completion_ids.append(ids)
+                out.text.append(tokenizer.decode(ids, skip_special_tokens=True))
+                out.finished.append(finished)
+            bar.update(len(batch))
+    bar.close()
+    return out

@@ -1,0 +1,152 @@
+"""The training config: one dataclass, from which the YAML schema and the CLI flags are derived."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gpo.io import read_yaml_mapping
+from gpo.train.schedule import parse_schedule
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    model: str = (
+        "smollm2"  # HF name or local folder; 'smollm2' = the embedded SmolLM2-135M-Instruct
+    )
+    data: str = "gold"  # file, saved dataset, hub name, or 'gold' (the built-in gold task)
+    split: str = "train"  # the split of `data` to train on
+    eval_data: str | None = None  # default: `data` with `eval_split`, else a held-out fraction
+    eval_split: str | None = "test"  # the split of `data` to evaluate on, if it has one
+    eval_fraction: float = 0.05  # held out from `data` when there is no eval split
+    loss: str = "logistic"  # a GPO loss, 'fdpo:js', 'iupo:js', ..., or 'pkg.module:func'
+    beta: float = 0.1  # the loss is f(beta * rho): larger beta, stronger regularization
+    logp_reduction: Literal["sum", "mean"] = "sum"  # 'mean' = per-token mean (TRL's IPO)
+    # model options
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights are loaded in this
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast (Accelerate)
+    trust_remote_code: bool = False  # run the model repo's own Python code (only if trusted)
+    finetune: Literal["lora", "full"] = "lora"  # LoRA adapters, or every weight
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA input
+    lora_target_modules: str = "all-linear"  # PEFT target_modules (comma-separated names)
+    # data shaping
+    max_length: int = 512  # tokens; a longer prompt + completion pair is dropped and counted
+    max_prompt_length: int | None = None  # tokens; longer prompts are truncated
+    max_completion_length: int | None = None  # tokens; longer responses keep their start
+    prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"  # which part is kept
+    share_prompt: bool = True  # run each prompt once for both responses (prefix sharing)
+    ref_cache: str = "auto"  # pi_ref log-probs on disk: 'auto' ($GPO_CACHE_DIR), 'none', a folder
+    # optimisation
+    max_steps: int = 30  # the default run: a few minutes on 2 CPU cores
+    batch_size: int = 8  # pairs per process per micro-step
+    shuffle: bool = True  # False: every epoch in source order
+    gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
+    learning_rate: float = 1e-3  # LoRA; lower it for full fine-tuning
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    warmup_ratio: float = 0.1  # share of max_steps with a linearly rising learning rate
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
+    max_grad_norm: float = 1.0  # gradient-norm clipping; 0: none
+    optim: Literal["adamw_fused", "adamw"] = "adamw_fused"  # 'adamw': torch's default AdamW
+    reuse_host_memory: bool = True  # keep freed host memory for the next step (glibc malloc)
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # inf/NaN loss or gradients: stop, or skip
+    seed: int = 0  # data order, initialisation, sampling
+    # logging, evaluation, checkpoints
+    out: str | None = None  # run folder; default runs/train-<timestamp>
+    logging_steps: int = 5  # optimizer steps per logged mean of the train metrics
+    eval_steps: int = 15  # evaluate every N optimizer steps (and at the end); 0: only at the end
+    eval_schedule: str | None = None  # "200:2000,2000": overrides eval_steps (gpo/schedule.py)
+    eval_max_pairs: int = 64  # held-out pairs scored at each eval
+    kl_prompts: int = 8  # on-policy KL: held-out prompts sampled at each eval
+    kl_samples: int = 2  # completions per prompt
+    max_new_tokens: int = 48  # for KL and gold win-rate sampling
+    gold_eval_prompts: int = 128  # held-out prompts for the final gold win rate (gold data only)
+    judge_prompts: int = 0  # held-out prompts judged at every eval (0: no per-eval win rate)
+    judge: str = "gold"  # the win-rate judge: a name of gpo.eval.judges.JUDGES
+    opponent: str | None = None  # win-rate opponent: None = pi_ref, else a saved policy folder
+    save_steps: int = 100  # checkpoint every N optimizer steps; 0: never
+    save_total_limit: int = 2  # newest checkpoints kept (older ones deleted); 0: all
+    resume: bool = False  # continue from the newest complete checkpoint in `out`
+    save_final: bool = True  # write final/ (the trained model or adapter)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # or wandb, none
+    progress: bool = True  # a progress bar
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        checks = {
+            "max_steps": self.max_steps > 0,
+            "batch_size": self.batch_size > 0,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps > 0,
+            "logging_steps": self.logging_steps > 0,
+            "eval_fraction": 0 < self.eval_fraction < 1,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "max_grad_norm": 0 <= self.max_grad_norm < math.inf,  # 0: no clipping
+            "beta": 0 < self.beta < math.inf,
+            "learning_rate": 0 < self.learning_rate < math.inf,
+            "weight_decay": 0 <= self.weight_decay < math.inf,
+            "judge_prompts": self.judge_prompts >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"config: {name} = {getattr(self, name)!r} is out of range")
+        if self.eval_schedule is not None:
+            parse_schedule(self.eval_schedule)  # a malformed schedule fails here, not mid-run
+        unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
+        if unknown:
+            raise ValueError(f"config: report_to has unknown entries {sorted(unknown)}")
+
+
+def field_types(tp: Any) -> tuple[list[type], list[Any] | None]:
+    """The runtime types (and Literal choices) a field annotation admits."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return [type(a) for a in typing.get_args(tp)], list(typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        kinds: list[type] = []
+        for arg in typing.get_args(tp):
+            kinds += field_types(arg)[0]
+        return kinds, None
+    if origin is list:
+        return [list], None
+    return [type(None) if tp is type(None) else tp], None
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for name, tp in _hints().items():
+        value = getattr(cfg, name)
+        kinds, choices = field_types(tp)
+        if choices is not None and value not in choices:
+            raise ValueError(f"config: {name} must be one of {choices}, got {value!r}")
+        ok = any(
+            isinstance(value, k) and not (k is int and isinstance(value, bool)) for k in kinds
+        ) or (float in kinds and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            want = " or ".join(k.__name__ for k in kinds)
+            raise ValueError(f"config: {name} must be {want}, got {type(value).__name__} {value!r}")
+
+
+def suggest_field(key: str) -> str:
+    close = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(TrainConfig)], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the YAML file, then CLI overrides; unknown keys are errors."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        values.update(read_yaml_mapping(path, "config file", names, suggest_field))
+    values.update(overrides)
+    return TrainConfig(**values)

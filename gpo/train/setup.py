@@ -1,0 +1,138 @@
+"""Setting up a training run: the model and its reference, the data, the optimizer, the
+Accelerator, the data order, and the resume check. The loop itself is :mod:`gpo.train.trainer`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpo.data.prepare import PreparedData, prepare_data
+from gpo.data.sources import BUILTIN_NAMES
+from gpo.data.tokenize import Limits
+from gpo.models.embedded import cache_root
+from gpo.models.loading import add_lora, disable_dropout, frozen_copy, load_model_and_tokenizer
+from gpo.models.reference import Reference
+from gpo.train.config import TrainConfig
+
+#: Config keys that may differ when resuming (they do not change the optimisation).
+RESUMABLE_CHANGES = {
+    "resume",
+    "progress",
+    "out",
+    "max_steps",
+    "save_steps",
+    "save_total_limit",
+    "report_to",
+    "logging_steps",
+    "eval_steps",
+    "eval_schedule",
+    "save_final",
+    "ref_cache",
+    "on_nonfinite",
+    "reuse_host_memory",
+}
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW; ``adamw_fused`` updates every tensor in one kernel (same algorithm, ~5x faster
+    update on CPU than torch's default per-tensor loop, which matters in full fine-tuning)."""
+    fused = cfg.optim == "adamw_fused"
+    return torch.optim.AdamW(
+        params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused or None
+    )
+
+
+def micro_batches(
+    n: int, global_batch: int, seed: int, start: int, shuffle: bool = True
+) -> Iterator[tuple[int, list[int]]]:
+    """``(micro_step, indices)`` of global batches from micro-step ``start`` on (drop_last).
+
+    With ``shuffle=False`` every epoch reads the rows in source order.
+    """
+    per_epoch = n // global_batch
+    if per_epoch == 0:
+        raise ValueError(
+            f"only {n} training pairs, fewer than one global batch of {global_batch}; "
+            "lower batch_size"
+        )
+    step = start
+    while True:
+        epoch, k = divmod(step, per_epoch)
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        yield step, perm[k * global_batch : (k + 1) * global_batch].tolist()
+        step += 1
+
+
+def gather_uneven(accelerator: Any, t: torch.Tensor) -> torch.Tensor:
+    """All processes' rows of ``t`` in rank order, even when their counts differ (eval shards)."""
+    if accelerator.num_processes == 1:
+        return t
+    sizes = accelerator.gather(torch.tensor([t.shape[0]], device=t.device)).tolist()
+    padded = accelerator.gather(accelerator.pad_across_processes(t, dim=0))
+    width = max(sizes)
+    return torch.cat([padded[r * width : r * width + n] for r, n in enumerate(sizes)])
+
+
+def check_resume(run_dir: Path, cfg: TrainConfig) -> None:
+    saved = json.loads((run_dir / "config.json").read_text())
+    now = dataclasses.asdict(cfg)
+    differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if differ:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differ)
+        raise ValueError(f"refusing to resume {run_dir}: config differs ({detail})")
+
+
+def build_model(cfg: TrainConfig) -> tuple[Any, Any, Reference]:
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype, cfg.trust_remote_code)
+    disable_dropout(model)
+    if cfg.finetune == "lora":
+        model = add_lora(
+            model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules
+        )
+        return model, tokenizer, Reference(model)
+    return model, tokenizer, Reference(model, frozen=frozen_copy(model))
+
+
+def prepare(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
+    limits = Limits(
+        cfg.max_length, cfg.max_prompt_length, cfg.max_completion_length, cfg.prompt_truncation
+    )
+    return prepare_data(
+        cfg.data,
+        cfg.split,
+        cfg.eval_data,
+        cfg.eval_split,
+        cfg.eval_fraction,
+        tokenizer,
+        limits,
+        cfg.seed,
+    )
+
+
+def accelerator(cfg: TrainConfig) -> Any:
+    from accelerate import Accelerator
+
+    return Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision,
+        # Without cpu=True, Accelerate under torchrun on a CPU-only host runs each process alone.
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+    )
+
+
+def attach_ref_cache(cfg: TrainConfig, reference: Reference) -> None:
+    """Use the on-disk reference log-prob cache (:mod:`gpo.models.ref_cache`) unless it is off."""
+    if cfg.ref_cache == "none":
+        return
+    root = cache_root() / "ref_logps" if cfg.ref_cache == "auto" else Path(cfg.ref_cache)
+    reference.use_cache(root / reference.fingerprint(f"mixed_precision={cfg.mixed_precision}"))
+
+
+def is_gold(cfg: TrainConfig) -> bool:
+    return cfg.data in BUILTIN_NAMES and (cfg.eval_data is None or cfg.eval_data in BUILTIN_NAMES)

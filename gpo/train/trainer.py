@@ -1,0 +1,327 @@
+"""`gpo train`: offline preference optimization of a causal LM with any objective.
+
+Built on Accelerate (a plain loop rather than the HF ``Trainer``: the step is a few lines, and
+owning the loop keeps the data order, checkpoints and logging exact and inspectable). The
+objective is an object from :func:`gpo.losses.objectives.resolve_objective`; the loop never
+looks at its name. Set-up (model, data, optimizer, data order) is :mod:`gpo.train.setup`.
+
+Data order: every micro-step takes the next ``batch_size * num_processes`` pairs of a seeded
+permutation (a new one each epoch) and process ``r`` uses slice ``r``; so one process with batch
+``2b`` and two with ``b`` see the same global batches, and a resumed run continues exactly where
+its checkpoint stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from gpo.data.collate import collate_for_training
+from gpo.data.formats import prompt_text
+from gpo.data.tokenize import TokenizedPair
+from gpo.eval.judges import resolve_judge
+from gpo.eval.kl import on_policy_kl
+from gpo.eval.pairs import concat_values, pair_metrics, pair_values, reduce_metrics
+from gpo.eval.win_rate import SAMPLES_DIR, WinRateEval, sample_opponent, step_samples_path
+from gpo.io import print_config, write_json
+from gpo.losses.objectives import resolve_objective
+from gpo.models.logps import PolicyLogps, SequenceLogps
+from gpo.train.checkpoint import latest_usable_checkpoint, save_checkpoint
+from gpo.train.config import TrainConfig
+from gpo.train.guards import (
+    NonFiniteGuard,
+    TrainingError,
+    check_free_space,
+    checkpoint_bytes,
+    writable_run_dir,
+)
+from gpo.train.host_memory import reuse_freed_memory
+from gpo.train.plots import plot_run
+from gpo.train.schedule import is_eval_step, segments_for
+from gpo.train.setup import (
+    accelerator,
+    attach_ref_cache,
+    build_model,
+    check_resume,
+    gather_uneven,
+    is_gold,
+    make_optimizer,
+    micro_batches,
+    prepare,
+)
+from gpo.train.tracking import Tracker
+
+#: Called after every optimizer step with ``(step, seconds since the loop started)``.
+StepCallback = Callable[[int, float], None]
+
+
+class Trainer:
+    """One training run: set up in ``__init__``, carried out by :meth:`run`."""
+
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[StepCallback] = ()) -> None:
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
+
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        self.objective = resolve_objective(cfg.loss)  # fail fast, before any model is loaded
+        if cfg.reuse_host_memory:  # before the model loads (page faults: 6-15% of a CPU step)
+            reuse_freed_memory()
+        self.acc = acc = accelerator(cfg)
+        self.main = acc.is_main_process
+        self.run_dir = self._run_dir()
+        set_seed(cfg.seed)
+
+        model, self.tokenizer, self.reference = build_model(cfg)
+        self.data = prepare(cfg, self.tokenizer)
+        if self.main:
+            for report in self.data.reports:
+                print(f"data: {report}")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if self.main:  # a too-full disk fails now, not at the first checkpoint
+            ckpt = checkpoint_bytes(model, self.params, cfg.finetune == "lora")
+            check_free_space(self.run_dir, ckpt, cfg)
+        optimizer = make_optimizer(cfg, self.params)
+        self.scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=int(cfg.warmup_ratio * cfg.max_steps),
+            num_training_steps=cfg.max_steps,
+        )
+        self.policy, self.optimizer = acc.prepare(PolicyLogps(model, cfg.logp_reduction), optimizer)
+        self.model = acc.unwrap_model(self.policy).model  # what is saved and sampled from
+        self.reference.to(acc.device)
+        attach_ref_cache(cfg, self.reference)
+        # fp16's GradScaler already skips steps with inf gradients, so only losses are checked.
+        self.guard = NonFiniteGuard(cfg.on_nonfinite, acc.device, acc.scaler is None)
+
+        self.start_step = self._resume() if cfg.resume else 0
+        self.tracker = Tracker(
+            self.run_dir,
+            cfg.report_to,
+            dataclasses.asdict(cfg),
+            enabled=self.main,
+            truncate_after=self.start_step,
+        )
+        world, rank = acc.num_processes, acc.process_index
+        self.eval_shard = self.data.eval[: cfg.eval_max_pairs][rank::world]
+        self.eval_segments = segments_for(cfg.eval_schedule, cfg.eval_steps)
+        self.win_rate = None
+        if self.main and cfg.judge_prompts > 0:
+            judge = resolve_judge(cfg.judge)
+            self.win_rate = self._win_rate_eval(judge, cfg.judge_prompts, cfg.opponent)
+
+    def _win_rate_eval(self, judge: Any, n: int, opponent: str | None) -> WinRateEval:
+        """The policy against ``opponent`` (None: pi_ref) on the first ``n`` held-out prompts."""
+        cfg, tokenizer = self.cfg, self.tokenizer
+        prompts = [prompt_text(r) for r in self.data.eval_rows[:n]]
+        ids = [list(p.prompt_ids) for p in self.data.eval[:n]]
+        theirs = sample_opponent(
+            opponent, self.reference, tokenizer, ids, cfg.max_new_tokens, cfg.seed + 1
+        )
+        return WinRateEval(judge, prompts, ids, theirs, cfg.max_new_tokens)
+
+    def _run_dir(self) -> Path:
+        cfg = self.cfg
+        if cfg.resume and (cfg.out is None or not (Path(cfg.out) / "config.json").exists()):
+            raise ValueError("--resume needs --out pointing at an existing run folder")
+        run_dir = None
+        if self.main:
+            run_dir = writable_run_dir(cfg.out, "train")
+            if cfg.resume:
+                check_resume(run_dir, cfg)
+            print_config(cfg)
+            write_json(run_dir / "config.json", cfg)
+        return Path(self.acc.gather_for_metrics([str(run_dir)], use_gather_object=True)[0])
+
+    def _resume(self) -> int:
+        state = latest_usable_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler)
+        if self.main:
+            print(
+                f"resuming at step {state['step']}" if state else "no usable checkpoint: starting"
+            )
+        return state["step"] if state else 0
+
+    def _gather(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: gather_uneven(self.acc, t) for k, t in values.items()}
+
+    def _micro_step(self, step: int, micro: int, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Forward and backward of this process's share of one global batch."""
+        cfg, b, rank = self.cfg, self.cfg.batch_size, self.acc.process_index
+        pairs: list[TokenizedPair] = [
+            self.data.train[i] for i in indices[rank * b : (rank + 1) * b]
+        ]
+        pad = self.tokenizer.pad_token_id
+        batch = collate_for_training(pairs, pad, cfg.share_prompt).to(self.acc.device)
+        with self.acc.accumulate(self.policy):
+            policy = SequenceLogps(*self.policy(batch))
+            ref = self.reference.logps(batch, cfg.logp_reduction)
+            # No per-call validation (host syncs): a non-finite loss propagates to the guard,
+            # which checks once per step and names the rows.
+            out = self.objective(*policy.split(), *ref.split(), cfg.beta, validate=False)
+            loss = out.losses.mean()
+            self.guard.watch_loss(loss, micro, batch.indices)  # checked once per step, below
+            self.acc.backward(loss)
+            norm = None
+            if self.acc.sync_gradients and cfg.max_grad_norm > 0:
+                norm = self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            if not self.acc.sync_gradients or self.guard.step_ok(step, self.params, norm):
+                self.optimizer.step()
+            self.optimizer.zero_grad()
+        return self._gather(pair_values(out, policy, ref, cfg.beta))
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out pair metrics (all processes) and on-policy KL (main process)."""
+        cfg = self.cfg
+        metrics = pair_metrics(
+            self.model,
+            self.reference,
+            self.objective,
+            self.eval_shard,
+            cfg.beta,
+            cfg.logp_reduction,
+            cfg.batch_size,
+            self.tokenizer.pad_token_id,
+            self.acc.device,
+            self._gather,
+            share_prompt=cfg.share_prompt,
+        )
+        result = {f"eval/{k}": v for k, v in metrics.items()}
+        if self.main and cfg.kl_prompts > 0 and cfg.kl_samples > 0:
+            prompts = [p.prompt_ids for p in self.data.eval[: cfg.kl_prompts]]
+            kl, se = on_policy_kl(
+                self.model,
+                self.reference,
+                self.tokenizer,
+                prompts,
+                cfg.kl_samples,
+                cfg.max_new_tokens,
+                seed=cfg.seed + step,
+            )
+            result.update({"eval/kl": kl, "eval/kl_se": se})
+        if self.win_rate is not None:
+            samples = step_samples_path(self.run_dir, step)
+            wr = self.win_rate.evaluate(self.model, self.tokenizer, cfg.seed + step, samples)
+            result.update({f"eval/{k}": v for k, v in wr.items()})
+        self.acc.wait_for_everyone()
+        return result
+
+    def save(self, step: int) -> None:
+        if self.reference.cache is not None:
+            self.reference.cache.flush()
+        if self.main:
+            state = {"config": dataclasses.asdict(self.cfg)}
+            save_checkpoint(
+                self.run_dir,
+                step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                state,
+                self.cfg.save_total_limit,
+            )
+        self.acc.wait_for_everyone()
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        world = self.acc.num_processes
+        accum = cfg.gradient_accumulation_steps
+        batches = micro_batches(
+            len(self.data.train),
+            cfg.batch_size * world,
+            cfg.seed,
+            self.start_step * accum,
+            cfg.shuffle,
+        )
+        window: list[dict[str, torch.Tensor]] = []
+        last: dict[str, float] = {}
+        last_eval: dict[str, float] = {}
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.start_step,
+            desc="train",
+            disable=not (self.main and cfg.progress),
+        )
+        t0 = time.perf_counter()
+        self.policy.train()
+        for step in range(self.start_step + 1, cfg.max_steps + 1):
+            for _ in range(accum):
+                micro, indices = next(batches)
+                window.append(self._micro_step(step, micro, indices))
+            self.scheduler.step()
+            bar.update(1)
+            for callback in self.callbacks:
+                callback(step, time.perf_counter() - t0)
+            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
+                last = reduce_metrics(concat_values(window))
+                epoch = (micro + 1) * cfg.batch_size * world / len(self.data.train)
+                last.update(learning_rate=self.scheduler.get_last_lr()[0], epoch=epoch)
+                if self.guard.skipped:  # on_nonfinite=skip: how many updates were dropped
+                    last["nonfinite_skipped_steps"] = self.guard.skipped
+                self.tracker.log(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
+                window = []
+            if self.eval_segments and is_eval_step(step, cfg.max_steps, self.eval_segments):
+                last_eval = self.evaluate(step)
+                self.tracker.log(step, last_eval)
+            if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < cfg.max_steps:
+                self.save(step)
+        bar.close()
+        if self.reference.cache is not None:  # here, not in finish(): subclasses replace that
+            self.reference.cache.flush()
+        summary: dict[str, Any] = {
+            "train": last,
+            "eval": last_eval,
+            "steps": cfg.max_steps,
+            "train_seconds": time.perf_counter() - t0,
+            "run_dir": str(self.run_dir),
+        }
+        return self.finish(summary)
+
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Gold win rate (gold data), final model, summary and plots; main process only."""
+        cfg = self.cfg
+        if self.main and is_gold(cfg) and cfg.gold_eval_prompts > 0:
+            gold = self._win_rate_eval(resolve_judge("gold"), cfg.gold_eval_prompts, None)
+            samples = self.run_dir / SAMPLES_DIR / "final-gold.jsonl"
+            wr = gold.evaluate(self.model, self.tokenizer, cfg.seed, samples)
+            summary.update(gold_win_rate=wr["win_rate"], gold_win_rate_se=wr["win_rate_se"])
+            print(
+                f"gold win rate vs reference: {wr['win_rate']:.3f} +- {wr['win_rate_se']:.3f} "
+                f"({len(gold.prompts)} held-out prompts)"
+            )
+        cache = self.reference.cache
+        if cache is not None and self.main:
+            print(
+                f"reference log-probs: {cache.hits} pairs from the cache, {cache.misses} "
+                f"computed ({cache.folder})"
+            )
+        if self.main and cfg.save_final:
+            self.model.save_pretrained(self.run_dir / "final", safe_serialization=True)
+            self.tokenizer.save_pretrained(self.run_dir / "final")
+        if self.main:
+            write_json(self.run_dir / "summary.json", summary)
+            self.tracker.close()
+            plot_run(self.run_dir)
+        self.acc.wait_for_everyone()
+        # Release the DDP wrapper (its reducer holds the process group) while every rank is
+        # alive: destroyed later, after a peer has exited, gloo can hang in its destructor.
+        self.policy = None
+        self.acc.free_memory()
+        self.acc.wait_for_everyone()
+        self.acc.end_training()
+        return summary
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run training as configured; returns the summary also written to ``summary.json``."""
+    return Trainer(cfg).run()
+
+
+__all__ = ["Trainer", "TrainingError", "train"]
