@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from gpo.io import read_jsonl
 
-ASSETS = Path(__file__).parent.parent / "assets"
+ASSETS = Path(__file__).parent / "assets"
 #: The shipped pre-generated preference pairs (train and test split in one file).
 BUILTIN_GOLD_PATH = ASSETS / "gold_pairs.jsonl.gz"
 #: Generation settings and summary statistics of the shipped file.

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,16 @@ class SftConfig:
     seed: int = 0
 
 
-def _words(text: str) -> list[str]:
+@cache
+def _pre_tokenizer() -> Any:
+    """The tiny tokenizer's word splitter, built once (it is immutable)."""
     from gpo.models.tiny import tiny_tokenizer
 
-    pre = _words.__dict__.setdefault("pre", tiny_tokenizer([]).backend_tokenizer.pre_tokenizer)
-    return [w for w, _ in pre.pre_tokenize_str(text)]
+    return tiny_tokenizer([]).backend_tokenizer.pre_tokenizer
+
+
+def _words(text: str) -> list[str]:
+    return [w for w, _ in _pre_tokenizer().pre_tokenize_str(text)]
 
 
 def build_vocab(texts: Iterable[str], size: int) -> list[str]:

@@ -4,11 +4,11 @@ Why: the default ``gpo train`` needs preference data whose "truth" is known, so 
 policy can be scored (gold win rate against the reference) without a human or a judge model.
 
 **Prompts.** :func:`gpo.gold.prompts.make_prompts` fills short instruction templates (``TEMPLATES``,
-e.g. "Write one sentence about a cat.") with topic words from the shipped list ``assets/topics.txt``
-(300 singular nouns). Topics are split once and for all: every 8th word of the list is a held-out
-*test* topic (37), the rest are *train* topics (263), so test prompts are never seen in training,
-not even their topic. Prompts are drawn without replacement from topic x template, deterministically
-from a seed.
+e.g. "Write one sentence about a cat.") with topic words from the shipped list
+``gpo/data/assets/topics.txt`` (300 singular nouns). Topics are split once and for all: every 8th
+word of the list is a held-out *test* topic (37), the rest are *train* topics (263), so test prompts
+are never seen in training, not even their topic. Prompts are drawn without replacement from topic x
+template, deterministically from a seed.
 
 **Responses (mu).** Two completions per prompt are sampled from the embedded SmolLM2-135M-Instruct
 through its chat template, temperature 1 over the full vocabulary, at most 48 new tokens
@@ -39,9 +39,9 @@ an opponent on the same prompt with the deterministic gold (win 1, tie 0.5, loss
 p* instead); :func:`gpo.eval.win_rate.win_rate` turns the scores into a mean and its standard
 error, as for every judge.
 
-The shipped set ``assets/gold_pairs.jsonl.gz`` (2000 train pairs, 200 held-out test pairs, seed
-0, BT labels; settings and statistics in ``assets/gold_pairs.meta.json``) is what
+The shipped set ``gpo/data/assets/gold_pairs.jsonl.gz`` (2000 train pairs, 200 held-out test pairs,
+seed 0, BT labels; settings and statistics in ``gpo/data/assets/gold_pairs.meta.json``) is what
 ``gpo data build-gold`` writes with its defaults; elsewhere the bytes may differ, since float
-rounding on other hardware or thread counts changes sampled tokens. Rows are in TRL's
-conversational format plus metadata, see :func:`gpo.gold.build.label_pair`.
+rounding on other hardware or thread counts changes sampled tokens. Rows are in TRL's conversational
+format plus metadata, see :func:`gpo.gold.build.label_pair`.
 """

@@ -12,7 +12,7 @@ from typing import Literal
 
 from gpo.gold.prompts import WORD, extract_topic, topic_forms
 
-# Gold reward weights and length band (see the module docstring).
+# Gold reward weights and length band (the formula: :mod:`gpo.gold`).
 W_TOPIC = 2.0
 W_LENGTH = 2.0
 W_END = 1.0

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
+from gpo.io import pyplot
 from gpo.train.tracking import read_metrics
 
 
@@ -19,6 +16,7 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 def plot_run(run_dir: Path) -> list[Path]:
     """``training.png`` (loss, accuracy) and, with eval KL, ``kl_vs_mu_sq.png``."""
+    plt = pyplot()
     records = read_metrics(run_dir)
     written = []
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -43,7 +41,8 @@ def plot_run(run_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 4))
         xs = [r["eval/mu_sq_loss"] for r in evals]
         ys = [r["eval/kl"] for r in evals]
-        ax.errorbar(xs, ys, yerr=[r.get("eval/kl_se", 0.0) for r in evals], fmt="o-")
+        se = [r.get("eval/kl_se", 0.0) for r in evals]
+        ax.errorbar(xs, ys, yerr=[s if math.isfinite(s) else 0.0 for s in se], fmt="o-")
         for r, x, y in zip(evals, xs, ys, strict=True):
             ax.annotate(str(r["step"]), (x, y), fontsize=7)
         ax.set_xlabel("mu-weighted squared loss  E[rho^2]/2  (nats^2, held-out pairs)")

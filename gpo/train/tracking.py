@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gpo.io import read_jsonl
+
 
 class Tracker:
     """Writes one JSON line per ``log`` call; no-op when ``enabled`` is False (non-main ranks)."""
@@ -65,6 +67,4 @@ class Tracker:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path) if path.exists() else []
