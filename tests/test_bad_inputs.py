@@ -92,8 +92,23 @@ CASES = [
     ),
     Case(
         "wrong_type_prompt_list_in_standard_file",
-        ["row 2, field 'prompt'", "mixed formats"],
+        ["row 2: prompt is a message list but chosen is a string: mixed formats in one row"],
         data=jsonl([std(0), std(1, prompt=[msg("user", "hi")])]),
+    ),
+    Case(
+        "list_prompt_string_replies_in_the_first_row",
+        ["row 1: prompt is a message list but chosen is a string: mixed formats in one row"],
+        data=jsonl([std(0, prompt=[msg("user", "hi")])] + [std(i) for i in range(1, 8)]),
+    ),
+    Case(
+        "string_prompt_message_replies",
+        ["row 1: prompt is a string but chosen is a message list: mixed formats in one row"],
+        data=jsonl([{**conv(0), "prompt": "hi"}] + [conv(i) for i in range(1, 8)]),
+    ),
+    Case(
+        "message_chosen_string_rejected",
+        ["row 3: prompt is a message list but rejected is a string: mixed formats in one row"],
+        data=jsonl([conv(0), conv(1), {**conv(2), "rejected": "bad"}]),
     ),
     Case(
         "empty_response",
@@ -112,8 +127,44 @@ CASES = [
     ),
     Case(
         "null_field",
-        ["row 1, field 'chosen': missing"],
+        ["row 1, field 'chosen': is null (expected a string)"],
         data=jsonl([std(0, chosen=None)]),
+    ),
+    Case(
+        "null_field_in_conversational_data",
+        ["row 2, field 'rejected': is null (expected a list of messages)"],
+        data=jsonl([conv(0), {**conv(1), "rejected": None}]),
+    ),
+    Case(
+        "json_array_line_in_jsonl",
+        ["{data}[train]: row 1: is a JSON array, not an object with 'chosen' and 'rejected'"],
+        data=jsonl([["tell me", "good", "bad"]]) + GOOD,
+    ),
+    Case(
+        "json_array_later_line_in_jsonl",
+        ["{data}[train]: row 3: is a JSON array, not an object with 'chosen' and 'rejected'"],
+        data=jsonl([std(0), std(1), ["tell me", "good", "bad"]]),
+    ),
+    Case(
+        "one_row_file_is_all_held_out",
+        ["{data}[train]: 1 row: all held out for eval; give --eval-data or more rows"],
+        data=jsonl([std(0)]),
+    ),
+    Case(
+        "bad_row_in_a_single_eval_file",  # read at all: --eval-data FILE.jsonl is its own eval set
+        ["{tmp}/eval.jsonl: row 2, field 'chosen': is null (expected a string)"],
+        args=["--eval-data", "{tmp}/eval.jsonl"],
+        setup=lambda tmp, argv: (tmp / "eval.jsonl").write_text(
+            jsonl([std(0), std(1, chosen=None)])
+        ),
+    ),
+    Case(
+        "eval_file_with_splits_but_not_the_asked_one",
+        ["{tmp}/eval.json: no split 'test' (top-level keys: train, validation)"],
+        args=["--eval-data", "{tmp}/eval.json"],
+        setup=lambda tmp, argv: (tmp / "eval.json").write_text(
+            json.dumps({"train": [std(0)], "validation": [std(1)]})
+        ),
     ),
     Case(
         "implicit_prompt_no_common_prefix",
@@ -154,7 +205,7 @@ CASES = [
     ),
     Case(
         "row_not_an_object",
-        ["row 2: expected an object, got int"],
+        ["row 2: is a JSON number, not an object with 'chosen' and 'rejected' fields"],
         data=jsonl([std(0)]) + "42\n",
     ),
     Case(
@@ -205,12 +256,12 @@ CASES = [
     ),
     Case(
         "max_length_smaller_than_every_prompt",
-        ["no usable rows left", "longer than max_length", "max_length=3"],
+        ["no usable rows left", "longer than max_length 3 (set overlong=truncate to keep them)"],
         args=["--max-length", "3"],
     ),
     Case(
         "huge_rows_only",
-        ["no usable rows left", "dropped 3 longer than max_length"],
+        ["no usable rows left", "dropped 3 longer than max_length", "set overlong=truncate"],
         data=jsonl([std(i, chosen=" good" * 100_000) for i in range(4)]),
     ),
     Case(
@@ -363,6 +414,7 @@ def test_one_huge_row_is_dropped_and_counted_not_fatal(
     code, out, err = _run([*argv, "--eval-data", str(held_out), "--eval-split", "train"], capsys)
     assert code == 0, err
     assert f"data: {data}[train]: 21 rows, kept 20; dropped 1 longer than max_length" in out
+    assert "(set overlong=truncate to keep them)" in out
 
 
 def test_duplicate_pairs_are_kept_and_reported(
@@ -374,3 +426,28 @@ def test_duplicate_pairs_are_kept_and_reported(
     code, out, err = _run([*argv, "--eval-data", str(data), "--eval-split", "train"], capsys)
     assert code == 0, err
     assert "rows, kept 16; 8 duplicate pairs (kept)" in out
+
+
+def test_a_single_eval_file_is_its_own_eval_set(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, held_out = tmp_path / "prefs.jsonl", tmp_path / "eval.jsonl"
+    data.write_text(GOOD)
+    held_out.write_text(jsonl([std(i) for i in range(3)]))
+    argv = _argv(Case("x", []), tmp_path, tiny_model_dir, data)  # eval_split: its default 'test'
+    code, out, err = _run([*argv, "--eval-data", str(held_out)], capsys)
+    assert code == 0, err
+    assert f"data: {data}[train]: 8 rows, kept 8\n" in out  # nothing held out of the training set
+    assert f"data: {held_out}[eval]: 3 rows, kept 3\n" in out
+
+
+def test_overlong_truncate_keeps_the_rows_and_says_so(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(jsonl([std(i) for i in range(10)] + [std(99, chosen=" good" * 50_000)]))
+    argv = _argv(Case("x", []), tmp_path, tiny_model_dir, data)
+    argv += ["--eval-data", str(data), "--eval-split", "train", "--overlong", "truncate"]
+    code, out, err = _run([*argv, "--max-length", "64"], capsys)
+    assert code == 0, err
+    assert f"data: {data}[train]: 11 rows, kept 11; 1 truncated to max_length 64\n" in out

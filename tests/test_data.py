@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -82,7 +83,7 @@ BAD_ROWS: list[tuple[str, Row, str, str]] = [
     # (case, bad row placed at row 2 after a valid standard row, field, message fragment)
     ("missing chosen", {"prompt": "a", "rejected": "b"}, "chosen", "missing"),
     ("missing rejected", {"prompt": "a", "chosen": "b"}, "rejected", "missing"),
-    ("null rejected", {"prompt": "a", "chosen": "b", "rejected": None}, "rejected", "missing"),
+    ("null rejected", {"prompt": "a", "chosen": "b", "rejected": None}, "rejected", "is null"),
     ("int chosen", {"prompt": "a", "chosen": 3, "rejected": "b"}, "chosen", "got int"),
     ("int prompt", {"prompt": 7, "chosen": "a", "rejected": "b"}, "prompt", "got int"),
     ("empty chosen", {"prompt": "a", "chosen": "", "rejected": "b"}, "chosen", "empty"),
@@ -204,13 +205,60 @@ def test_lone_surrogate_escape_is_a_data_error(tmp_path: Path, tok: Any) -> None
 
 def test_non_object_rows(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", [STD, ["a", "b"]])
-    with pytest.raises(DataError, match="expected an object, got list") as err:
+    with pytest.raises(DataError, match="is a JSON array, not an object") as err:
         load_and_parse(path)
     assert f"{path}: row 2" in str(err.value)
     first = write_jsonl(tmp_path / "first.jsonl", ["just a string", STD])
-    with pytest.raises(DataError) as err:
+    with pytest.raises(DataError, match="row 1: is a JSON string, not an object") as err:
         load_and_parse(first)
     assert f"{first}: row 1" in str(err.value)
+
+
+MISLEADING_BEFORE: list[tuple[str, list[Any], str]] = [
+    # (case, rows, the whole error after "<path>: ") - each used to name a different cause
+    (
+        "null chosen",
+        [{**STD, "chosen": None}],
+        "row 1, field 'chosen': is null (expected a string)",
+    ),
+    (
+        "null in a conversational row",
+        [CONV, {**CONV, "rejected": None}],
+        "row 2, field 'rejected': is null (expected a list of messages)",
+    ),
+    (
+        "list prompt, string replies",
+        [{**STD, "prompt": [msg("user", "hi")]}],
+        "row 1: prompt is a message list but chosen is a string: mixed formats in one row",
+    ),
+    (
+        "string prompt, list replies",
+        [{**CONV, "prompt": "hi"}],
+        "row 1: prompt is a string but chosen is a message list: mixed formats in one row",
+    ),
+    (
+        "list chosen, string rejected",
+        [{**CONV, "rejected": "no"}],
+        "row 1: prompt is a message list but rejected is a string: mixed formats in one row",
+    ),
+    (
+        "JSON array as the first row",
+        [["tell me", "yes", "no"], STD],
+        "row 1: is a JSON array, not an object with 'chosen' and 'rejected' fields",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "rows", "message"), MISLEADING_BEFORE, ids=[c[0] for c in MISLEADING_BEFORE]
+)
+def test_data_errors_name_the_real_cause(
+    tmp_path: Path, case: str, rows: list[Any], message: str
+) -> None:
+    path = write_jsonl(tmp_path / "data.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load_and_parse(path)
+    assert str(err.value) == f"{path}: {message}"
 
 
 @pytest.mark.parametrize("name", ["empty.jsonl", "blank.jsonl", "empty.json", "list.json"])
@@ -516,8 +564,7 @@ def test_zero_usable_rows_reports_counts(tok: Any) -> None:
     text = str(err.value)
     assert text.startswith("no usable rows left: data.jsonl: 3 rows, kept 0")
     assert "dropped 2 with chosen == rejected" in text
-    assert "dropped 1 longer than max_length" in text
-    assert "max_length=3" in text
+    assert "dropped 1 longer than max_length 3 (set overlong=truncate to keep them)" in text
 
 
 def test_limits_validate() -> None:
@@ -525,6 +572,35 @@ def test_limits_validate() -> None:
         Limits(prompt_truncation="middle")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_prompt_length must be at least 2"):
         Limits(max_prompt_length=1)
+    with pytest.raises(ValueError, match="overlong must be 'drop' or 'truncate', got 'cut'"):
+        Limits(overlong="cut")  # type: ignore[arg-type]
+    assert [f.name for f in dataclasses.fields(Limits)][-1] == "overlong"  # positional callers
+
+
+def test_overlong_truncate_cuts_the_completion_first(tok: Any) -> None:
+    row = std_row("tell me", " cat dog bird tree", " sun")  # prompt 2 + chosen 5 (with EOS)
+    with pytest.raises(DataError, match="dropped 1 longer than max_length 5"):
+        tokenize_rows([row], tok, Limits(max_length=5), "s")
+    (pair,), report = tokenize_rows([row], tok, Limits(max_length=5, overlong="truncate"), "s")
+    assert pair.prompt_ids == ids(tok, "tell me")  # the prompt is left whole
+    assert pair.chosen_ids == ids(tok, "cat dog bird")  # the start is kept
+    assert pair.rejected_ids == [*ids(tok, "sun"), tok.eos_token_id]  # fits: untouched
+    assert (report.kept, report.fitted, report.too_long) == (1, 1, 0)
+    assert str(report) == "s: 1 rows, kept 1; 1 truncated to max_length 5"
+
+
+@pytest.mark.parametrize(
+    ("how", "kept"), [("keep_end", "a an the"), ("keep_start", "one two three")]
+)
+def test_overlong_truncate_cuts_a_long_prompt_to_leave_one_token(
+    tok: Any, how: str, kept: str
+) -> None:
+    row = std_row("one two three a an the", " cat dog", " sun")
+    limits = Limits(max_length=4, prompt_truncation=how, overlong="truncate")  # type: ignore[arg-type]
+    (pair,), report = tokenize_rows([row], tok, limits, "s")
+    assert pair.prompt_ids == ids(tok, kept)
+    assert pair.chosen_ids == ids(tok, "cat") and pair.rejected_ids == ids(tok, "sun")
+    assert report.fitted == 1 and report.truncated_prompts == 0
 
 
 # --------------------------------------------------------------------------- collation
@@ -650,14 +726,58 @@ def test_prepare_uses_the_test_split_of_a_json_file(tmp_path: Path, tok: Any) ->
     assert [r.rows for r in data.reports] == [12, 3]
 
 
-def test_prepare_explicit_eval_data_without_split_is_an_error(tmp_path: Path, tok: Any) -> None:
+def test_prepare_a_single_eval_file_is_its_own_eval_set(tmp_path: Path, tok: Any) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", numbered_rows(8))
     other = write_jsonl(tmp_path / "eval.jsonl", numbered_rows(2, tag="write"))
-    with pytest.raises(NoSuchSplit):
-        prepare(path, tok, eval_data=str(other))  # asked for eval.jsonl[test]: no silent hold-out
-    data = prepare(path, tok, eval_data=str(other), eval_split=None)
-    assert len(data.train) == 8
-    assert [r.prompt for r in data.eval_rows] == [r["prompt"] for r in numbered_rows(2, "write")]
+    for eval_split in ("test", None, "validation"):  # 'test' is the config's default
+        data = prepare(path, tok, eval_data=str(other), eval_split=eval_split)
+        assert len(data.train) == 8  # nothing held out
+        assert [r.prompt for r in data.eval_rows] == [
+            r["prompt"] for r in numbered_rows(2, "write")
+        ]
+        assert [r.source for r in data.reports] == [f"{path}[train]", f"{other}[eval]"]
+    listed = tmp_path / "eval.json"  # a JSON list of rows: one set, no splits either
+    listed.write_text(json.dumps(numbered_rows(3, tag="write")))
+    assert len(prepare(path, tok, eval_data=str(listed)).eval) == 3
+
+
+def test_prepare_eval_data_with_splits_but_not_the_asked_one_is_an_error(
+    tmp_path: Path, tok: Any
+) -> None:
+    path = write_jsonl(tmp_path / "rows.jsonl", numbered_rows(8))
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"train": numbered_rows(2), "validation": numbered_rows(2)}))
+    with pytest.raises(NoSuchSplit, match="no split 'test'"):  # no silent hold-out
+        prepare(path, tok, eval_data=str(splits))
+    assert len(prepare(path, tok, eval_data=str(splits), eval_split="validation").eval) == 2
+
+
+def test_prepare_eval_fraction_zero_means_no_eval_set(tmp_path: Path, tok: Any) -> None:
+    path = write_jsonl(tmp_path / "rows.jsonl", numbered_rows(8))
+    data = prepare(path, tok, eval_fraction=0.0)
+    assert len(data.train) == 8 and data.eval == [] and data.eval_rows == []
+    assert [str(r) for r in data.reports] == [f"{path}[train]: 8 rows, kept 8"]
+    one = write_jsonl(tmp_path / "one.jsonl", numbered_rows(1))
+    assert len(prepare(one, tok, eval_fraction=0.0).train) == 1
+
+
+def test_prepare_one_row_held_out_says_so(tmp_path: Path, tok: Any) -> None:
+    path = write_jsonl(tmp_path / "one.jsonl", numbered_rows(1))
+    with pytest.raises(DataError, match=re.escape(f"{path}[train]: 1 row: all held out for eval;")):
+        prepare(path, tok)
+
+
+def test_prepare_overlong_truncate_keeps_the_rows(tmp_path: Path, tok: Any) -> None:
+    rows = [{**r, "chosen": " good" * 20} for r in numbered_rows(8)]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(DataError, match="dropped 6 longer than max_length 8"):
+        prepare(path, tok, limits=Limits(max_length=8))
+    data = prepare(path, tok, limits=Limits(max_length=8, overlong="truncate"))
+    assert [str(r) for r in data.reports] == [
+        f"{path}[train]: 6 rows, kept 6; 6 truncated to max_length 8",
+        f"{path}[eval]: 2 rows, kept 2; 2 truncated to max_length 8",
+    ]
+    assert all(len(p.prompt_ids) + len(p.chosen_ids) == 8 for p in data.train + data.eval)
 
 
 # --------------------------------------------------------------------------- property test

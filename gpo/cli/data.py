@@ -1,4 +1,5 @@
-"""``gpo data ...``: build and inspect the built-in gold preference data (see :mod:`gpo.gold`)."""
+"""``gpo data ...``: check a dataset before training on it (:mod:`gpo.data.check`); build and
+inspect the built-in gold preference data (see :mod:`gpo.gold`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gpo.cli.flags import add_dataclass_flags, values_from_args
 from gpo.data.builtin import load_builtin_gold
+from gpo.data.check import check_rows, format_check, read_source
+from gpo.data.formats import DataError
+from gpo.data.hub import check_hub_reachable, hub_offline
+from gpo.data.sources import looks_like_path
+from gpo.data.tokenize import Limits
 from gpo.gold.build import build_gold_dataset, format_summary, summarize
 from gpo.io import read_jsonl, write_jsonl
 
@@ -70,10 +77,58 @@ def cmd_gold_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_tokenizer(name: str) -> Any:
+    """Only the tokenizer: checking data should not load (or download) a model's weights."""
+    from transformers import AutoTokenizer
+
+    from gpo.models.embedded import resolve_model_path
+
+    path = resolve_model_path(name)
+    if not Path(path).expanduser().exists():
+        if looks_like_path(path):
+            raise ValueError(f"model path {path} does not exist")
+        if not hub_offline("TRANSFORMERS_OFFLINE"):
+            check_hub_reachable(f"model {name!r}")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load the tokenizer of model {name!r}: {e}") from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    limits = Limits(**values_from_args(args, Limits))
+    label, raw = read_source(args.source, args.split)  # a bad file fails before the tokenizer
+    result = check_rows(label, raw, _load_tokenizer(args.model), limits, args.examples)
+    print(f"model: {args.model} (its tokenizer and chat template)")
+    print(format_check(result))
+    if result.problem:  # what `gpo train` would stop with, as the last line
+        raise DataError(result.problem)
+    return 0
+
+
+def _add_check_parser(dsub: Any) -> None:
+    p = dsub.add_parser(
+        "check",
+        help="what training would make of a dataset: format, rows kept/dropped and why, "
+        "token lengths, rendered examples",
+    )
+    p.add_argument("source", help="jsonl/json/parquet/csv file, saved dataset folder or hub name")
+    p.add_argument("--split", default="train", help="the split to check (default: train)")
+    p.add_argument(
+        "--model", default="smollm2", help="whose tokenizer and chat template (default: smollm2)"
+    )
+    p.add_argument("--examples", type=int, default=3, help="rendered pairs to show (default: 3)")
+    add_dataclass_flags(p, Limits)  # the same limit flags, defaults and help as `gpo train`
+    p.set_defaults(func=cmd_check)
+
+
 def add_data_parser(sub: Any) -> None:
-    """Register ``gpo data`` (build-gold, gold-stats) on the top-level subparsers."""
-    data = sub.add_parser("data", help="build or inspect the built-in gold preference data")
+    """Register ``gpo data`` (check, build-gold, gold-stats) on the top-level subparsers."""
+    data = sub.add_parser(
+        "data", help="check a preference dataset; build or inspect the built-in gold data"
+    )
     dsub = data.add_subparsers(dest="data_command", required=True)
+    _add_check_parser(dsub)
 
     p = dsub.add_parser(
         "build-gold",

@@ -30,6 +30,10 @@ class NoSuchSplit(DataError):
     """The source has no split of the requested name."""
 
 
+class NoSplits(NoSuchSplit):
+    """The source is one set of rows with no named splits (a .jsonl file, a JSON list, ...)."""
+
+
 @dataclass(frozen=True)
 class PreferenceRow:
     """One validated example; ``conversational`` tells how to render it."""
@@ -94,22 +98,24 @@ def _check_messages(value: list[Any], where: str) -> Messages:
 
 def _field(row: dict[str, Any], name: str, source: str, index: int, conversational: bool) -> Field:
     where = _where(source, index, name)
-    if name not in row or row[name] is None:
+    if name not in row:
         present = ", ".join(sorted(row)) or "none"
         raise DataError(f"{where}: missing (fields present: {present})")
+    if row[name] is None:
+        kind = "a list of messages" if conversational else "a string"
+        raise DataError(f"{where}: is null (expected {kind})")
     value = row[name]
+    like = " like the first row" if index > 0 else ""  # the first row sets the format
     if conversational:
         if not isinstance(value, list):
+            mixed = " (mixed formats in one dataset?)" if isinstance(value, str) else ""
             raise DataError(
-                f"{where}: expected a list of messages like the first row, got "
-                f"{type(value).__name__} (mixed formats in one dataset?)"
+                f"{where}: expected a list of messages{like}, got {type(value).__name__}{mixed}"
             )
         return _check_messages(value, where)
     if not isinstance(value, str):
-        raise DataError(
-            f"{where}: expected a string like the first row, got {type(value).__name__}"
-            + (" (mixed formats in one dataset?)" if isinstance(value, list) else "")
-        )
+        mixed = " (mixed formats in one dataset?)" if isinstance(value, list) else ""
+        raise DataError(f"{where}: expected a string{like}, got {type(value).__name__}{mixed}")
     return _check_text(value, where)
 
 
@@ -132,10 +138,44 @@ def _is_empty(value: Field) -> bool:
     return not any(m["content"].strip() for m in value)
 
 
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a JSON boolean"
+    if isinstance(value, (int, float)):
+        return "a JSON number"
+    kinds = {list: "a JSON array", str: "a JSON string"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
+
+
+def _not_an_object(row: Any, where: str) -> DataError:
+    # Named as JSON sees it: a row written as an array of values is the usual slip.
+    return DataError(
+        f"{where}: is {_json_kind(row)}, not an object with 'chosen' and 'rejected' fields"
+    )
+
+
+def _check_row_format(row: dict[str, Any], where: str) -> None:
+    """One row must not mix strings and message lists (a list prompt with string replies)."""
+    kinds = {
+        name: "a message list" if isinstance(row[name], list) else "a string"
+        for name in ("prompt", "chosen", "rejected")
+        if isinstance(row.get(name), (list, str))
+    }
+    (a, kind_a), *rest = list(kinds.items()) or [("", "")]
+    for b, kind_b in rest:
+        if kind_b != kind_a:
+            raise DataError(
+                f"{where}: {a} is {kind_a} but {b} is {kind_b}: mixed formats in one row"
+            )
+
+
 def parse_row(row: Any, source: str, index: int, conversational: bool) -> PreferenceRow:
     """Validate one raw row; raise :class:`DataError` naming source, row and field."""
     if not isinstance(row, dict):
-        raise DataError(f"{_where(source, index)}: expected an object, got {type(row).__name__}")
+        raise _not_an_object(row, _where(source, index))
+    _check_row_format(row, _where(source, index))
     chosen = _field(row, "chosen", source, index, conversational)
     rejected = _field(row, "rejected", source, index, conversational)
     if "prompt" in row and row["prompt"] is not None:
@@ -178,10 +218,17 @@ def parse_row(row: Any, source: str, index: int, conversational: bool) -> Prefer
 
 def parse_rows(rows: list[Any], source: str) -> list[PreferenceRow]:
     """Validate all rows; the first row's ``chosen`` decides the format for the whole set."""
+    conversational = detect_format(rows, source)
+    return [parse_row(r, source, i, conversational) for i, r in enumerate(rows)]
+
+
+def detect_format(rows: list[Any], source: str) -> bool:
+    """Whether the set is conversational, decided by the first row's ``chosen``."""
     if not rows:
         raise DataError(f"{source}: no rows")
     first = rows[0]
-    if not isinstance(first, dict) or "chosen" not in first:
+    if not isinstance(first, dict):
+        raise _not_an_object(first, _where(source, 0))
+    if "chosen" not in first:
         raise DataError(f"{_where(source, 0, 'chosen')}: missing (is this preference data?)")
-    conversational = isinstance(first["chosen"], list)
-    return [parse_row(r, source, i, conversational) for i, r in enumerate(rows)]
+    return isinstance(first["chosen"], list)

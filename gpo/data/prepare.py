@@ -1,4 +1,10 @@
-"""From a config's data options to tokenized train and eval pairs."""
+"""From a config's data options to tokenized train and eval pairs.
+
+The eval set is, in order: ``eval_data`` (its ``eval_split``; a source with no named splits, such
+as a single ``.jsonl`` file, is its own eval set whatever ``eval_split`` says), else ``data``'s
+``eval_split`` when it has one, else a seeded ``eval_fraction`` of the training rows held out
+(``eval_fraction == 0``: no eval set, an empty ``eval`` list).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from gpo.data.formats import NoSuchSplit, PreferenceRow, parse_rows
+from gpo.data.formats import DataError, NoSplits, NoSuchSplit, PreferenceRow, parse_rows
 from gpo.data.sources import load_rows
 from gpo.data.tokenize import DataReport, Limits, TokenizedPair, tokenize_rows
 
@@ -14,9 +20,46 @@ from gpo.data.tokenize import DataReport, Limits, TokenizedPair, tokenize_rows
 @dataclass
 class PreparedData:
     train: list[TokenizedPair]
-    eval: list[TokenizedPair]
+    eval: list[TokenizedPair]  # empty when there is no eval set (eval_fraction 0)
     eval_rows: list[PreferenceRow]  # the validated eval rows (prompt text for judges)
     reports: list[DataReport]
+
+
+def _eval_rows(
+    data: str, eval_data: str | None, eval_split: str | None
+) -> list[PreferenceRow] | None:
+    """The rows of the named eval set, or ``None`` when ``data`` has no eval split."""
+    if eval_data is None and eval_split is None:
+        return None
+    name = eval_data or data
+    try:
+        return parse_rows(load_rows(name, eval_split), f"{name}[{eval_split or 'train'}]")
+    except NoSplits:
+        if eval_data is None:
+            return None
+        return parse_rows(load_rows(name, None), name)  # a lone file is its own eval set
+    except NoSuchSplit:
+        if eval_data is not None:
+            raise
+        return None
+
+
+def _hold_out(
+    rows: list[PreferenceRow], fraction: float, seed: int, label: str
+) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
+    """``(train, eval)``: a seeded ``fraction`` of ``rows`` (at least one) held out."""
+    if fraction == 0:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(len(order) * fraction))
+    if n_eval >= len(rows):  # only a one-row source, as fraction < 1
+        raise DataError(
+            f"{label}: {len(rows)} row: all held out for eval; give --eval-data or more rows "
+            "(or set eval_fraction 0 to train without an eval set)"
+        )
+    held = set(order[:n_eval])
+    return [r for r in rows if r.index not in held], [r for r in rows if r.index in held]
 
 
 def prepare_data(
@@ -29,25 +72,15 @@ def prepare_data(
     limits: Limits,
     seed: int,
 ) -> PreparedData:
-    train_rows = parse_rows(load_rows(data, split), f"{data}[{split}]")
-    eval_rows: list[PreferenceRow] | None = None
-    eval_name = eval_data or data
-    if eval_data is not None or eval_split is not None:
-        try:
-            raw = load_rows(eval_name, eval_split)
-            eval_rows = parse_rows(raw, f"{eval_name}[{eval_split or 'train'}]")
-        except NoSuchSplit:
-            if eval_data is not None:
-                raise
-    if eval_rows is None:  # hold out a seeded fraction of the training rows
-        order = list(range(len(train_rows)))
-        random.Random(seed).shuffle(order)
-        n_eval = max(1, int(len(order) * eval_fraction))
-        held = set(order[:n_eval])
-        eval_rows = [r for i, r in enumerate(train_rows) if i in held]
-        train_rows = [r for i, r in enumerate(train_rows) if i not in held]
-    train, train_report = tokenize_rows(train_rows, tokenizer, limits, f"{data}[{split}]")
-    evals, eval_report = tokenize_rows(eval_rows, tokenizer, limits, f"{eval_name}[eval]")
+    label = f"{data}[{split}]"
+    train_rows = parse_rows(load_rows(data, split), label)
+    eval_rows = _eval_rows(data, eval_data, eval_split)
+    if eval_rows is None:
+        train_rows, eval_rows = _hold_out(train_rows, eval_fraction, seed, label)
+    train, train_report = tokenize_rows(train_rows, tokenizer, limits, label)
+    if not eval_rows:
+        return PreparedData(train, [], [], [train_report])
+    evals, eval_report = tokenize_rows(eval_rows, tokenizer, limits, f"{eval_data or data}[eval]")
     kept = {p.index for p in evals}
     return PreparedData(
         train, evals, [r for r in eval_rows if r.index in kept], [train_report, eval_report]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from gpo.data.builtin import load_builtin_gold
-from gpo.data.formats import DataError, NoSuchSplit
+from gpo.data.formats import DataError, NoSplits, NoSuchSplit
+from gpo.data.hub import HubUnreachable, check_hub_reachable, hub_offline
 from gpo.io import read_jsonl
 
 BUILTIN_NAMES = ("gold", "builtin")
@@ -25,7 +25,7 @@ def _read_json(path: Path, split: str | None) -> list[Any]:
     except json.JSONDecodeError:
         data = None  # maybe JSON lines in a .json file, as `datasets` accepts
     if not isinstance(data, dict) and split not in (None, "train"):
-        raise NoSuchSplit(f"{path}: a list of rows has no split {split!r}")
+        raise NoSplits(f"{path}: a list of rows has no split {split!r}")
     if data is None:
         return read_jsonl(path, DataError)
     if isinstance(data, dict) and "chosen" not in data:
@@ -67,13 +67,18 @@ def _read_saved(path: Path, split: str | None) -> list[Any]:
             raise NoSuchSplit(f"{path}: no split {key!r} (splits: {', '.join(ds)})")
         ds = ds[key]
     elif split not in (None, "train"):  # like a single file: a lone Dataset has only 'train'
-        raise NoSuchSplit(f"{path}: a saved Dataset (not a DatasetDict) has no split {split!r}")
+        raise NoSplits(f"{path}: a saved Dataset (not a DatasetDict) has no split {split!r}")
     return ds.to_list()
 
 
 def _read_hub(name: str, split: str | None) -> list[Any]:
     import datasets
 
+    if not hub_offline("HF_DATASETS_OFFLINE"):  # fail in seconds, not after ~50 s of retries
+        try:
+            check_hub_reachable(f"dataset {name!r}")
+        except HubUnreachable as e:
+            raise DataError(str(e)) from None
     try:
         ds = datasets.load_dataset(name, split=split or "train")
     except ValueError as e:
@@ -81,13 +86,10 @@ def _read_hub(name: str, split: str | None) -> list[Any]:
             raise NoSuchSplit(f"dataset {name!r}: {e}") from None
         raise DataError(f"cannot load dataset {name!r}: {e}") from None
     except Exception as e:
-        offline = (
-            os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-        )
         hint = (
             " The Hub is switched off here (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE=1): use a "
             "local file (.jsonl/.json/.parquet/.csv) or a dataset saved with save_to_disk."
-            if offline
+            if hub_offline("HF_DATASETS_OFFLINE")
             else " Check the name and your network, or pass a local file."
         )
         raise DataError(f"cannot load dataset {name!r}: {type(e).__name__}: {e}.{hint}") from None
@@ -115,7 +117,7 @@ def load_rows(source: str, split: str | None = None) -> list[Any]:
     if path.is_file():
         suffix = path.suffix.lower()
         if split not in (None, "train") and suffix != ".json":
-            raise NoSuchSplit(f"{path}: a single file has no split {split!r}")
+            raise NoSplits(f"{path}: a single file has no split {split!r}")
         if suffix == ".jsonl":
             return read_jsonl(path, DataError)
         if suffix == ".json":

@@ -15,9 +15,11 @@ across the boundary).
 Truncation (``Limits``): a prompt longer than ``max_prompt_length`` keeps its end
 (``prompt_truncation="keep_end"``, the part next to the response) or its start (``"keep_start"``);
 a completion longer than ``max_completion_length`` keeps its start (its EOS is then lost). A pair
-whose prompt + longer completion still exceeds ``max_length`` is dropped and counted, as is a pair
-whose chosen and rejected responses are identical. Duplicate pairs are kept and counted in
-the report.
+whose prompt + longer completion still exceeds ``max_length`` is dropped and counted
+(``overlong="drop"``), or truncated to fit (``overlong="truncate"``, TRL's habit): the completions
+keep their start, and the prompt is cut too (by ``prompt_truncation``) only when it alone would
+leave no room for one completion token. A pair whose chosen and rejected responses are identical
+is dropped and counted. Duplicate pairs are kept and counted in the report.
 """
 
 from __future__ import annotations
@@ -27,20 +29,26 @@ from typing import Any, Literal
 
 from gpo.data.formats import DataError, PreferenceRow
 
+Ids = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected token ids
+
 
 @dataclass(frozen=True)
 class Limits:
-    max_length: int = 512
-    max_prompt_length: int | None = None
-    max_completion_length: int | None = None
-    prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"
+    max_length: int = 1024  # tokens per prompt + completion (TRL's default); see `overlong`
+    max_prompt_length: int | None = None  # tokens; longer prompts are truncated
+    max_completion_length: int | None = None  # tokens; longer responses keep their start
+    prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"  # which part is kept
+    overlong: Literal["drop", "truncate"] = "drop"  # pairs over max_length: drop or truncate
 
     def __post_init__(self) -> None:
-        if self.prompt_truncation not in ("keep_end", "keep_start"):
-            raise ValueError(
-                "prompt_truncation must be 'keep_end' or 'keep_start', "
-                f"got {self.prompt_truncation!r}"
-            )
+        for name, allowed in (
+            ("prompt_truncation", ("keep_end", "keep_start")),
+            ("overlong", ("drop", "truncate")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} must be {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}"
+                )
         for name in ("max_length", "max_prompt_length", "max_completion_length"):
             value = getattr(self, name)
             if value is not None and value < 2:
@@ -61,18 +69,25 @@ class DataReport:
     rows: int = 0
     kept: int = 0
     identical: int = 0
-    too_long: int = 0
+    too_long: int = 0  # dropped: longer than max_length (overlong="drop")
+    fitted: int = 0  # truncated to max_length (overlong="truncate")
     truncated_prompts: int = 0
     truncated_completions: int = 0
     duplicates: int = 0  # kept pairs equal to an earlier kept pair (kept: see below)
     dropped_indices: list[int] = field(default_factory=list)
+    max_length: int | None = None  # the limit the counts above refer to
 
     def __str__(self) -> str:
         parts = [f"{self.source}: {self.rows} rows, kept {self.kept}"]
         if self.identical:
             parts.append(f"dropped {self.identical} with chosen == rejected")
         if self.too_long:
-            parts.append(f"dropped {self.too_long} longer than max_length")
+            parts.append(
+                f"dropped {self.too_long} longer than max_length {self.max_length} "
+                "(set overlong=truncate to keep them)"
+            )
+        if self.fitted:
+            parts.append(f"{self.fitted} truncated to max_length {self.max_length}")
         if self.truncated_prompts:
             parts.append(f"truncated {self.truncated_prompts} prompts")
         if self.truncated_completions:
@@ -92,7 +107,7 @@ def _ids(out: Any) -> list[int]:
     return list(ids)
 
 
-def render_ids(row: PreferenceRow, tokenizer: Any, source: str) -> tuple[list[int], ...]:
+def render_ids(row: PreferenceRow, tokenizer: Any, source: str) -> Ids:
     """``(prompt_ids, chosen_ids, rejected_ids)`` for one row, TRL-style (see module doc)."""
     if row.conversational:
         if not getattr(tokenizer, "chat_template", None):
@@ -139,11 +154,46 @@ def _end_turn(ids: list[int], eos_id: int | None, finished: bool) -> list[int]:
     return ids[: end + 1] if finished else ids[:end]
 
 
+def _cut(ids: list[int], keep: int, how: str) -> list[int]:
+    return ids[-keep:] if how == "keep_end" else ids[:keep]
+
+
+def apply_limits(ids: Ids, limits: Limits, report: DataReport) -> Ids | None:
+    """Truncate ``(prompt, chosen, rejected)`` to ``limits``, counting in ``report``; ``None``
+    when the pair is longer than ``max_length`` and ``overlong`` is ``"drop"``."""
+    prompt, chosen, rejected = ids
+    if limits.max_prompt_length is not None and len(prompt) > limits.max_prompt_length:
+        prompt = _cut(prompt, limits.max_prompt_length, limits.prompt_truncation)
+        report.truncated_prompts += 1
+    m = limits.max_completion_length
+    if m is not None and max(len(chosen), len(rejected)) > m:
+        chosen, rejected = chosen[:m], rejected[:m]
+        report.truncated_completions += 1
+    if len(prompt) + max(len(chosen), len(rejected)) <= limits.max_length:
+        return prompt, chosen, rejected
+    if limits.overlong == "drop":
+        report.too_long += 1
+        return None
+    # Keep at least one completion token: a pair with no completion left has no signal.
+    if len(prompt) > limits.max_length - 1:
+        prompt = _cut(prompt, limits.max_length - 1, limits.prompt_truncation)
+    room = limits.max_length - len(prompt)
+    report.fitted += 1
+    return prompt, chosen[:room], rejected[:room]
+
+
 def tokenize_rows(
-    rows: list[PreferenceRow], tokenizer: Any, limits: Limits, source: str
+    rows: list[PreferenceRow],
+    tokenizer: Any,
+    limits: Limits,
+    source: str,
+    *,
+    raw_lengths: list[tuple[int, int, int]] | None = None,
+    allow_empty: bool = False,
 ) -> tuple[list[TokenizedPair], DataReport]:
-    """Tokenize, truncate and filter; raise :class:`DataError` if nothing usable is left."""
-    report = DataReport(source, rows=len(rows))
+    """Tokenize, truncate and filter; raise :class:`DataError` if nothing usable is left (unless
+    ``allow_empty``). ``raw_lengths`` collects each rendered pair's untruncated token counts."""
+    report = DataReport(source, rows=len(rows), max_length=limits.max_length)
     pairs = []
     # Duplicates are kept (as TRL does): repeating a pair is a legitimate way to weight it, and
     # dropping rows silently would change the data; the report counts them so they are seen.
@@ -153,24 +203,18 @@ def tokenize_rows(
             report.identical += 1
             report.dropped_indices.append(row.index)
             continue
-        prompt, chosen, rejected = render_ids(row, tokenizer, source)
-        if limits.max_prompt_length is not None and len(prompt) > limits.max_prompt_length:
-            m = limits.max_prompt_length
-            prompt = prompt[-m:] if limits.prompt_truncation == "keep_end" else prompt[:m]
-            report.truncated_prompts += 1
-        m = limits.max_completion_length
-        if m is not None and max(len(chosen), len(rejected)) > m:
-            chosen, rejected = chosen[:m], rejected[:m]
-            report.truncated_completions += 1
-        if len(prompt) + max(len(chosen), len(rejected)) > limits.max_length:
-            report.too_long += 1
+        rendered = render_ids(row, tokenizer, source)
+        if raw_lengths is not None:
+            raw_lengths.append((len(rendered[0]), len(rendered[1]), len(rendered[2])))
+        fitted = apply_limits(rendered, limits, report)
+        if fitted is None:
             report.dropped_indices.append(row.index)
             continue
-        key = (tuple(prompt), tuple(chosen), tuple(rejected))
+        key = (tuple(fitted[0]), tuple(fitted[1]), tuple(fitted[2]))
         report.duplicates += key in seen
         seen.add(key)
-        pairs.append(TokenizedPair(row.index, prompt, chosen, rejected))
+        pairs.append(TokenizedPair(row.index, *fitted))
     report.kept = len(pairs)
-    if not pairs:
-        raise DataError(f"no usable rows left: {report} (max_length={limits.max_length})")
+    if not pairs and not allow_empty:
+        raise DataError(f"no usable rows left: {report}")
     return pairs, report

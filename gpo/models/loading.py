@@ -11,6 +11,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from gpo.data.hub import check_hub_reachable, hub_offline
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -38,6 +40,8 @@ def load_model_and_tokenizer(
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
     if looks_local and not Path(path).expanduser().exists():
         raise ModelError(f"model path {path} does not exist")
+    if not Path(path).expanduser().exists() and not hub_offline("TRANSFORMERS_OFFLINE"):
+        check_hub_reachable(f"model {name_or_path!r}")  # seconds, not ~50 s of retries
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
