@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -116,10 +118,18 @@ def _import_path(path: str) -> object:
             f"unknown loss {path!r}: valid names are {', '.join(LOSSES)}, "
             "or a dotted path 'pkg.module:func'"
         )
+    # `python -m` puts the working directory on the path and a console script does not: add it,
+    # last, so that a loss module next to the user's data imports the same under `gpo`.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"cannot import module {module_name!r} for loss {path!r}: {e}") from e
+        raise ValueError(
+            f"cannot import module {module_name!r} for loss {path!r}: {e} (searched the installed "
+            f"packages, PYTHONPATH and the working directory {cwd})"
+        ) from e
     try:
         obj: object = module
         for part in attr.split("."):

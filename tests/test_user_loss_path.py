@@ -1,0 +1,42 @@
+"""A ``pkg.module:func`` loss in the working directory imports under the ``gpo`` console script
+(which, unlike ``python -m``, does not put the working directory on ``sys.path``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GPO = Path(sys.executable).parent / "gpo"
+
+
+def _gpo(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [str(GPO), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.skipif(not GPO.exists(), reason="the gpo console script is not installed")
+def test_a_loss_module_in_the_working_directory_imports(tmp_path: Path) -> None:
+    package = tmp_path / "mylosses"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "smooth.py").write_text(
+        "import torch.nn.functional as F\n\n\ndef softplus(v):\n    return F.softplus(-v)\n"
+    )
+    done = _gpo(tmp_path, "losses", "--loss", "mylosses.smooth:softplus", "--json")
+    assert done.returncode == 0, done.stderr
+    names = [r["name"] for r in json.loads(done.stdout)]
+    assert "mylosses.smooth:softplus" in names
+
+    missing = _gpo(tmp_path, "losses", "--loss", "nomod:f")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        "gpo: error: cannot import module 'nomod' for loss 'nomod:f': No module named 'nomod' "
+        f"(searched the installed packages, PYTHONPATH and the working directory {tmp_path})"
+    )
