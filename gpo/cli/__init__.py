@@ -14,6 +14,7 @@ from gpo.cli.data import add_data_parser
 from gpo.cli.experiment import add_experiment_parser
 from gpo.cli.judge_serve import add_judge_serve_parser
 from gpo.cli.losses import add_losses_parser
+from gpo.cli.models import add_models_parser
 from gpo.cli.sweep import add_sweep_parsers
 from gpo.cli.train import add_train_parser
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_experiment_parser(sub)
     add_data_parser(sub)
+    add_models_parser(sub)
     add_sweep_parsers(sub)
     add_judge_serve_parser(sub)
     return parser
