@@ -313,11 +313,6 @@ CASES = [
         args=["--resume", "--beta", "0.2"],
         setup=_resume_setup,
     ),
-    Case(
-        "resume_without_a_run_folder",
-        ["--resume needs --out pointing at an existing run folder"],
-        args=["--resume"],
-    ),
     Case("out_is_a_file", ["run folder {data}: cannot write there"], args=["--out", "{data}"]),
 ]
 
