@@ -119,7 +119,8 @@ def test_literal_choices_enforced(tmp_path: Path, key: str, bad: str) -> None:
         ("learning_rate", 0.0),
         ("gradient_accumulation_steps", -1),
         ("logging_steps", 0),
-        ("eval_fraction", 0.0),
+        ("eval_fraction", -0.1),  # 0 is allowed: no held-out set
+        ("num_epochs", 0.0),
         ("eval_fraction", 1.0),
         ("warmup_ratio", 1.0),
         ("warmup_ratio", -0.1),
@@ -211,7 +212,8 @@ def _sample(name: str, default: Any) -> tuple[list[str], Any]:
 
 @pytest.mark.parametrize("field", FIELDS, ids=[f.name for f in FIELDS])
 def test_every_field_has_a_working_flag(field: dataclasses.Field[Any]) -> None:
-    default = TrainConfig().__dict__[field.name]
+    declared = field.default is not dataclasses.MISSING  # learning_rate: None, resolved later
+    default = field.default if declared else TrainConfig().__dict__[field.name]
     words, value = _sample(field.name, default)
     assert value != default
     assert parse(flag(field.name), *words) == {field.name: value}
@@ -265,3 +267,22 @@ def test_every_config_field_has_its_comment_as_flag_help():
     helps = {a.dest: a.help for a in parser._actions}
     assert helps["reuse_host_memory"].startswith(comments["reuse_host_memory"])
     assert helps["beta"].endswith("(default: 0.1)")
+
+
+def test_default_learning_rate_depends_on_the_fine_tuning_mode() -> None:
+    assert TrainConfig().learning_rate == 1e-3  # LoRA
+    assert TrainConfig(finetune="full").learning_rate == 1e-5
+    assert TrainConfig(finetune="full", learning_rate=3e-6).learning_rate == 3e-6
+
+
+def test_resume_takes_the_saved_config_and_explicit_flags_override_it(tmp_path) -> None:
+    from gpo.io import write_json
+
+    saved = TrainConfig(out=str(tmp_path), loss="savage", beta=0.3, max_steps=40, seed=5)
+    write_json(tmp_path / "config.json", saved)
+    cfg = load_config(None, {"out": str(tmp_path), "resume": True})
+    assert (cfg.loss, cfg.beta, cfg.max_steps, cfg.seed) == ("savage", 0.3, 40, 5)
+    cfg = load_config(None, {"out": str(tmp_path), "resume": True, "max_steps": 60})
+    assert (cfg.loss, cfg.max_steps) == ("savage", 60)
+    fresh = load_config(None, {"out": str(tmp_path)})  # without --resume: the defaults
+    assert fresh.loss == "logistic"

@@ -178,6 +178,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-000002", "step-000004"]
     weights = tmp_path / "checkpoints" / "step-000004" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated, as a failing disk might leave
+    (tmp_path / "summary.json").unlink()  # as if killed before the end (a finished run is kept)
     expected = _losses(tmp_path)
     capsys.readouterr()
     assert main([*argv, "--resume"]) == 0

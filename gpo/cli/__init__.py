@@ -43,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `gpo losses | head`: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 0
+    except KeyboardInterrupt:  # outside a training step (loading, or a second Ctrl-C)
+        if args.debug:
+            raise
+        print("gpo: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:
         if args.debug:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from gpo.cli.flags import add_dataclass_flags, values_from_args
@@ -11,10 +12,15 @@ from gpo.train.config import TrainConfig, load_config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from gpo.train.interrupt import Interrupted
     from gpo.train.trainer import train  # torch, transformers: only when training
 
     cfg = load_config(args.config, values_from_args(args, TrainConfig))
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except Interrupted as e:  # a checkpoint was written: say how to go on, no traceback
+        print(f"gpo: {e}", file=sys.stderr)
+        return e.exit_code
     print(f"run folder: {summary['run_dir']}")
     return 0
 

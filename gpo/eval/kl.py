@@ -24,6 +24,7 @@ def on_policy_kl(
     max_new_tokens: int,
     seed: int,
     batch_size: int = 16,
+    show_progress: bool = False,
 ) -> tuple[float, float]:
     """Monte Carlo ``KL(pi_theta || pi_ref) = E_{y ~ pi_theta}[log pi_theta(y) - log pi_ref(y)]``.
 
@@ -31,7 +32,16 @@ def on_policy_kl(
     this is the exact KL between the two distributions over completions truncated at that length.
     Returns the mean and its standard error over the ``len(prompt_ids) * num_samples`` draws.
     """
-    samples = sample(policy, tokenizer, prompt_ids, num_samples, max_new_tokens, seed=seed)
+    samples = sample(
+        policy,
+        tokenizer,
+        prompt_ids,
+        num_samples,
+        max_new_tokens,
+        seed=seed,
+        show_progress=show_progress,
+        desc="eval: sampling for KL",
+    )
     seqs = [
         (list(prompt_ids[i]), ids)
         for i, ids in zip(samples.prompt_index, samples.completion_ids, strict=True)

@@ -63,10 +63,21 @@ class WinRateEval:
     opponent: list[str]  # the opponent's completion per prompt, sampled once
     max_new_tokens: int
 
-    def evaluate(self, model: nn.Module, tokenizer: Any, seed: int, samples: Path) -> dict:
+    def evaluate(
+        self, model: nn.Module, tokenizer: Any, seed: int, samples: Path, progress: bool = False
+    ) -> dict:
         """Sample the policy, judge it against the opponent, save the rows to ``samples``;
         returns ``{"win_rate": ..., "win_rate_se": ...}``."""
-        mine = sample(model, tokenizer, self.prompt_ids, 1, self.max_new_tokens, seed=seed).text
+        mine = sample(
+            model,
+            tokenizer,
+            self.prompt_ids,
+            1,
+            self.max_new_tokens,
+            seed=seed,
+            show_progress=progress,
+            desc=f"eval: sampling for the {self.judge.name} win rate",
+        ).text
         scores = judge_scores(self.judge, self.prompts, mine, self.opponent)
         rows = [
             {"prompt": p, "policy": a, "opponent": b, "score": s}

@@ -104,6 +104,27 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
+#: TRL ``DPOConfig.loss_type`` names that are exactly a gpo objective at the same beta.
+TRL_ALIASES = {"sigmoid": "logistic"}
+#: TRL names with no exact one-name equivalent: what to use instead.
+TRL_HINTS = {
+    "ipo": "TRL's ipo is `--loss iupo:reverse_kl --logp-reduction mean` at beta = TRL's beta "
+    "(its tau; TRL averages log-probs per token, gpo sums them unless told otherwise); "
+    "`--loss square` at beta = 2 tau is the same up to the factor beta^2",
+    "robust": "not in gpo; the nearest is `--loss logistic` (TRL's sigmoid)",
+    "exo_pair": "not in gpo",
+    "nca_pair": "not in gpo",
+    "bco_pair": "not in gpo",
+    "sppo_hard": "not in gpo",
+    "aot": "not in gpo",
+    "aot_pair": "not in gpo",
+    "apo_zero": "not in gpo",
+    "apo_down": "not in gpo",
+    "discopop": "not in gpo",
+    "sft": "not a preference loss; gpo trains preference objectives only",
+}
+
+
 def resolve_objective(spec: str | Objective | Callable[[Tensor], Tensor]) -> Objective:
     """An objective from a registered name, ``family:alpha=A``, ``pkg.module:func`` or callable.
 
@@ -114,8 +135,10 @@ def resolve_objective(spec: str | Objective | Callable[[Tensor], Tensor]) -> Obj
         if hasattr(spec, "name") and callable(spec) and not isinstance(spec, Loss):
             return spec  # type: ignore[return-value]
         return GPOObjective(require_decreasing_at_zero(spec))  # type: ignore[arg-type]
-    if spec in OBJECTIVES:
-        return OBJECTIVES[spec]
+    if spec in OBJECTIVES or spec in TRL_ALIASES:
+        return OBJECTIVES[TRL_ALIASES.get(spec, spec)]
+    if spec in TRL_HINTS:
+        raise ValueError(f"unknown loss {spec!r} (a TRL loss_type): {TRL_HINTS[spec]}")
     family, _, rest = spec.partition(":")
     if family in FAMILIES and rest.startswith("alpha="):
         try:
@@ -127,5 +150,5 @@ def resolve_objective(spec: str | Objective | Callable[[Tensor], Tensor]) -> Obj
         return GPOObjective(require_decreasing_at_zero(spec))
     raise ValueError(
         f"unknown loss {spec!r}: valid names are {', '.join(OBJECTIVES)}; "
-        "also 'family:alpha=A' or a dotted path 'pkg.module:func'"
+        "also 'family:alpha=A', a dotted path 'pkg.module:func', or TRL's 'sigmoid' (= logistic)"
     )

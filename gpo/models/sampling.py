@@ -116,6 +116,7 @@ def sample(
     batch_size: int = 32,
     seed: int | None = None,
     show_progress: bool = False,
+    desc: str = "sampling",
 ) -> Samples:
     """Sample ``num_samples`` completions for each prompt (see the module docstring).
 
@@ -149,7 +150,7 @@ def sample(
         gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
 
     out = Samples()
-    bar = tqdm(total=len(jobs), desc="sampling", unit="seq", disable=not show_progress)
+    bar = tqdm(total=len(jobs), desc=desc, unit="seq", disable=not show_progress, leave=False)
     with _eval_mode(model), torch.inference_mode():
         for batch, bseed in zip(batches, batch_seeds, strict=True):
             input_ids, mask = pad_rows([prompt_ids[i] for i, _ in batch], pad, "left")

@@ -58,7 +58,10 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     keep: int,
+    tokenizer: Any = None,
 ) -> Path:
+    """Write checkpoint ``step`` atomically (weights, optimizer, scheduler, RNG, state, and the
+    tokenizer, so the folder loads on its own), then keep the newest ``keep``."""
     root = run_dir / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
@@ -67,6 +70,8 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         fault_point("weights", step)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         fault_point("optimizer", step)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
@@ -13,6 +14,11 @@ from typing import Any, Literal
 
 from gpo.io import read_yaml_mapping
 from gpo.train.schedule import parse_schedule
+
+#: The default learning rate per fine-tuning mode: LoRA's adapters start at zero and need a large
+#: step; every weight of a pretrained model needs a small one (TRL's DPO default is 1e-6, the
+#: GPO paper's runs use 1e-5 and 3e-5).
+DEFAULT_LEARNING_RATE = {"lora": 1e-3, "full": 1e-5}
 
 
 @dataclass
@@ -25,8 +31,8 @@ class TrainConfig:
     split: str = "train"  # the split of `data` to train on
     eval_data: str | None = None  # default: `data` with `eval_split`, else a held-out fraction
     eval_split: str | None = "test"  # the split of `data` to evaluate on, if it has one
-    eval_fraction: float = 0.05  # held out from `data` when there is no eval split
-    loss: str = "logistic"  # a GPO loss, 'fdpo:js', 'iupo:js', ..., or 'pkg.module:func'
+    eval_fraction: float = 0.05  # held out from `data` when there is no eval split; 0: no eval
+    loss: str = "logistic"  # a GPO loss, 'fdpo:js', 'iupo:js', ... or 'pkg.module:func'
     beta: float = 0.1  # the loss is f(beta * rho): larger beta, stronger regularization
     logp_reduction: Literal["sum", "mean"] = "sum"  # 'mean' = per-token mean (TRL's IPO)
     # model options
@@ -39,7 +45,8 @@ class TrainConfig:
     lora_dropout: float = 0.0  # dropout on the LoRA input
     lora_target_modules: str = "all-linear"  # PEFT target_modules (comma-separated names)
     # data shaping
-    max_length: int = 512  # tokens; a longer prompt + completion pair is dropped and counted
+    max_length: int = 1024  # tokens per prompt + completion (TRL's default); see `overlong`
+    overlong: Literal["drop", "truncate"] = "drop"  # a pair over max_length: drop it, or cut it
     max_prompt_length: int | None = None  # tokens; longer prompts are truncated
     max_completion_length: int | None = None  # tokens; longer responses keep their start
     prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"  # which part is kept
@@ -47,10 +54,11 @@ class TrainConfig:
     ref_cache: str = "auto"  # pi_ref log-probs on disk: 'auto' ($GPO_CACHE_DIR), 'none', a folder
     # optimisation
     max_steps: int = 30  # the default run: a few minutes on 2 CPU cores
+    num_epochs: float | None = None  # set: max_steps = this many passes over the training pairs
     batch_size: int = 8  # pairs per process per micro-step
     shuffle: bool = True  # False: every epoch in source order
     gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
-    learning_rate: float = 1e-3  # LoRA; lower it for full fine-tuning
+    learning_rate: float | None = None  # None: 1e-3 with LoRA, 1e-5 with full fine-tuning
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     warmup_ratio: float = 0.1  # share of max_steps with a linearly rising learning rate
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
@@ -81,12 +89,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        if self.learning_rate is None:  # resolved here, so config.json records what was used
+            self.learning_rate = DEFAULT_LEARNING_RATE[self.finetune]
         checks = {
             "max_steps": self.max_steps > 0,
             "batch_size": self.batch_size > 0,
             "gradient_accumulation_steps": self.gradient_accumulation_steps > 0,
             "logging_steps": self.logging_steps > 0,
-            "eval_fraction": 0 < self.eval_fraction < 1,
+            "eval_fraction": 0 <= self.eval_fraction < 1,
+            "num_epochs": self.num_epochs is None or 0 < self.num_epochs < math.inf,
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "max_grad_norm": 0 <= self.max_grad_norm < math.inf,  # 0: no clipping
             "beta": 0 < self.beta < math.inf,
@@ -143,10 +154,19 @@ def suggest_field(key: str) -> str:
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults, then the YAML file, then CLI overrides; unknown keys are errors."""
+    """Defaults, then the YAML file, then CLI overrides; unknown keys are errors.
+
+    With ``resume`` and a run folder that has a ``config.json``, the run's saved config replaces
+    the defaults: only what the file or the flags give explicitly differs from it (and the
+    trainer refuses a difference that changes the optimisation).
+    """
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
     if path is not None:
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
         values.update(read_yaml_mapping(path, "config file", names, suggest_field))
     values.update(overrides)
+    saved = Path(str(values.get("out"))) / "config.json"
+    if values.get("resume") and values.get("out") is not None and saved.is_file():
+        run = json.loads(saved.read_text())
+        values = {**{k: v for k, v in run.items() if k in names}, **values}
     return TrainConfig(**values)

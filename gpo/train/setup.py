@@ -13,7 +13,7 @@ import torch
 
 from gpo.data.prepare import PreparedData, prepare_data
 from gpo.data.sources import BUILTIN_NAMES
-from gpo.data.tokenize import Limits
+from gpo.data.tokenize import Limits, TokenizedPair
 from gpo.models.embedded import cache_root
 from gpo.models.loading import add_lora, disable_dropout, frozen_copy, load_model_and_tokenizer
 from gpo.models.reference import Reference
@@ -35,6 +35,7 @@ RESUMABLE_CHANGES = {
     "ref_cache",
     "on_nonfinite",
     "reuse_host_memory",
+    "num_epochs",
 }
 
 
@@ -90,6 +91,9 @@ def check_resume(run_dir: Path, cfg: TrainConfig) -> None:
 
 def build_model(cfg: TrainConfig) -> tuple[Any, Any, Reference]:
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype, cfg.trust_remote_code)
+    local = Path(model.config._name_or_path).expanduser()
+    if local.is_dir():  # PEFT's adapter_config then names the base model from any directory
+        model.config._name_or_path = model.name_or_path = str(local.resolve())
     disable_dropout(model)
     if cfg.finetune == "lora":
         model = add_lora(
@@ -101,7 +105,11 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any, Reference]:
 
 def prepare(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
     limits = Limits(
-        cfg.max_length, cfg.max_prompt_length, cfg.max_completion_length, cfg.prompt_truncation
+        cfg.max_length,
+        cfg.max_prompt_length,
+        cfg.max_completion_length,
+        cfg.prompt_truncation,
+        overlong=cfg.overlong,
     )
     return prepare_data(
         cfg.data,
@@ -136,3 +144,31 @@ def attach_ref_cache(cfg: TrainConfig, reference: Reference) -> None:
 
 def is_gold(cfg: TrainConfig) -> bool:
     return cfg.data in BUILTIN_NAMES and (cfg.eval_data is None or cfg.eval_data in BUILTIN_NAMES)
+
+
+def startup_summary(cfg: TrainConfig, run_dir: Path) -> str:
+    """A few lines on what this run does (the full resolved config goes to config.json)."""
+    tune = f"LoRA r {cfg.lora_r}" if cfg.finetune == "lora" else "full fine-tuning"
+    steps = f"{cfg.num_epochs:g} epoch(s)" if cfg.num_epochs else f"{cfg.max_steps} steps"
+    every = f"every {cfg.eval_steps} steps" if cfg.eval_steps else "at the end"
+    when = cfg.eval_schedule or every
+    evals = f"eval {when}: {cfg.eval_max_pairs} held-out pairs"
+    if cfg.kl_prompts and cfg.kl_samples:
+        evals += f", KL on {cfg.kl_prompts} prompts x {cfg.kl_samples} samples"
+    if cfg.judge_prompts:
+        evals += f", {cfg.judge} win rate on {cfg.judge_prompts} prompts"
+    if is_gold(cfg) and cfg.gold_eval_prompts:
+        evals += f"; final gold win rate on {cfg.gold_eval_prompts} prompts"
+    lines = [
+        f"gpo train: {cfg.loss} (beta {cfg.beta:g}) on {cfg.data}, model {cfg.model} ({tune})",
+        f"  {steps} x {cfg.batch_size} pairs, lr {cfg.learning_rate:g} ({cfg.lr_scheduler}), "
+        f"seed {cfg.seed}" + (", resuming" if cfg.resume else ""),
+        f"  {evals}",
+        f"  run folder {run_dir} (full config: config.json)",
+    ]
+    return "\n".join(lines)
+
+
+def pair_tokens(p: TokenizedPair) -> int:
+    """Tokens of a pair as trained on: prompt and both responses."""
+    return len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)

@@ -52,11 +52,14 @@ class Tracker:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
+        # Dashboards group the tags as HF's Trainer does (train/..., eval/...); metrics.jsonl
+        # keeps TRL's plain names, which the report reads.
+        tagged = {k if k.startswith("eval/") else f"train/{k}": v for k, v in metrics.items()}
         if self._tb is not None:
-            for k, v in metrics.items():
+            for k, v in tagged.items():
                 self._tb.add_scalar(k, v, step)
         if self._wandb is not None:
-            self._wandb.log(metrics, step=step)
+            self._wandb.log(tagged, step=step)
 
     def close(self) -> None:
         if self._tb is not None:
@@ -68,3 +71,14 @@ class Tracker:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     return read_jsonl(path) if path.exists() else []
+
+
+def eval_line(step: int, m: dict[str, float]) -> str:
+    """One line per evaluation; a Monte Carlo KL near 0 can come out negative, hence its SE."""
+    parts = [f"eval at step {step}: loss {m['eval/loss']:.4f}"]
+    parts.append(f"acc {m['eval/rewards/accuracies']:.2f}")
+    if "eval/kl" in m:
+        parts.append(f"KL {m['eval/kl']:.3g} +- {m['eval/kl_se']:.2g} nats")
+    if "eval/win_rate" in m:
+        parts.append(f"win rate {m['eval/win_rate']:.3f} +- {m['eval/win_rate_se']:.3f}")
+    return ", ".join(parts)

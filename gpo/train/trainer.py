@@ -14,6 +14,9 @@ its checkpoint stopped.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,7 +32,7 @@ from gpo.eval.judges import resolve_judge
 from gpo.eval.kl import on_policy_kl
 from gpo.eval.pairs import concat_values, pair_metrics, pair_values, reduce_metrics
 from gpo.eval.win_rate import SAMPLES_DIR, WinRateEval, sample_opponent, step_samples_path
-from gpo.io import print_config, write_json
+from gpo.io import write_json
 from gpo.losses.objectives import resolve_objective
 from gpo.models.logps import PolicyLogps, SequenceLogps
 from gpo.train.checkpoint import latest_usable_checkpoint, save_checkpoint
@@ -42,6 +45,7 @@ from gpo.train.guards import (
     writable_run_dir,
 )
 from gpo.train.host_memory import reuse_freed_memory
+from gpo.train.interrupt import Interrupted, StopRequests
 from gpo.train.plots import plot_run
 from gpo.train.schedule import is_eval_step, segments_for
 from gpo.train.setup import (
@@ -53,9 +57,11 @@ from gpo.train.setup import (
     is_gold,
     make_optimizer,
     micro_batches,
+    pair_tokens,
     prepare,
+    startup_summary,
 )
-from gpo.train.tracking import Tracker
+from gpo.train.tracking import Tracker, eval_line
 
 #: Called after every optimizer step with ``(step, seconds since the loop started)``.
 StepCallback = Callable[[int, float], None]
@@ -70,19 +76,35 @@ class Trainer:
 
         self.cfg = cfg
         self.callbacks = list(callbacks)
+        self.stops = StopRequests()
+        self._grad_norms: list[torch.Tensor] = []  # pre-clipping norms since the last log
+        self._tokens = 0  # prompt + both responses of the pairs since the last log (all ranks)
         self.objective = resolve_objective(cfg.loss)  # fail fast, before any model is loaded
         if cfg.reuse_host_memory:  # before the model loads (page faults: 6-15% of a CPU step)
             reuse_freed_memory()
         self.acc = acc = accelerator(cfg)
         self.main = acc.is_main_process
-        self.run_dir = self._run_dir()
-        set_seed(cfg.seed)
+        self.run_dir, created = self._run_dir()
+        try:  # a model or data error leaves no half-made run folder behind
+            self._setup(set_seed, get_scheduler)
+        except BaseException:
+            if self.main and created and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()
+            raise
 
+    def _setup(self, set_seed: Callable[[int], None], get_scheduler: Callable[..., Any]) -> None:
+        cfg, acc = self.cfg, self.acc
+        set_seed(cfg.seed)
         model, self.tokenizer, self.reference = build_model(cfg)
         self.data = prepare(cfg, self.tokenizer)
         if self.main:
             for report in self.data.reports:
                 print(f"data: {report}")
+        if cfg.num_epochs is not None:
+            global_batch = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
+            cfg.max_steps = max(1, math.ceil(cfg.num_epochs * len(self.data.train) / global_batch))
+        if self.main:  # the run can start: record exactly what it runs
+            write_json(self.run_dir / "config.json", cfg)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if self.main:  # a too-full disk fails now, not at the first checkpoint
             ckpt = checkpoint_bytes(model, self.params, cfg.finetune == "lora")
@@ -111,9 +133,12 @@ class Trainer:
         )
         world, rank = acc.num_processes, acc.process_index
         self.eval_shard = self.data.eval[: cfg.eval_max_pairs][rank::world]
-        self.eval_segments = segments_for(cfg.eval_schedule, cfg.eval_steps)
+        # No held-out pairs (eval_fraction 0): no evaluation at all.
+        self.eval_segments = (
+            segments_for(cfg.eval_schedule, cfg.eval_steps) if self.data.eval else []
+        )
         self.win_rate = None
-        if self.main and cfg.judge_prompts > 0:
+        if self.main and cfg.judge_prompts > 0 and self.data.eval:
             judge = resolve_judge(cfg.judge)
             self.win_rate = self._win_rate_eval(judge, cfg.judge_prompts, cfg.opponent)
 
@@ -127,18 +152,26 @@ class Trainer:
         )
         return WinRateEval(judge, prompts, ids, theirs, cfg.max_new_tokens)
 
-    def _run_dir(self) -> Path:
+    def _run_dir(self) -> tuple[Path, bool]:
+        """The run folder (made writable now; ``config.json`` is written once setup succeeds)
+        and whether this run created it."""
         cfg = self.cfg
-        if cfg.resume and (cfg.out is None or not (Path(cfg.out) / "config.json").exists()):
-            raise ValueError("--resume needs --out pointing at an existing run folder")
-        run_dir = None
+        if cfg.resume and cfg.out is None:
+            raise ValueError("--resume needs --out: the run folder to continue")
+        resumable = cfg.resume and (Path(cfg.out or "") / "config.json").exists()
+        if cfg.resume and not resumable:  # e.g. a requeued job that died while starting
+            cfg.resume = False
+            if self.main:
+                print(f"gpo: nothing to resume in {cfg.out}: starting the run from scratch")
+        run_dir, created = None, False
         if self.main:
+            created = cfg.out is None or not Path(cfg.out).exists()
             run_dir = writable_run_dir(cfg.out, "train")
             if cfg.resume:
                 check_resume(run_dir, cfg)
-            print_config(cfg)
-            write_json(run_dir / "config.json", cfg)
-        return Path(self.acc.gather_for_metrics([str(run_dir)], use_gather_object=True)[0])
+            print(startup_summary(cfg, run_dir))
+        shared = self.acc.gather_for_metrics([str(run_dir)], use_gather_object=True)[0]
+        return Path(shared), created
 
     def _resume(self) -> int:
         state = latest_usable_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler)
@@ -171,6 +204,7 @@ class Trainer:
             norm = None
             if self.acc.sync_gradients and cfg.max_grad_norm > 0:
                 norm = self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self._grad_norms.append(torch.as_tensor(norm).detach().float())
             if not self.acc.sync_gradients or self.guard.step_ok(step, self.params, norm):
                 self.optimizer.step()
             self.optimizer.zero_grad()
@@ -203,11 +237,14 @@ class Trainer:
                 cfg.kl_samples,
                 cfg.max_new_tokens,
                 seed=cfg.seed + step,
+                show_progress=cfg.progress,
             )
             result.update({"eval/kl": kl, "eval/kl_se": se})
         if self.win_rate is not None:
             samples = step_samples_path(self.run_dir, step)
-            wr = self.win_rate.evaluate(self.model, self.tokenizer, cfg.seed + step, samples)
+            wr = self.win_rate.evaluate(
+                self.model, self.tokenizer, cfg.seed + step, samples, cfg.progress
+            )
             result.update({f"eval/{k}": v for k, v in wr.items()})
         self.acc.wait_for_everyone()
         return result
@@ -225,6 +262,7 @@ class Trainer:
                 self.scheduler,
                 state,
                 self.cfg.save_total_limit,
+                self.tokenizer,
             )
         self.acc.wait_for_everyone()
 
@@ -239,9 +277,6 @@ class Trainer:
             self.start_step * accum,
             cfg.shuffle,
         )
-        window: list[dict[str, torch.Tensor]] = []
-        last: dict[str, float] = {}
-        last_eval: dict[str, float] = {}
         bar = tqdm(
             total=cfg.max_steps,
             initial=self.start_step,
@@ -250,28 +285,8 @@ class Trainer:
         )
         t0 = time.perf_counter()
         self.policy.train()
-        for step in range(self.start_step + 1, cfg.max_steps + 1):
-            for _ in range(accum):
-                micro, indices = next(batches)
-                window.append(self._micro_step(step, micro, indices))
-            self.scheduler.step()
-            bar.update(1)
-            for callback in self.callbacks:
-                callback(step, time.perf_counter() - t0)
-            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-                last = reduce_metrics(concat_values(window))
-                epoch = (micro + 1) * cfg.batch_size * world / len(self.data.train)
-                last.update(learning_rate=self.scheduler.get_last_lr()[0], epoch=epoch)
-                if self.guard.skipped:  # on_nonfinite=skip: how many updates were dropped
-                    last["nonfinite_skipped_steps"] = self.guard.skipped
-                self.tracker.log(step, last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
-                window = []
-            if self.eval_segments and is_eval_step(step, cfg.max_steps, self.eval_segments):
-                last_eval = self.evaluate(step)
-                self.tracker.log(step, last_eval)
-            if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < cfg.max_steps:
-                self.save(step)
+        with self.stops.installed():
+            last, last_eval = self._loop(batches, bar, t0)
         bar.close()
         if self.reference.cache is not None:  # here, not in finish(): subclasses replace that
             self.reference.cache.flush()
@@ -284,13 +299,58 @@ class Trainer:
         }
         return self.finish(summary)
 
+    def _check_stop(self, step: int) -> None:
+        """On SIGINT/SIGTERM: checkpoint this step and stop (:mod:`gpo.train.interrupt`)."""
+        if self.stops.requested(self.acc.device):
+            self.save(step)
+            self.tracker.close()
+            raise Interrupted(step, self.stops.signum or signal.SIGTERM, self.run_dir)
+
+    def _loop(self, batches: Any, bar: Any, t0: float) -> tuple[dict[str, float], dict[str, float]]:
+        cfg, world, accum = self.cfg, self.acc.num_processes, self.cfg.gradient_accumulation_steps
+        window: list[dict[str, torch.Tensor]] = []
+        last: dict[str, float] = {}
+        last_eval: dict[str, float] = {}
+        for step in range(self.start_step + 1, cfg.max_steps + 1):
+            for _ in range(accum):
+                micro, indices = next(batches)
+                window.append(self._micro_step(step, micro, indices))
+                self._tokens += sum(pair_tokens(self.data.train[i]) for i in indices)
+            self.scheduler.step()
+            bar.update(1)
+            for callback in self.callbacks:
+                callback(step, time.perf_counter() - t0)
+            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
+                last = reduce_metrics(concat_values(window))
+                epoch = (micro + 1) * cfg.batch_size * world / len(self.data.train)
+                last.update(learning_rate=self.scheduler.get_last_lr()[0], epoch=epoch)
+                last["tokens"], self._tokens = self._tokens, 0
+                if self._grad_norms:  # pre-clipping, averaged over the logged steps
+                    last["grad_norm"] = torch.stack(self._grad_norms).mean().item()
+                    self._grad_norms = []
+                if self.guard.skipped:  # on_nonfinite=skip: how many updates were dropped
+                    last["nonfinite_skipped_steps"] = self.guard.skipped
+                self.tracker.log(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
+                window = []
+            self._check_stop(step)
+            if self.eval_segments and is_eval_step(step, cfg.max_steps, self.eval_segments):
+                last_eval = self.evaluate(step)
+                self.tracker.log(step, last_eval)
+                if self.main:
+                    bar.write(eval_line(step, last_eval))
+                self._check_stop(step)
+            if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < cfg.max_steps:
+                self.save(step)
+        return last, last_eval
+
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Gold win rate (gold data), final model, summary and plots; main process only."""
         cfg = self.cfg
         if self.main and is_gold(cfg) and cfg.gold_eval_prompts > 0:
             gold = self._win_rate_eval(resolve_judge("gold"), cfg.gold_eval_prompts, None)
             samples = self.run_dir / SAMPLES_DIR / "final-gold.jsonl"
-            wr = gold.evaluate(self.model, self.tokenizer, cfg.seed, samples)
+            wr = gold.evaluate(self.model, self.tokenizer, cfg.seed, samples, cfg.progress)
             summary.update(gold_win_rate=wr["win_rate"], gold_win_rate_se=wr["win_rate_se"])
             print(
                 f"gold win rate vs reference: {wr['win_rate']:.3f} +- {wr['win_rate_se']:.3f} "
@@ -320,7 +380,17 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run training as configured; returns the summary also written to ``summary.json``."""
+    """Run training as configured; returns the summary also written to ``summary.json``.
+
+    Resuming a run that already finished its ``max_steps`` does nothing and returns its summary.
+    """
+    done = Path(cfg.out or "") / "summary.json"
+    if cfg.resume and cfg.out is not None and done.is_file():
+        check_resume(Path(cfg.out), cfg)  # a changed optimisation is refused here too
+        summary = json.loads(done.read_text())
+        if summary.get("steps", 0) >= cfg.max_steps:
+            print(f"gpo: {cfg.out} already finished {summary['steps']} steps: nothing to resume")
+            return summary
     return Trainer(cfg).run()
 
 

@@ -64,6 +64,11 @@ def report(
     judge_spec = judge or runs[0].config.get("judge", "gold")
     sbs = side_by_side(runs, sbs_beta, judge_spec) if sbs_beta is not None else None
     written = draw_figures(runs, rows, per_beta, sbs, out_dir)
+    if not any(r.series("eval/win_rate") for r in runs):
+        print(
+            "report: no run evaluated a win rate (judge_prompts 0), so the win-rate figures "
+            "(Figs. 6, 9, 11, 12 and Fig. 7's win-rate panel) are left out"
+        )
 
     sweep_json = sweep_dir / "sweep.json"
     nonpositive = sum(1 for r in runs for k in r.series("eval/kl") if k <= 0)

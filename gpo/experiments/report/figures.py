@@ -150,8 +150,15 @@ def _dedupe_legend(ax: Any) -> None:
 
 
 def _by_beta_figures(
-    plt: Any, rows: list[dict[str, Any]], losses: list[str], out: Path, written: list[Path]
+    plt: Any,
+    rows: list[dict[str, Any]],
+    losses: list[str],
+    out: Path,
+    written: list[Path],
+    wins: bool,
 ) -> None:
+    """Fig. 7 (peak win rate and median KL vs beta; the KL panel alone without win rates) and,
+    with win rates, Fig. 11 (final win rate vs beta)."""
     colors = dict(zip(losses, _colors(plt, len(losses)), strict=True))
 
     def per_loss(loss: str, value: Callable) -> tuple[list[float], list[float]]:
@@ -163,18 +170,21 @@ def _by_beta_figures(
         betas = sorted(agg)
         return betas, [float(np.mean(agg[b])) for b in betas]
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2 if wins else 1, figsize=(10 if wins else 5, 4), squeeze=False)
+    a, b = (axes[0, 0], axes[0, 1]) if wins else (None, axes[0, 0])
     for loss in losses:
-        a.plot(
-            *per_loss(loss, lambda r: r["peak_win_rate_p90"]), "o-", color=colors[loss], label=loss
-        )
         b.plot(*per_loss(loss, lambda r: r["median_kl"]), "o-", color=colors[loss], label=loss)
-    a.set(
-        xscale="log",
-        xlabel="beta (log scale)",
-        ylabel="90th-percentile win rate over checkpoints",
-        title="peak win rate vs beta",
-    )
+        if a is not None:
+            peak = per_loss(loss, lambda r: r["peak_win_rate_p90"])
+            a.plot(*peak, "o-", color=colors[loss], label=loss)
+    if a is not None:
+        a.set(
+            xscale="log",
+            xlabel="beta (log scale)",
+            ylabel="90th-percentile win rate over checkpoints",
+            title="peak win rate vs beta",
+        )
+        a.legend(fontsize=7)
     b.set_yscale("symlog", linthresh=0.1)  # a Monte Carlo KL can be <= 0 near pi_sft
     b.set(
         xscale="log",
@@ -182,9 +192,10 @@ def _by_beta_figures(
         ylabel="median KL over checkpoints (nats)",
         title="median KL vs beta",
     )
-    a.legend(fontsize=7)
     b.legend(fontsize=7)
     written.append(_save(plt, fig, out / "fig7_peak_win_rate_median_kl.png"))
+    if not wins:
+        return
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for loss in losses:
@@ -308,7 +319,8 @@ def draw_figures(
     betas = sorted({r.key[1] for r in runs})
     written: list[Path] = []
     _kl_mu_figures(plt, runs, losses, betas, out, written)
-    if any(r.series("eval/win_rate") for r in runs):
+    wins = any(r.series("eval/win_rate") for r in runs)
+    if wins:
         by_loss = WinKLFigure(
             "fig6_win_rate_vs_kl.png",
             losses,
@@ -328,7 +340,7 @@ def draw_figures(
             lambda p: f"beta={p:g}",
         )
         written += [_win_kl_figure(plt, runs, spec, out) for spec in (by_loss, by_beta)]
-    _by_beta_figures(plt, rows, losses, out, written)
+    _by_beta_figures(plt, rows, losses, out, written, wins)
     if sbs:
         _side_by_side_figure(plt, sbs, out, written)
     _spearman_figure(plt, rows, per_beta, losses, out, written)
