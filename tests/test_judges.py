@@ -207,8 +207,11 @@ def test_http_judge_reply_without_answer(tiny_model_dir):
 class _Canned:
     """A stdlib server answering every POST with a fixed status and body (for failure modes)."""
 
-    def __init__(self, status: int, body: str, echo_auth: bool = False) -> None:
+    def __init__(
+        self, status: int, body: str, echo_auth: bool = False, headers: dict | None = None
+    ) -> None:
         self.requests = 0
+        self.auth: list[str | None] = []  # the Authorization header of each request
         canned = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -217,12 +220,17 @@ class _Canned:
 
             def do_POST(self):
                 canned.requests += 1
-                self.rfile.read(int(self.headers["Content-Length"]))
+                canned.auth.append(self.headers.get("Authorization"))
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 text = body + (self.headers.get("Authorization", "") if echo_auth else "")
                 self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Length", str(len(text.encode())))
                 self.end_headers()
                 self.wfile.write(text.encode())
+
+            do_GET = do_POST  # a followed 302/303 arrives as a GET
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -278,3 +286,34 @@ def test_judge_serve_cli_parser():
 
     args = build_parser().parse_args(["judge-serve", "--model", "m", "--port", "0"])
     assert (args.model, args.port, args.mode) == ("m", 0, "choice")
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_http_judge_refuses_redirects_and_never_resends_the_key(monkeypatch, status):
+    """A redirect would carry the Authorization header to another host (or to plain http) and
+    count that host's reply as a verdict: it is refused, and the other host sees nothing."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    verdict = json.dumps({"choices": [{"message": {"content": "A"}}]})
+    with _Canned(200, verdict) as elsewhere:
+        target = elsewhere.url + "/chat/completions"
+        with _Canned(status, "", headers={"Location": target}) as server:
+            judge = HTTPJudge(base_url=server.url, model="m", api_key_env=KEY_ENV, retries=0)
+            with pytest.raises(JudgeError) as info:
+                judge.ask("Which is better, A or B?")
+    assert elsewhere.requests == 0
+    message = str(info.value)
+    assert f"answered HTTP {status}, a redirect to {target}" in message
+    assert "redirects are not followed" in message and SECRET not in message
+
+
+def test_http_judge_errors_mask_credentials_in_the_url():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://bob:hunter2@127.0.0.1:{port}/v1?api_key=sk-in-url"
+    judge = HTTPJudge(base_url=url, model="m", retries=0)
+    with pytest.raises(JudgeError) as info:
+        judge.ask("A or B?")
+    message = str(info.value)
+    assert f"http://***@127.0.0.1:{port}/v1?api_key=***" in message
+    assert "hunter2" not in message and "sk-in-url" not in message

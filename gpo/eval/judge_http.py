@@ -21,12 +21,24 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gpo.eval.judges import Prompt, average_orders, both_orders, parse_choice
+from gpo.io import redact_urls
 
 DEFAULT_KEY_ENV = "GPO_JUDGE_API_KEY"
 
 
 class JudgeError(RuntimeError):
     """The judge endpoint could not be used; the one-line message says why."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would resend the Authorization header to wherever it
+    points (another host, or plain http), and count that host's reply as a verdict."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def _one_line(text: str, limit: int = 160) -> str:
@@ -76,7 +88,7 @@ class HTTPJudge:
 
     def _fail(self, message: str) -> JudgeError:
         key = self._key()
-        message = _one_line(message, 400)
+        message = redact_urls(_one_line(message, 400))  # no user:password@ of the URL either
         return JudgeError(message.replace(key, "***") if key else message)
 
     def _request(self, question: str) -> bytes:
@@ -96,10 +108,12 @@ class HTTPJudge:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with _OPENER.open(request, timeout=self.timeout) as response:
                     return response.read()
             except urllib.error.HTTPError as e:
                 detail = _one_line(e.read().decode(errors="replace"))
+                if 300 <= e.code < 400:
+                    raise self._redirect_error(e.code, e.headers.get("Location")) from None
                 if (e.code == 429 or e.code >= 500) and not last:
                     time.sleep(self.backoff * 2**attempt)
                     continue
@@ -114,6 +128,13 @@ class HTTPJudge:
                     f"(after {attempt + 1} attempts; is the server running?)"
                 ) from None
         raise AssertionError("unreachable")
+
+    def _redirect_error(self, code: int, location: str | None) -> JudgeError:
+        return self._fail(
+            f"judge endpoint {self.url} answered HTTP {code}, a redirect to "
+            f"{location or 'nowhere'}: redirects are not followed (they would carry the API key "
+            "to another address); set base_url to the endpoint itself"
+        )
 
     def _http_error(self, code: int, detail: str, attempts: int) -> JudgeError:
         if code in (401, 403):
