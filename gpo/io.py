@@ -8,11 +8,39 @@ import gzip
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+#: URL query parameters whose values are treated as secrets (e.g. ``?api_key=...``).
+_SECRET_PARAM = re.compile(r"(?i)(key|token|secret|pass|auth|sig|credential)")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s,'\"]+")
+REDACTED = "***"
+
+
+def _redact_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:  # user:password@host
+        authority = REDACTED + "@" + authority.rpartition("@")[2]
+    path, q, query = tail.partition("?")
+    if q:
+        parts = []
+        for item in query.split("&"):
+            name, eq, value = item.partition("=")
+            hide = eq and value and _SECRET_PARAM.search(name)
+            parts.append(f"{name}={REDACTED}" if hide else item)
+        query = "&".join(parts)
+    return f"{scheme}://{authority}{slash}{path}{q}{query}"
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the credentials of every URL in it masked: ``user:password@`` and the
+    values of secret-looking query parameters become ``***``; everything else is kept."""
+    return _URL.sub(lambda m: _redact_url(m.group(0)), text)
 
 
 def new_run_dir(out: str | os.PathLike[str] | None, kind: str) -> Path:
@@ -37,6 +65,18 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)  # "inf"/"nan": keep the file strict JSON
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
         return _jsonable(obj.item())
+    return obj
+
+
+def redacted(obj: Any) -> Any:
+    """``obj`` as JSON-ready values with :func:`redact_urls` applied to every string."""
+    obj = _jsonable(obj)
+    if isinstance(obj, str):
+        return redact_urls(obj)
+    if isinstance(obj, dict):
+        return {k: redacted(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redacted(v) for v in obj]
     return obj
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gpo.io import read_yaml_mapping
+from gpo.io import REDACTED, read_yaml_mapping, redact_urls
 from gpo.train.schedule import parse_schedule
 
 #: The default learning rate per fine-tuning mode: LoRA's adapters start at zero and need a large
@@ -83,6 +83,7 @@ class TrainConfig:
     save_steps: int = 100  # checkpoint every N optimizer steps; 0: never
     save_total_limit: int = 2  # newest checkpoints kept (older ones deleted); 0: all
     resume: bool = False  # continue from the newest complete checkpoint in `out`
+    overwrite: bool = False  # delete an earlier run's files in `out` and start again
     save_final: bool = True  # write final/ (the trained model or adapter)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # or wandb, none
     progress: bool = True  # a progress bar
@@ -110,6 +111,8 @@ class TrainConfig:
                 raise ValueError(f"config: {name} = {getattr(self, name)!r} is out of range")
         if self.eval_schedule is not None:
             parse_schedule(self.eval_schedule)  # a malformed schedule fails here, not mid-run
+        if self.resume and self.overwrite:
+            raise ValueError("config: resume and overwrite contradict each other: pass one")
         unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
         if unknown:
             raise ValueError(f"config: report_to has unknown entries {sorted(unknown)}")
@@ -153,6 +156,31 @@ def suggest_field(key: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def saved_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as written to ``config.json``, checkpoints and trackers: credentials in URLs
+    (a judge's ``base_url=https://user:key@host``) are masked, never stored."""
+    out: dict[str, Any] = {}
+    for name, value in dataclasses.asdict(cfg).items():
+        if isinstance(value, str):
+            value = redact_urls(value)
+        elif isinstance(value, list):
+            value = [redact_urls(v) if isinstance(v, str) else v for v in value]
+        out[name] = value
+    return out
+
+
+def _from_saved_run(saved: Path, names: set[str], given: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config, minus what ``given`` sets; a masked value must be given again."""
+    run = {k: v for k, v in json.loads(saved.read_text()).items() if k in names}
+    for key, value in run.items():
+        if key not in given and isinstance(value, str) and REDACTED in value:
+            raise ValueError(
+                f"{saved}: {key} held credentials, which are not saved ({value}); pass "
+                f"--{key.replace('_', '-')} again (or keep keys in an environment variable)"
+            )
+    return run
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults, then the YAML file, then CLI overrides; unknown keys are errors.
 
@@ -167,6 +195,5 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConf
     values.update(overrides)
     saved = Path(str(values.get("out"))) / "config.json"
     if values.get("resume") and values.get("out") is not None and saved.is_file():
-        run = json.loads(saved.read_text())
-        values = {**{k: v for k, v in run.items() if k in names}, **values}
+        values = {**_from_saved_run(saved, names, values), **values}
     return TrainConfig(**values)

@@ -3,8 +3,8 @@ Accelerator, the data order, and the resume check. The loop itself is :mod:`gpo.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,12 @@ import torch
 from gpo.data.prepare import PreparedData, prepare_data
 from gpo.data.sources import BUILTIN_NAMES
 from gpo.data.tokenize import Limits, TokenizedPair
+from gpo.io import redact_urls
 from gpo.models.embedded import cache_root
 from gpo.models.loading import add_lora, disable_dropout, frozen_copy, load_model_and_tokenizer
 from gpo.models.reference import Reference
-from gpo.train.config import TrainConfig
+from gpo.train.config import TrainConfig, saved_config
+from gpo.train.guards import writable_run_dir
 
 #: Config keys that may differ when resuming (they do not change the optimisation).
 RESUMABLE_CHANGES = {
@@ -36,7 +38,23 @@ RESUMABLE_CHANGES = {
     "on_nonfinite",
     "reuse_host_memory",
     "num_epochs",
+    "overwrite",
 }
+
+#: What ``gpo train`` writes into a run folder: any of them there means it already holds a run.
+RUN_OUTPUTS = (
+    "config.json",
+    "metrics.jsonl",
+    "summary.json",
+    "checkpoints",
+    "final",
+    ".tmp-final",
+    "samples",
+    "tensorboard",
+    "wandb",
+    "training.png",
+    "kl_vs_mu_sq.png",
+)
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -82,11 +100,66 @@ def gather_uneven(accelerator: Any, t: torch.Tensor) -> torch.Tensor:
 
 def check_resume(run_dir: Path, cfg: TrainConfig) -> None:
     saved = json.loads((run_dir / "config.json").read_text())
-    now = dataclasses.asdict(cfg)
+    now = saved_config(cfg)  # compared as saved: secrets in URLs are redacted in both
     differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if differ:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differ)
         raise ValueError(f"refusing to resume {run_dir}: config differs ({detail})")
+    old = saved.get("max_steps")
+    if old != cfg.max_steps and (cfg.lr_scheduler != "constant" or cfg.warmup_ratio > 0):
+        print(
+            f"gpo: max_steps changed from {old} to {cfg.max_steps} on resume: the "
+            f"{cfg.lr_scheduler} learning-rate schedule (and its warm-up) now spans "
+            f"{cfg.max_steps} steps, continued from the checkpoint's step"
+        )
+
+
+def previous_run(out: Path) -> list[str]:
+    """The run outputs (:data:`RUN_OUTPUTS`) already in folder ``out``."""
+    return [name for name in RUN_OUTPUTS if (out / name).exists()]
+
+
+def refuse_or_clear_old_run(cfg: TrainConfig) -> None:
+    """A fresh run never writes over another run's files: those would mix with its own (old
+    checkpoints rotate out the new ones, a later --resume loads another config's weights).
+    ``overwrite`` deletes them first; other files in the folder are left alone."""
+    if cfg.out is None or cfg.resume:
+        return
+    out = Path(cfg.out)
+    found = previous_run(out)
+    if not found:
+        return
+    if not cfg.overwrite:
+        raise ValueError(
+            f"run folder {out} already holds a run ({', '.join(found)}): continue it with "
+            "--resume, pass --overwrite to delete it and start again, or choose another --out"
+        )
+    for name in found:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    print(f"gpo: --overwrite: deleted the previous run's {', '.join(found)} in {out}")
+
+
+def open_run_dir(cfg: TrainConfig, main: bool) -> tuple[Path | None, bool]:
+    """The run folder, on the main process (None elsewhere), made writable and checked against
+    an earlier run there; and whether this run created it. ``config.json`` comes later, once
+    setup succeeds."""
+    if cfg.resume and cfg.out is None:
+        raise ValueError("--resume needs --out: the run folder to continue")
+    resumable = cfg.resume and (Path(cfg.out or "") / "config.json").exists()
+    if cfg.resume and not resumable:  # e.g. a requeued job that died while starting
+        cfg.resume = False
+        if main:
+            print(f"gpo: nothing to resume in {cfg.out}: starting the run from scratch")
+    if not main:
+        return None, False
+    refuse_or_clear_old_run(cfg)
+    created = cfg.out is None or not Path(cfg.out).exists()
+    run_dir = writable_run_dir(cfg.out, "train")
+    if cfg.resume:
+        check_resume(run_dir, cfg)
+    print(startup_summary(cfg, run_dir))
+    return run_dir, created
 
 
 def build_model(cfg: TrainConfig) -> tuple[Any, Any, Reference]:
@@ -156,7 +229,7 @@ def startup_summary(cfg: TrainConfig, run_dir: Path) -> str:
     if cfg.kl_prompts and cfg.kl_samples:
         evals += f", KL on {cfg.kl_prompts} prompts x {cfg.kl_samples} samples"
     if cfg.judge_prompts:
-        evals += f", {cfg.judge} win rate on {cfg.judge_prompts} prompts"
+        evals += f", {redact_urls(cfg.judge)} win rate on {cfg.judge_prompts} prompts"
     if is_gold(cfg) and cfg.gold_eval_prompts:
         evals += f"; final gold win rate on {cfg.gold_eval_prompts} prompts"
     lines = [

@@ -13,7 +13,6 @@ its checkpoint stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import signal
@@ -36,13 +35,12 @@ from gpo.io import write_json
 from gpo.losses.objectives import resolve_objective
 from gpo.models.logps import PolicyLogps, SequenceLogps
 from gpo.train.checkpoint import latest_usable_checkpoint, save_checkpoint
-from gpo.train.config import TrainConfig
+from gpo.train.config import TrainConfig, saved_config
 from gpo.train.guards import (
     NonFiniteGuard,
     TrainingError,
     check_free_space,
     checkpoint_bytes,
-    writable_run_dir,
 )
 from gpo.train.host_memory import reuse_freed_memory
 from gpo.train.interrupt import Interrupted, StopRequests
@@ -57,9 +55,9 @@ from gpo.train.setup import (
     is_gold,
     make_optimizer,
     micro_batches,
+    open_run_dir,
     pair_tokens,
     prepare,
-    startup_summary,
 )
 from gpo.train.tracking import Tracker, eval_line
 
@@ -104,7 +102,7 @@ class Trainer:
             global_batch = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
             cfg.max_steps = max(1, math.ceil(cfg.num_epochs * len(self.data.train) / global_batch))
         if self.main:  # the run can start: record exactly what it runs
-            write_json(self.run_dir / "config.json", cfg)
+            write_json(self.run_dir / "config.json", saved_config(cfg))
         self.params = [p for p in model.parameters() if p.requires_grad]
         if self.main:  # a too-full disk fails now, not at the first checkpoint
             ckpt = checkpoint_bytes(model, self.params, cfg.finetune == "lora")
@@ -127,7 +125,7 @@ class Trainer:
         self.tracker = Tracker(
             self.run_dir,
             cfg.report_to,
-            dataclasses.asdict(cfg),
+            saved_config(cfg),
             enabled=self.main,
             truncate_after=self.start_step,
         )
@@ -153,23 +151,8 @@ class Trainer:
         return WinRateEval(judge, prompts, ids, theirs, cfg.max_new_tokens)
 
     def _run_dir(self) -> tuple[Path, bool]:
-        """The run folder (made writable now; ``config.json`` is written once setup succeeds)
-        and whether this run created it."""
-        cfg = self.cfg
-        if cfg.resume and cfg.out is None:
-            raise ValueError("--resume needs --out: the run folder to continue")
-        resumable = cfg.resume and (Path(cfg.out or "") / "config.json").exists()
-        if cfg.resume and not resumable:  # e.g. a requeued job that died while starting
-            cfg.resume = False
-            if self.main:
-                print(f"gpo: nothing to resume in {cfg.out}: starting the run from scratch")
-        run_dir, created = None, False
-        if self.main:
-            created = cfg.out is None or not Path(cfg.out).exists()
-            run_dir = writable_run_dir(cfg.out, "train")
-            if cfg.resume:
-                check_resume(run_dir, cfg)
-            print(startup_summary(cfg, run_dir))
+        """The run folder (:func:`gpo.train.setup.open_run_dir`), shared with every process."""
+        run_dir, created = open_run_dir(self.cfg, self.main)
         shared = self.acc.gather_for_metrics([str(run_dir)], use_gather_object=True)[0]
         return Path(shared), created
 
@@ -253,7 +236,7 @@ class Trainer:
         if self.reference.cache is not None:
             self.reference.cache.flush()
         if self.main:
-            state = {"config": dataclasses.asdict(self.cfg)}
+            state = {"config": saved_config(self.cfg)}
             save_checkpoint(
                 self.run_dir,
                 step,
