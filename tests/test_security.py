@@ -170,3 +170,124 @@ def test_judge_api_key_never_reaches_the_run_folder_or_logs(
     assert any(p.name == "config.json" for p in files) and len(files) > 5
     for path in files:
         assert secret.encode() not in path.read_bytes(), path
+
+
+class _Listener:
+    """A local HTTP server that records every request (method, Authorization) it receives."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen = self.seen = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                seen.append(self.headers.get("Authorization"))
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _sweep_folder(root: Path, judge: str) -> None:
+    """Two runs (two losses at one beta) with final samples, as a downloaded sweep would be."""
+    import json
+
+    for loss in ("logistic", "hinge"):
+        d = root / "runs" / f"loss={loss}"
+        (d / "samples").mkdir(parents=True)
+        config = {"loss": loss, "beta": 0.1, "seed": 0, "judge": judge}
+        (d / "config.json").write_text(json.dumps(config))
+        rows = [
+            {"step": s, "loss": 1.0 / s, "eval/loss": 1.0, "eval/kl": 0.1 * s, "eval/kl_se": 0.01,
+             "eval/mu_sq_loss": 0.05 * s, "eval/rewards/accuracies": 0.5,
+             "eval/rewards/margins": 0.0, "eval/win_rate": 0.5, "eval/win_rate_se": 0.1}
+            for s in (1, 2, 3)
+        ]  # fmt: skip
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        sample = {"prompt": "tell me", "policy": f"{loss} says", "opponent": "x"}
+        (d / "samples" / "step-000003.jsonl").write_text(json.dumps(sample) + "\n")
+
+
+def test_report_never_builds_an_http_judge_from_a_run_folder(tmp_path, monkeypatch, capsys):
+    """A shared sweep folder's config.json names a URL and an unrelated secret variable: the
+    report refuses (one line, exit 2) and sends nothing anywhere; --judge works."""
+    monkeypatch.setenv("UNRELATED_SECRET", "s3cr3t-value")
+    listener = _Listener()
+    try:
+        _sweep_folder(
+            tmp_path, f"http:base_url={listener.url},model=m,api_key_env=UNRELATED_SECRET"
+        )
+        assert main(["report", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("gpo: error: the runs were judged by 'http:base_url=http://127.0.0.1")
+        assert err.endswith(
+            "gpo report does not build that judge from a run folder's config.json (it could "
+            "send your API key anywhere): pass --judge SPEC on the command line\n"
+        )
+        assert listener.seen == []  # no request, so no key sent
+        assert main(["report", str(tmp_path), "--judge", "gold"]) == 0
+    finally:
+        listener.close()
+
+
+def test_url_credentials_are_masked_in_config_commands_and_report(tmp_path, capsys):
+    """A judge base_url with user:password@ and ?api_key= is masked (***) in config.json,
+    commands.sh, sweep.json, the printed commands and the report's summary."""
+    import json
+
+    from gpo.experiments.sweep import SweepConfig, run_sweep
+    from gpo.io import redacted
+    from gpo.train.config import saved_config
+
+    spec = "http:base_url=https://bob:hunter2@judge.example/v1?api_key=sk-9f8e,model=m"
+    masked = "http:base_url=https://***@judge.example/v1?api_key=***,model=m"
+    assert saved_config(TrainConfig(judge=spec))["judge"] == masked
+    cfg = SweepConfig(base={"judge": spec, "judge_prompts": 2}, grid={"beta": [0.1]})
+    assert run_sweep(cfg, tmp_path / "sweep", print_commands=True) == 0
+    printed = capsys.readouterr().out
+    written = (tmp_path / "sweep" / "commands.sh").read_text()
+    assert masked in printed and masked in written
+    assert redacted({"sweep": cfg})["sweep"]["base"]["judge"] == masked
+    _sweep_folder(tmp_path / "report", spec)
+    summary = json.dumps(gpo_report(tmp_path / "report", spec))
+    for text in (printed, written, summary):
+        assert "hunter2" not in text and "sk-9f8e" not in text
+
+
+def gpo_report(sweep: Path, judge: str) -> dict[str, Any]:
+    """The report with the side-by-side judge given explicitly (gold under a URL-bearing name
+    would fail to connect, so the side-by-side is skipped by judging no samples)."""
+    from gpo.experiments.report import report
+
+    for samples in sweep.rglob("samples"):
+        for f in samples.iterdir():
+            f.unlink()
+    return report(sweep, judge=judge)
+
+
+def test_resume_asks_again_for_a_masked_judge(tmp_path, capsys):
+    """config.json keeps no credentials, so a resume must be given the judge again."""
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    spec = "http:base_url=https://bob:hunter2@judge.example/v1,model=m"
+    from gpo.train.config import saved_config
+
+    (run / "config.json").write_text(json.dumps(saved_config(TrainConfig(judge=spec))))
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run}/config.json: judge held credentials, which are not saved" in err
+    assert "pass --judge again" in err and "hunter2" not in err

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gpo.experiments.sft import SftConfig
-from gpo.io import print_config, read_yaml_mapping, write_json
+from gpo.io import print_config, read_yaml_mapping, redact_urls, redacted, write_json
 from gpo.train.config import TrainConfig, suggest_field
 
 RUNS_DIR = "runs"
@@ -245,12 +245,15 @@ def run_sweep(
 
         train_tiny_sft(cfg.sft, sweep_dir / SFT_DIR, progress=not print_commands)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    lines = [shlex.join(command(r)) for r in runs]
+    # Credentials in a URL (a judge's base_url) are masked in what is written and printed.
+    lines = [redact_urls(shlex.join(command(r))) for r in runs]
     (sweep_dir / "commands.sh").write_text("".join(line + "\n" for line in lines))
     if print_commands:
         print("\n".join(lines))
         return 0
-    resolved = {"sweep": cfg, "sweep_dir": str(sweep_dir), "jobs": jobs, "runs": len(runs)}
+    resolved = redacted(
+        {"sweep": cfg, "sweep_dir": str(sweep_dir), "jobs": jobs, "runs": len(runs)}
+    )
     print_config(resolved, "resolved sweep config")
     write_json(sweep_dir / "sweep.json", resolved)
     t0 = time.perf_counter()

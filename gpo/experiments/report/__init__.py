@@ -36,12 +36,13 @@ from gpo.experiments.report.collect import (
     default_beta,
     load_runs,
     run_rows,
+    runs_judge,
     side_by_side,
     spearman_per_beta,
 )
 from gpo.experiments.report.figures import draw_figures
 from gpo.experiments.report.markdown import markdown
-from gpo.io import write_json
+from gpo.io import redact_urls, write_json
 
 
 def report(
@@ -61,7 +62,7 @@ def report(
     sbs_beta = beta if beta is not None else default_beta(rows)
     if sbs_beta is not None and sbs_beta not in betas:
         raise ValueError(f"--beta {sbs_beta:g} is not in the sweep (betas: {betas})")
-    judge_spec = judge or runs[0].config.get("judge", "gold")
+    judge_spec = judge or runs_judge(runs)
     sbs = side_by_side(runs, sbs_beta, judge_spec) if sbs_beta is not None else None
     written = draw_figures(runs, rows, per_beta, sbs, out_dir)
     if not any(r.series("eval/win_rate") for r in runs):
@@ -77,7 +78,7 @@ def report(
         "report": {
             "sweep_dir": str(sweep_dir),
             "side_by_side_beta": sbs_beta,
-            "judge": judge_spec,
+            "judge": redact_urls(judge_spec),
             "nonpositive_kl_checkpoints": nonpositive,
         },
         "runs": rows,

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from gpo.eval.judges import resolve_judge
+from gpo.eval.judges import parse_judge_spec, resolve_judge
 from gpo.eval.win_rate import final_samples, win_rate
 from gpo.experiments.sweep import RUNS_DIR
+from gpo.io import redact_urls
 from gpo.train.tracking import read_metrics
 
 
@@ -120,6 +121,32 @@ def spearman_per_beta(runs: list[RunData]) -> dict[str, Any]:
     }
 
 
+def runs_judge(runs: list[RunData]) -> str:
+    """The side-by-side judge when ``--judge`` is not given: the runs' own judge only if it is
+    ``gold`` (pure computation). A run folder may come from anyone, and its config.json could
+    name an http judge that sends the API key to any URL, or a local model to load: those are
+    never built from a run folder; the report asks for ``--judge`` instead."""
+    spec = str(runs[0].config.get("judge", "gold"))
+    name, _ = parse_judge_spec(spec)
+    if name == "gold":
+        return spec
+    return _UNTRUSTED + spec
+
+
+#: Marks a judge spec read from a run folder: refused by :func:`side_by_side` if it is needed.
+_UNTRUSTED = "untrusted:"
+
+
+def _judge_for_report(spec: str) -> Any:
+    if spec.startswith(_UNTRUSTED):
+        raise ValueError(
+            f"the runs were judged by {redact_urls(spec.removeprefix(_UNTRUSTED))!r}; gpo report "
+            "does not build that judge from a run folder's config.json (it could send your API "
+            "key anywhere): pass --judge SPEC on the command line"
+        )
+    return resolve_judge(spec)
+
+
 def side_by_side(runs: list[RunData], beta: float, judge_spec: str) -> dict[str, Any] | None:
     """Judge the final samples of each loss's run at ``beta`` against each other's."""
     chosen: dict[str, list[dict[str, Any]]] = {}
@@ -130,7 +157,7 @@ def side_by_side(runs: list[RunData], beta: float, judge_spec: str) -> dict[str,
     losses = list(chosen)
     if len(losses) < 2:
         return None
-    judge = resolve_judge(judge_spec)
+    judge = _judge_for_report(judge_spec)
     n = len(losses)
     rate = [[0.5] * n for _ in range(n)]
     se = [[0.0] * n for _ in range(n)]
@@ -144,7 +171,8 @@ def side_by_side(runs: list[RunData], beta: float, judge_spec: str) -> dict[str,
                 raise ValueError(f"side by side: {a} and {b} were sampled on different prompts")
             mine, theirs = [s["policy"] for s in sa], [s["policy"] for s in sb]
             rate[i][j], se[i][j] = win_rate(judge, prompts, mine, theirs)
-    return {"beta": beta, "judge": judge_spec, "losses": losses, "win_rate": rate, "se": se}
+    spec = redact_urls(judge_spec)
+    return {"beta": beta, "judge": spec, "losses": losses, "win_rate": rate, "se": se}
 
 
 def default_beta(rows: list[dict[str, Any]]) -> float | None:
