@@ -1,7 +1,9 @@
 """Batched sampling of completions from any Hugging Face causal LM, at token level.
 
 Prompts go in as token ids (e.g. from :func:`encode_chat_prompts`), are left-padded into
-batches and passed to ``model.generate``. Each completion is cut after its first EOS (kept, so
+batches and decoded by :func:`gpo.models.decode.decode` (a static KV cache, one prompt pass for all
+samples of a prompt, finished rows dropped; self-checked per model against ``model.generate``,
+which is used instead where the check fails). Each completion is cut after its first EOS (kept, so
 that its log-probability includes ending the turn) or left as is when ``max_new_tokens`` ran
 out. Sampling is ancestral at the given temperature over the FULL vocabulary (``top_k=0``:
 transformers otherwise silently applies top-50), so ``temperature=1, top_p=1`` draws from the
@@ -10,6 +12,7 @@ model's own distribution. ``temperature=0`` means greedy decoding.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +22,12 @@ import torch
 from tqdm.auto import tqdm
 
 from gpo.data.collate import pad_rows
+from gpo.losses.numerics import warn_once
+from gpo.models.decode import decode
+
+#: Per-model verdict of :func:`fast_decode_ok`, kept on the model object (it belongs to that
+#: instance and dies with it), as ``gpo.models.logps`` does for its fast paths.
+_FAST_OK = "_gpo_fast_decode_ok"
 
 
 @dataclass
@@ -105,6 +114,77 @@ def _seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
+def _generate(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    num_samples: int,
+    gen_kwargs: dict[str, Any],
+    pad: int,
+    seed: int | None,
+) -> list[list[int]]:
+    """The same contract as :func:`gpo.models.decode.decode`, through ``model.generate``."""
+    device = next(model.parameters()).device
+    rows = [p for p in prompts for _ in range(num_samples)]
+    input_ids, mask = pad_rows(rows, pad, "left")
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    with _seeded(seed):
+        generated = model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
+    return generated[:, input_ids.shape[1] :].tolist()
+
+
+def fast_decode_ok(
+    model: Any, prompts: Sequence[Sequence[int]], eos: set[int], pad: int, holder: Any = None
+) -> bool:
+    """Whether gpo's decode loop gives ``generate``'s greedy tokens on this model (checked once
+    per model on two prompts, 4 tokens; the verdict is kept on the model object). A model whose
+    forward refuses the static cache falls back to ``generate`` with one notice."""
+    holder = model if holder is None else holder  # a merged copy's verdict is its source's
+    ok = getattr(holder, _FAST_OK, None)
+    if ok is None:
+        few = [list(p) for p in prompts[:2]]
+        greedy = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": pad}
+        greedy["eos_token_id"] = sorted(eos)
+        try:
+            with torch.inference_mode():
+                ours = decode(model, few, 1, 4, eos, pad, temperature=0)
+                theirs = _generate(model, few, 1, greedy, pad, None)
+            ok = ours == [cut_at_eos(ids, eos)[0] for ids in theirs]
+        except (TypeError, ValueError, RuntimeError, AttributeError, NotImplementedError):
+            ok = False
+        if not ok:
+            warn_once(
+                f"fast-decode:{type(model).__name__}",
+                f"gpo's decode loop does not apply to {type(model).__name__}: sampling with "
+                "model.generate instead (slower)",
+            )
+        setattr(holder, _FAST_OK, ok)
+    return bool(ok)
+
+
+def _adapters_active(model: Any) -> bool:
+    from gpo.models.loading import is_peft
+
+    if not is_peft(model):
+        return False
+    layers = [m for m in model.modules() if hasattr(m, "disable_adapters") and m is not model]
+    return any(not m.disable_adapters for m in layers)
+
+
+@contextmanager
+def _sampling_view(model: Any) -> Iterator[Any]:
+    """The network to decode with: for a PEFT model with active adapters, a merged copy
+    (``W + s B A`` computed afresh, so the trained model is untouched), which runs each layer as
+    one matmul instead of three; otherwise the model itself."""
+    if not _adapters_active(model):
+        yield model
+        return
+    merged = copy.deepcopy(model).merge_and_unload()
+    try:
+        yield merged
+    finally:
+        del merged
+
+
 def sample(
     model: Any,
     tokenizer: Any,
@@ -120,9 +200,11 @@ def sample(
 ) -> Samples:
     """Sample ``num_samples`` completions for each prompt (see the module docstring).
 
-    Deterministic for a given ``seed`` and ``batch_size`` (each batch is seeded from ``seed``;
-    sampled tokens depend on the batch composition, so a different ``batch_size`` gives
-    different, equally valid samples). The model's train/eval mode is restored afterwards.
+    A batch holds ``batch_size // num_samples`` prompts (at least one) with all their samples;
+    prompts are batched in order of length, so padding stays small. Deterministic for a given
+    ``seed`` and ``batch_size`` (each batch is seeded from ``seed``; sampled tokens depend on the
+    batch composition, so a different ``batch_size`` gives different, equally valid samples).
+    The model's train/eval mode is restored afterwards.
     """
     if num_samples < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError("num_samples, max_new_tokens and batch_size must be >= 1")
@@ -133,9 +215,9 @@ def sample(
 
     eos = eos_ids(model, tokenizer)
     pad = pad_id(model, tokenizer)
-    device = next(model.parameters()).device
-    jobs = [(i, j) for i in range(len(prompt_ids)) for j in range(num_samples)]
-    batches = [jobs[k : k + batch_size] for k in range(0, len(jobs), batch_size)]
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    per_batch = max(1, batch_size // num_samples)
+    batches = [order[k : k + per_batch] for k in range(0, len(order), per_batch)]
     # One seed per batch, so batch b's samples do not depend on how long earlier batches ran.
     batch_seeds: list[int | None] = [None] * len(batches)
     if seed is not None:
@@ -149,22 +231,36 @@ def sample(
     else:
         gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
 
-    out = Samples()
-    bar = tqdm(total=len(jobs), desc=desc, unit="seq", disable=not show_progress, leave=False)
-    with _eval_mode(model), torch.inference_mode():
+    completions: dict[tuple[int, int], list[int]] = {}
+    bar = tqdm(
+        total=len(prompt_ids) * num_samples,
+        desc=desc,
+        unit="seq",
+        disable=not show_progress,
+        leave=False,
+    )
+    with _eval_mode(model), torch.inference_mode(), _sampling_view(model) as net:
+        fast = fast_decode_ok(net, [prompt_ids[i] for i in order[:2]], eos, pad, model)
         for batch, bseed in zip(batches, batch_seeds, strict=True):
-            input_ids, mask = pad_rows([prompt_ids[i] for i, _ in batch], pad, "left")
-            input_ids, mask = input_ids.to(device), mask.to(device)
-            with _seeded(bseed):
-                generated = model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
-            new = generated[:, input_ids.shape[1] :].tolist()
-            for (i, j), ids in zip(batch, new, strict=True):
-                ids, finished = cut_at_eos(ids, eos)
-                out.prompt_index.append(i)
-                out.sample_index.append(j)
-                out.completion_ids.append(ids)
-                out.text.append(tokenizer.decode(ids, skip_special_tokens=True))
-                out.finished.append(finished)
-            bar.update(len(batch))
+            prompts = [prompt_ids[i] for i in batch]
+            if fast:
+                gen = torch.Generator(next(net.parameters()).device)
+                gen.manual_seed(bseed if bseed is not None else torch.seed())
+                args = (eos, pad, temperature, top_p, gen)
+                new = decode(net, prompts, num_samples, max_new_tokens, *args)
+            else:
+                new = _generate(net, prompts, num_samples, gen_kwargs, pad, bseed)
+            for k, ids in enumerate(new):
+                completions[batch[k // num_samples], k % num_samples] = ids
+            bar.update(len(new))
     bar.close()
+    out = Samples()
+    for i in range(len(prompt_ids)):
+        for j in range(num_samples):
+            ids, finished = cut_at_eos(completions[i, j], eos)
+            out.prompt_index.append(i)
+            out.sample_index.append(j)
+            out.completion_ids.append(ids)
+            out.text.append(tokenizer.decode(ids, skip_special_tokens=True))
+            out.finished.append(finished)
     return out

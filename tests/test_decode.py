@@ -1,0 +1,141 @@
+"""gpo's decode loop (gpo.models.decode) against model.generate and against the model's own
+next-token distribution."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from scipy import stats
+
+from gpo.models.decode import decode, pick_tokens
+from gpo.models.sampling import _generate, cut_at_eos, eos_ids, pad_id, sample
+from gpo.models.tiny import tiny_model_and_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = tiny_model_and_tokenizer(seed=3)
+    model.eval()
+    prompts = [tok.encode(" ".join(["good"] * (1 + k % 5)) + " dog") for k in range(12)]
+    return model, tok, prompts
+
+
+def test_greedy_tokens_equal_generate_including_finished_rows(tiny):
+    """Greedy decoding is deterministic, so both loops must give the same tokens; with EOS as a
+    likely token many rows finish early and the batch is compacted on the way."""
+    model, tok, prompts = tiny
+    pad = pad_id(model, tok)
+    plain = decode(model, prompts, 1, 10, set(), pad, temperature=0)
+    eos = {tok.eos_token_id, *(ids[3] for ids in plain[:6])}  # half the rows end at step 4
+    ours = decode(model, prompts, 1, 10, eos, pad, temperature=0)
+    kwargs = {"max_new_tokens": 10, "do_sample": False, "pad_token_id": pad}
+    theirs = _generate(model, prompts, 1, {**kwargs, "eos_token_id": sorted(eos)}, pad, None)
+    assert ours == [cut_at_eos(ids, eos)[0] for ids in theirs]
+    assert any(len(ids) < 10 for ids in ours), "no row finished early: compaction untested"
+    shared = decode(model, prompts[:3], 4, 10, eos, pad, temperature=0)  # one prefill, 4 rows
+    assert shared == [ids for ids in ours[:3] for _ in range(4)]
+
+
+def _first_token_probs(model, prompt: list[int], temperature: float) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1].double()
+    return torch.softmax(logits / temperature, -1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_draws_follow_the_models_distribution(tiny, temperature):
+    """Chi-square of 6000 first tokens against softmax(logits / T) of the model itself."""
+    model, _, prompts = tiny
+    probs = _first_token_probs(model, prompts[0], temperature)
+    g = torch.Generator().manual_seed(0)
+    out = decode(model, [prompts[0]], 6000, 1, set(), 0, temperature, 1.0, g)
+    counts = torch.bincount(torch.tensor([ids[0] for ids in out]), minlength=len(probs)).double()
+    keep = probs * 6000 >= 5  # the chi-square approximation needs expected counts >= 5
+    expected, observed = probs[keep] * 6000, counts[keep]
+    if not keep.all():  # the rare tokens pooled into one bin
+        expected = torch.cat([expected, probs[~keep].sum(0, keepdim=True) * 6000])
+        observed = torch.cat([observed, counts[~keep].sum(0, keepdim=True)])
+    p = stats.chisquare(observed.numpy(), expected.numpy() * observed.sum().item() / 6000).pvalue
+    assert p > 1e-3, p
+
+
+def test_top_p_keeps_the_nucleus_as_transformers_defines_it():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(1)) * 3
+    warped = TopPLogitsWarper(0.7)(None, logits.clone())
+    expected = torch.softmax(warped, -1)
+    g = torch.Generator().manual_seed(2)
+    draws = torch.stack([pick_tokens(logits, 1.0, 0.7, g) for _ in range(4000)])
+    for row in range(4):
+        outside = (expected[row] == 0).nonzero().squeeze(1)
+        assert not torch.isin(draws[:, row], outside).any()
+        freq = torch.bincount(draws[:, row], minlength=50).double() / 4000
+        assert torch.allclose(freq, expected[row].double(), atol=0.03)
+
+
+def test_samples_have_generates_distribution_of_sequence_logprobs(tiny):
+    """Two-sample KS test: the log-probabilities of whole sampled completions under the model
+    are distributed alike for gpo's loop and for model.generate (same seed count, 400 each)."""
+    model, tok, prompts = tiny
+    eos, pad = eos_ids(model, tok), pad_id(model, tok)
+    prompt = prompts[1]
+    g = torch.Generator().manual_seed(5)
+    ours = decode(model, [prompt], 400, 6, eos, pad, 1.0, 1.0, g)
+    kwargs = {"max_new_tokens": 6, "do_sample": True, "top_k": 0, "pad_token_id": pad}
+    theirs = _generate(model, [prompt], 400, {**kwargs, "eos_token_id": sorted(eos)}, pad, 7)
+    theirs = [cut_at_eos(ids, eos)[0] for ids in theirs]
+
+    def logp(ids: list[int]) -> float:
+        x = torch.tensor([prompt + ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=x).logits[0, :-1].double(), -1)
+        return sum(lp[len(prompt) - 1 + k, t].item() for k, t in enumerate(ids))
+
+    a, b = [logp(ids) for ids in ours], [logp(ids) for ids in theirs]
+    assert all(math.isfinite(v) for v in a + b)
+    assert stats.ks_2samp(a, b).pvalue > 1e-3
+
+
+def test_a_model_the_loop_cannot_drive_falls_back_to_generate(tiny, monkeypatch):
+    model, tok, prompts = tiny
+    model2, _ = tiny_model_and_tokenizer(seed=3)
+    forward = model2.forward
+
+    from transformers import StaticCache
+
+    def no_static_cache(*args, **kwargs):  # as a model whose attention cannot use it
+        if isinstance(kwargs.get("cache"), StaticCache):
+            raise TypeError("this model does not support a static cache")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model2, "forward", no_static_cache)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = sample(model2, tok, prompts[:3], 2, 5, temperature=0, seed=0)
+    assert any("model.generate instead" in str(w.message) for w in seen)
+    greedy = sample(model, tok, prompts[:3], 2, 5, temperature=0, seed=0)
+    assert out.completion_ids == greedy.completion_ids
+
+
+def test_lora_policy_is_sampled_through_a_merged_copy_and_left_untouched(tiny, active_lora):
+    """Active adapters: the merged copy gives the unmerged model's greedy tokens; the trained
+    model's weights are bitwise unchanged; adapters off (pi_ref) samples the base model."""
+    model, tok, prompts = tiny
+    base, _ = tiny_model_and_tokenizer(seed=3)
+    lora = active_lora(base)
+    before = {k: v.clone() for k, v in lora.state_dict().items()}
+    eos, pad = eos_ids(lora, tok), pad_id(lora, tok)
+    kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": pad}
+    with torch.inference_mode():
+        theirs = _generate(lora, prompts, 1, {**kwargs, "eos_token_id": sorted(eos)}, pad, None)
+    ours = sample(lora, tok, prompts, 1, 8, temperature=0)
+    assert ours.completion_ids == [cut_at_eos(ids, eos)[0] for ids in theirs]
+    assert all(torch.equal(before[k], v) for k, v in lora.state_dict().items())
+    with lora.disable_adapter():
+        off = sample(lora, tok, prompts, 1, 8, temperature=0)
+    assert off.completion_ids == sample(model, tok, prompts, 1, 8, temperature=0).completion_ids
+    assert ours.completion_ids != off.completion_ids  # the adapters do change the policy
