@@ -15,7 +15,11 @@ reduction follows. A value is bit-identical to recomputing it in the same batch;
 different batch (other batch size or padding) float rounding differs by ~1e-7 relative.
 
 Files: ``part-*.npz`` (written atomically, read with ``allow_pickle=False``), one per flush of
-one process; many small parts are merged into one when a cache is opened.
+one process; many small parts are merged into one when a cache is opened. Each part stores a
+checksum of its arrays: a damaged part (or one without a checksum) is ignored and its values
+recomputed. A checksum catches damage, not a forger who can write into the folder: share a
+``GPO_CACHE_DIR`` only with people you trust. A cache that cannot be written (disk full,
+read-only) is a warning, once: the run goes on, computing what it cannot store.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +100,8 @@ class RefLogpCache:
         self._new: dict[bytes, tuple[float, float, int, int]] = {}
         self.hits = 0
         self.misses = 0
+        self.rejected = 0  # parts whose checksum did not match (ignored)
+        self.writable = True  # False after a failed write: the run goes on without storing
         self._load()
 
     def __len__(self) -> int:
@@ -106,12 +113,15 @@ class RefLogpCache:
             try:
                 with np.load(path, allow_pickle=False) as f:
                     keys, sums, tokens = f["keys"], f["sums"], f["tokens"]
+                    whole = bytes(f["checksum"]) == _checksum(keys, sums, tokens)
             except (OSError, ValueError, KeyError):
                 continue  # removed by a concurrent merge, or damaged: recomputed when needed
+            if not whole:
+                self.rejected += 1
+                continue
             for k, s, t in zip(keys, sums, tokens, strict=True):
                 self._values[k.tobytes()] = (float(s[0]), float(s[1]), int(t[0]), int(t[1]))
-        if len(parts) >= _MERGE_AT:
-            self._write(self._values)
+        if len(parts) >= _MERGE_AT and self._write(self._values):
             for path in parts:
                 path.unlink(missing_ok=True)
 
@@ -141,16 +151,39 @@ class RefLogpCache:
             self._write(self._new)
             self._new = {}
 
-    def _write(self, entries: dict[bytes, tuple[float, float, int, int]]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def _write(self, entries: dict[bytes, tuple[float, float, int, int]]) -> bool:
+        """Store ``entries`` as a new part; False (one warning per cache) if that fails."""
+        if not self.writable:
+            return False
         keys = np.frombuffer(b"".join(entries), dtype=np.uint8).reshape(len(entries), 16)
         values = list(entries.values())
         sums = np.array([(v[0], v[1]) for v in values], dtype=np.float32)
         tokens = np.array([(v[2], v[3]) for v in values], dtype=np.int64)
+        checksum = np.frombuffer(_checksum(keys, sums, tokens), dtype=np.uint8)
         name = f"part-{uuid.uuid4().hex}"
         tmp = self.folder / f".{name}.tmp.npz"
-        with open(tmp, "wb") as f:
-            np.savez(f, keys=keys, sums=sums, tokens=tokens)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.folder / f"{name}.npz")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.savez(f, keys=keys, sums=sums, tokens=tokens, checksum=checksum)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.folder / f"{name}.npz")
+        except OSError as e:  # disk full, read-only: the values are only a speed-up
+            tmp.unlink(missing_ok=True)
+            self.writable = False
+            warnings.warn(
+                f"reference log-prob cache {self.folder}: cannot write ({e.strerror or e}); "
+                "going on without storing new values",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return False
+        return True
+
+
+def _checksum(keys: np.ndarray, sums: np.ndarray, tokens: np.ndarray) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for a in (keys, sums, tokens):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.digest()

@@ -7,6 +7,7 @@ and ``state.json``, which is written last: a folder without it is incomplete and
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -20,6 +21,39 @@ from torch import nn
 from gpo.train.faults import fault_point
 
 STATE = "state.json"
+SCALER = "scaler.pt"
+FINAL = "final"
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():  # CUDA dropout and sampling draw from the device generators
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_as_random_state(rng["python"]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_final(run_dir: Path, model: nn.Module, tokenizer: Any) -> Path:
+    """Write ``final/`` atomically: into a temporary folder, then renamed into place, so a
+    ``final/`` folder is always whole (a kill leaves the old one, or none)."""
+    final, tmp = run_dir / FINAL, run_dir / f".tmp-{FINAL}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
+        tokenizer.save_pretrained(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
 
 
 class CheckpointError(OSError):
@@ -59,6 +93,7 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
     tokenizer: Any = None,
+    scaler: Any = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically (weights, optimizer, scheduler, RNG, state, and the
     tokenizer, so the folder loads on its own), then keep the newest ``keep``."""
@@ -76,16 +111,19 @@ def save_checkpoint(
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         fault_point("optimizer", step)
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        if scaler is not None:  # fp16: the GradScaler's scale and growth tracker
+            torch.save(scaler.state_dict(), tmp / SCALER)
         fault_point("rng", step)
         (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2))
         fault_point("state", step)
         _fsync_tree(tmp)
-    except OSError as e:  # e.g. ENOSPC: drop the partial copy; older checkpoints are untouched
-        shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as e:  # ENOSPC, EFBIG...: torch.save raises RuntimeError, safetensors its own
+        shutil.rmtree(tmp, ignore_errors=True)  # drop the partial copy; older ones are untouched
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
         raise CheckpointError(
-            f"cannot write checkpoint {final} ({e.strerror or e}); the previous checkpoints are "
-            "kept and --resume continues from the newest"
+            f"cannot write checkpoint {final} ({' '.join(str(reason).split())}); the previous "
+            "checkpoints are kept and --resume continues from the newest"
         ) from e
     _remove(final)
     os.replace(tmp, final)
@@ -97,39 +135,72 @@ def save_checkpoint(
     return final
 
 
-def _load_weights(model: nn.Module, ckpt: Path) -> None:
+def _read_weights(ckpt: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The checkpoint's weights, read into memory, and whether they are a LoRA adapter."""
     from safetensors.torch import load_file
 
     adapter = ckpt / "adapter_model.safetensors"
     if adapter.exists():
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(adapter))
-        return
+        return load_file(adapter), True
     files = sorted(ckpt.glob("model*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{ckpt}: no model weights")
     weights: dict[str, torch.Tensor] = {}
     for f in files:
         weights.update(load_file(f))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or [m for m in missing if "lm_head" not in m]:  # lm_head may be tied
+    return weights, False
+
+
+def _check_full_weights(model: nn.Module, ckpt: Path, weights: dict[str, torch.Tensor]) -> None:
+    """Names and shapes must match before anything is copied (a mismatch would be found by
+    ``load_state_dict`` only after it had copied the tensors that do match)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights and "lm_head" not in k]  # lm_head may be tied
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
         raise ValueError(
-            f"{ckpt}: weights do not match the model ({missing[:3]}, {unexpected[:3]})"
+            f"{ckpt}: weights do not match the model ({missing[:3]}, {unexpected[:3]}, "
+            f"shapes {shapes[:3]})"
         )
 
 
 def load_checkpoint(
-    ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    ckpt: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any = None,
 ) -> dict[str, Any]:
-    """Restore everything saved by :func:`save_checkpoint`; return its ``state.json``."""
+    """Restore everything saved by :func:`save_checkpoint`; return its ``state.json``.
+
+    Every file is read and checked first; only then is anything changed, so a damaged
+    checkpoint leaves the model, optimizer, scheduler and RNG as they were."""
     state = json.loads((ckpt / STATE).read_text())
-    _load_weights(model, ckpt)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    weights, lora = _read_weights(ckpt)
+    optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    sched = torch.load(ckpt / "scheduler.pt", weights_only=True)
     rng = torch.load(ckpt / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    random.setstate(_as_random_state(rng["python"]))
+    scaled = torch.load(ckpt / SCALER, weights_only=True) if (ckpt / SCALER).is_file() else None
+    if not lora:
+        _check_full_weights(model, ckpt, weights)
+    before = copy.deepcopy(optimizer.state_dict()), copy.deepcopy(scheduler.state_dict())
+    try:
+        optimizer.load_state_dict(optim)  # checks group sizes and shapes itself
+        scheduler.load_state_dict(sched)
+    except Exception:
+        optimizer.load_state_dict(before[0])
+        scheduler.load_state_dict(before[1])
+        raise
+    if lora:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+    else:
+        model.load_state_dict(weights, strict=False)
+    if scaler is not None and scaled is not None:
+        scaler.load_state_dict(scaled)
+    _set_rng_state(rng)
     return state
 
 
@@ -139,12 +210,16 @@ def _as_random_state(value: Any) -> tuple[Any, ...]:
 
 
 def latest_usable_checkpoint(
-    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any = None,
 ) -> dict[str, Any] | None:
     """Load the newest checkpoint that loads cleanly, falling back to older ones with a message."""
     for ckpt in reversed(checkpoint_dirs(run_dir)):
         try:
-            return load_checkpoint(ckpt, model, optimizer, scheduler)
+            return load_checkpoint(ckpt, model, optimizer, scheduler, scaler)
         except Exception as e:  # a damaged checkpoint: say so and try the previous one
             print(
                 f"gpo: checkpoint {ckpt} is damaged ({type(e).__name__}: {e}); trying an older one"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,7 @@ class Tracker:
         if not enabled:
             return
         if truncate_after is not None and self.path.exists():
-            # A resumed run rewrites what came after its checkpoint, so the file has no repeats.
-            keep = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= truncate_after
-            ]
-            self.path.write_text("".join(line + "\n" for line in keep))
+            repair_metrics(self.path, truncate_after)
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -66,6 +61,32 @@ class Tracker:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _step(line: str) -> int | None:
+    """The step of a metrics line, or None for a damaged one (a kill -9 mid-write)."""
+    try:
+        record = json.loads(line)
+        return int(record["step"]) if isinstance(record, dict) else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def repair_metrics(path: Path, last_step: int) -> None:
+    """Keep the whole lines up to ``last_step`` (a resumed run rewrites what came after its
+    checkpoint, so the file has no repeats); a half-written line is dropped. Atomic: the file
+    is rewritten to a temporary one and renamed over it."""
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        step = _step(line) if line.strip() else None
+        if step is not None and step <= last_step:
+            keep.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("".join(keep))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from gpo.eval.win_rate import SAMPLES_DIR, WinRateEval, sample_opponent, step_sa
 from gpo.io import write_json
 from gpo.losses.objectives import resolve_objective
 from gpo.models.logps import PolicyLogps, SequenceLogps
-from gpo.train.checkpoint import latest_usable_checkpoint, save_checkpoint
+from gpo.train.checkpoint import latest_usable_checkpoint, save_checkpoint, save_final
 from gpo.train.config import TrainConfig, saved_config
 from gpo.train.guards import (
     NonFiniteGuard,
@@ -157,7 +157,9 @@ class Trainer:
         return Path(shared), created
 
     def _resume(self) -> int:
-        state = latest_usable_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler)
+        state = latest_usable_checkpoint(
+            self.run_dir, self.model, self.optimizer, self.scheduler, self.acc.scaler
+        )
         if self.main:
             print(
                 f"resuming at step {state['step']}" if state else "no usable checkpoint: starting"
@@ -246,6 +248,7 @@ class Trainer:
                 state,
                 self.cfg.save_total_limit,
                 self.tokenizer,
+                self.acc.scaler,
             )
         self.acc.wait_for_everyone()
 
@@ -346,8 +349,7 @@ class Trainer:
                 f"computed ({cache.folder})"
             )
         if self.main and cfg.save_final:
-            self.model.save_pretrained(self.run_dir / "final", safe_serialization=True)
-            self.tokenizer.save_pretrained(self.run_dir / "final")
+            save_final(self.run_dir, self.model, self.tokenizer)
         if self.main:
             write_json(self.run_dir / "summary.json", summary)
             self.tracker.close()
