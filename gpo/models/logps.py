@@ -22,6 +22,8 @@ path and falls back (with a warning) if they differ or the model refuses.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -135,6 +137,21 @@ def _can_be_fast(model: nn.Module) -> bool:
         return False
 
 
+@contextmanager
+def _self_check(model: nn.Module) -> Iterator[None]:
+    """The fast paths' checks compare two forwards: run them without dropout (eval mode) and
+    without drawing from the RNG, so they neither fail on dropout noise nor shift the training's
+    random stream (a resumed run checks at its first step, an uninterrupted one at step 1)."""
+    was_training = model.training
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+
+
 def _use_fast(model: nn.Module, batch: SeqBatch, mask: Tensor) -> bool:
     ok = getattr(model, _FAST_OK, None)
     if ok is None:
@@ -142,7 +159,7 @@ def _use_fast(model: nn.Module, batch: SeqBatch, mask: Tensor) -> bool:
         if ok:  # checked on a few rows: full-vocabulary logits of a big batch could be huge
             batch = SeqBatch(*(getattr(batch, f.name)[:_CHECK_ROWS] for f in fields(SeqBatch)))
             mask = mask[:_CHECK_ROWS]
-            with torch.no_grad():
+            with _self_check(model):
                 fast = _completion_logits(model, batch, mask, True)
                 plain = _completion_logits(model, batch, mask, False)
             ok = bool(torch.allclose(fast, plain, rtol=1e-4, atol=1e-4))
@@ -232,7 +249,7 @@ def _use_shared(model: nn.Module, batch: SharedPromptBatch) -> bool:
         ok = _use_fast(model, plain, plain.completion_mask[:, 1:].bool())
         if ok:
             try:
-                with torch.no_grad():
+                with _self_check(model):
                     shared = _shared_prompt_logps(model, batch, "sum").logps
                     ok = bool(
                         torch.allclose(shared, sequence_logps(model, plain).logps, 1e-4, 1e-3)
