@@ -174,3 +174,18 @@ def test_bad_divergence_inputs():
         gpo.iupo_loss(z, torch.tensor([0.0, float("nan")]), z, z, 0.1, "js")
     with pytest.raises(ValueError, match="same shape"):
         gpo.fipo_loss(z, z, z, torch.zeros(3), 0.1, "js")
+
+
+@pytest.mark.parametrize(
+    ("family", "beta"), [("fdpo_loss", 1e30), ("iupo_loss", 1.0), ("fipo_loss", 1.0)]
+)
+def test_f_divergence_losses_refuse_an_overflow_like_gpo_loss(family, beta):
+    """Finite inputs whose loss overflows raise NonFiniteError (as gpo_loss does), not inf;
+    with validate=False (the trainer) the inf goes on to its guard."""
+    from gpo.losses.numerics import NonFiniteError
+
+    t = lambda v: torch.tensor([v])  # noqa: E731
+    args = (t(-1e20), t(-1.0), t(-1.0), t(-1.0), beta, "reverse_kl")
+    with pytest.raises(NonFiniteError, match=r"gave a non-finite value at beta=.*lower beta"):
+        getattr(gpo, family)(*args)
+    assert torch.isinf(getattr(gpo, family)(*args, validate=False).losses).all()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gpo.losses.family import PreferenceLoss, log_ratio_difference
-from gpo.losses.numerics import EXP_CAP, capped_exp, check_beta, check_logps
+from gpo.losses.numerics import EXP_CAP, NonFiniteError, capped_exp, check_beta, check_logps
 
 DEFAULT_ALPHA = 0.5
 
@@ -133,6 +133,17 @@ def _prepare(
     return check_beta(beta), resolve_divergence(divergence, alpha), *checked  # type: ignore[return-value]
 
 
+def _finite(losses: Tensor, family: str, div: Divergence, beta: float, validate: bool) -> Tensor:
+    """The same check as :func:`gpo.losses.family.gpo_loss`: finite inputs that overflow in the
+    loss raise, rather than returning ``inf`` (``validate=False``: the trainer's guard checks)."""
+    if validate and not bool(torch.isfinite(losses).all()):
+        raise NonFiniteError(
+            f"loss '{family}:{div.name}' gave a non-finite value at beta={beta:g}; "
+            "lower beta or check inputs"
+        )
+    return losses
+
+
 def fdpo_loss(
     policy_chosen: Tensor,
     policy_rejected: Tensor,
@@ -153,7 +164,8 @@ def fdpo_loss(
     logps = (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     b, div, pc, pr, rc, rr = _prepare(logps, beta, divergence, alpha, validate)
     logits = div.f_prime(pc - rc) - div.f_prime(pr - rr)
-    return PreferenceLoss(F.softplus(-b * logits), log_ratio_difference(pc, pr, rc, rr))
+    losses = _finite(F.softplus(-b * logits), "fdpo", div, b, validate)
+    return PreferenceLoss(losses, log_ratio_difference(pc, pr, rc, rr))
 
 
 def iupo_loss(
@@ -180,7 +192,8 @@ def iupo_loss(
     logps = (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     b, div, pc, pr, rc, rr = _prepare(logps, beta, divergence, alpha, validate)
     uh = div.f_prime(pc - pr) - div.f_prime(rc - rr)
-    return PreferenceLoss((uh - 1.0 / (2.0 * b)) ** 2, log_ratio_difference(pc, pr, rc, rr))
+    losses = _finite((uh - 1.0 / (2.0 * b)) ** 2, "iupo", div, b, validate)
+    return PreferenceLoss(losses, log_ratio_difference(pc, pr, rc, rr))
 
 
 def fipo_loss(
@@ -205,4 +218,5 @@ def fipo_loss(
     logps = (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     b, div, pc, pr, rc, rr = _prepare(logps, beta, divergence, alpha, validate)
     h = div.f_prime(pc - rc) - div.f_prime(pr - rr)
-    return PreferenceLoss((h - 1.0 / (2.0 * b)) ** 2, log_ratio_difference(pc, pr, rc, rr))
+    losses = _finite((h - 1.0 / (2.0 * b)) ** 2, "fipo", div, b, validate)
+    return PreferenceLoss(losses, log_ratio_difference(pc, pr, rc, rr))
