@@ -117,6 +117,16 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str]) ->
     return path
 
 
+def _lines(f: Iterable[bytes]) -> Iterable[bytes]:
+    """Lines ending in LF, CRLF or a lone CR (old Mac files): each is one numbered line."""
+    for raw in f:
+        body = raw.rstrip(b"\r\n")
+        if b"\r" in body:
+            yield from body.split(b"\r")
+        else:
+            yield raw
+
+
 def read_jsonl(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> list[Any]:
     """The JSON value of every non-blank line (gzip if the name ends in .gz; a UTF-8 BOM on the
     first line is ignored). A bad line raises ``error`` naming the file and line."""
@@ -124,7 +134,7 @@ def read_jsonl(path: str | os.PathLike[str], error: type[Exception] = ValueError
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     with opener(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(_lines(f), 1):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:

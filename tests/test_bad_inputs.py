@@ -314,6 +314,117 @@ CASES = [
         setup=_resume_setup,
     ),
     Case("out_is_a_file", ["run folder {data}: cannot write there"], args=["--out", "{data}"]),
+    # ---- issue 13: messages, replies, file formats, run folders, config values
+    Case(
+        "message_extra_key_tool_calls",
+        ["row 2, field 'chosen': message 1 has 'tool_calls': gpo trains on role and content only"],
+        data=jsonl(
+            [conv(0), {**conv(1), "chosen": [{**msg("assistant", "x"), "tool_calls": [{}]}]}]
+        ),
+    ),
+    Case(
+        "message_content_null",
+        ["row 1, field 'prompt': message 1 content is null; only text content is supported"],
+        data=jsonl([{**conv(0), "prompt": [{"role": "user", "content": None}]}]),
+    ),
+    Case(
+        "message_content_multimodal_parts",
+        ["row 1, field 'prompt': message 1 content is a list of parts (multimodal?)"],
+        data=jsonl([{**conv(0), "prompt": [msg("user", [{"type": "text", "text": "hi"}])]}]),  # type: ignore[arg-type]
+    ),
+    Case(
+        "role_developer",
+        ["row 1, field 'prompt': message 1 has unknown role 'developer'"],
+        data=jsonl([{**conv(0), "prompt": [msg("developer", "be brief")]}]),
+    ),
+    Case(
+        "role_function",
+        ["row 1, field 'prompt': message 2 has unknown role 'function'"],
+        data=jsonl([{**conv(0), "prompt": [msg("user", "hi"), msg("function", "{}")]}]),
+    ),
+    Case(
+        "chosen_repeats_the_prompt",
+        ["row 1, field 'chosen': repeats the whole prompt (its first 1 message(s))"],
+        data=jsonl([{**conv(0), "chosen": conv(0)["prompt"] + conv(0)["chosen"]}]),
+    ),
+    Case(
+        "special_token_inside_a_reply",
+        ["row 2, field 'chosen': contains the special token '<eos>'", "cut the reply short"],
+        data=jsonl([std(0), std(1, chosen=" good <eos> more")]),
+    ),
+    Case(
+        "json_trailing_comma",
+        ["{data}: line 4: malformed JSON"],
+        data="[\n" + ",\n".join(json.dumps(std(i)) for i in range(2)) + ",\n]\n",
+        name="prefs.json",
+    ),
+    Case(
+        "column_json_of_unequal_lengths",
+        [
+            "{data}: column-oriented JSON needs one list per field, all of one length",
+            "(got prompt: 2, chosen: 1, rejected: 2)",
+        ],
+        data=json.dumps({"prompt": ["a", "b"], "chosen": ["x"], "rejected": ["y", "z"]}),
+        name="prefs.json",
+    ),
+    Case(
+        "csv_row_with_missing_cells",
+        ["{data}: row 2: 2 cells, but the header has 3 (prompt, chosen, rejected)"],
+        data="prompt,chosen,rejected\nhi,good,bad\nhi,good\n",
+        name="prefs.csv",
+    ),
+    Case(
+        "identical_once_truncated",
+        ["no usable rows left", "kept 0; dropped 7 with chosen == rejected; truncated 7"],
+        data=jsonl([std(i, chosen=" the cat good", rejected=" the cat bad") for i in range(8)]),
+        args=["--max-completion-length", "2"],
+    ),
+    Case(
+        "max_length_above_the_model_positions",
+        ["config: max_length = 4096 is more than model", "max_position_embeddings (2048)"],
+        args=["--max-length", "4096"],
+    ),
+    Case(
+        "out_already_holds_a_run",
+        ["run folder {out} already holds a run (config.json, metrics.jsonl)", "--overwrite"],
+        setup=lambda tmp, argv: (
+            (tmp / "run").mkdir(),
+            (tmp / "run" / "config.json").write_text("{}"),
+            (tmp / "run" / "metrics.jsonl").write_text(""),
+        ),
+    ),
+    Case(
+        "resume_and_overwrite",
+        ["config: resume and overwrite contradict each other"],
+        args=["--resume", "--overwrite"],
+    ),
+    Case("lora_rank_zero", ["config: lora_r = 0 is out of range"], args=["--lora-r", "0"]),
+    Case(
+        "lora_dropout_one",
+        ["config: lora_dropout = 1.0 is out of range"],
+        args=["--lora-dropout", "1"],
+    ),
+    Case(
+        "eval_fraction_one",
+        ["config: eval_fraction = 1.0 is out of range"],
+        args=["--eval-fraction", "1"],
+    ),
+    Case(
+        "weight_decay_inf",
+        ["config: weight_decay = inf is out of range"],
+        args=["--weight-decay", "inf"],
+    ),
+    Case(
+        "max_grad_norm_nan",
+        ["config: max_grad_norm = nan is out of range"],
+        args=["--max-grad-norm", "nan"],
+    ),
+    Case(
+        "unknown_judge",
+        ["unknown judge 'nope'; valid judges: gold, local, http"],
+        data=jsonl([std(i) for i in range(40)]),
+        args=["--judge", "nope", "--judge-prompts", "1", "--max-new-tokens", "2"],
+    ),
 ]
 
 

@@ -324,12 +324,13 @@ def test_parse_standard_and_conversational() -> None:
     (row,) = parse_rows([STD], "s")
     assert (row.prompt, row.chosen, row.rejected) == (STD["prompt"], STD["chosen"], "no")
     assert not row.conversational and row.index == 0
-    extra = {**CONV, "chosen": [{"role": "assistant", "content": "hi", "name": "x"}]}
-    rows = parse_rows([CONV, extra], "c")
+    rows = parse_rows([CONV, CONV], "c")
     assert all(r.conversational for r in rows)
     assert rows[0].prompt == CONV["prompt"] and rows[0].chosen == CONV["chosen"]
-    assert rows[1].chosen == [msg("assistant", "hi")]  # extra message keys dropped
     assert rows[1].index == 1
+    extra = {**CONV, "chosen": [{"role": "assistant", "content": "hi", "name": "x"}]}
+    with pytest.raises(DataError, match="message 1 has 'name': gpo trains on role and content"):
+        parse_rows([CONV, extra], "c")  # was: dropped silently
 
 
 @pytest.mark.parametrize(
@@ -782,7 +783,8 @@ def test_prepare_overlong_truncate_keeps_the_rows(tmp_path: Path, tok: Any) -> N
 
 # --------------------------------------------------------------------------- property test
 
-VOCAB = [*DEFAULT_WORDS, "<eos>", "<bos>", "<pad>"]
+# No special tokens: a literal one inside a reply is refused (test_bad_inputs, issue 13).
+VOCAB = [w for w in DEFAULT_WORDS if w not in ("<eos>", "<bos>", "<pad>", "<unk>")]
 vocab_text = st.lists(st.sampled_from(VOCAB), min_size=1, max_size=6).map(" ".join)
 
 # well-formed rows, in each format
@@ -919,7 +921,10 @@ def test_property_valid_rows_always_parse(rows: list[Row], limits: Limits) -> No
     if not check_pipeline(rows, limits):  # only "nothing usable left" may stop them
         with pytest.raises(DataError, match="no usable rows left"):
             tokenize_rows(parsed, _tokenizer(), limits, "prop")
-    if any(r.chosen != r.rejected for r in parsed):
+    from gpo.data.tokenize import render_ids
+
+    rendered = [render_ids(r, _tokenizer(), "prop") for r in parsed]
+    if any(c != r for _, c, r in rendered):  # pairs equal as tokens are dropped (issue 13)
         assert check_pipeline(rows, Limits(max_length=10_000))
 
 
@@ -960,3 +965,50 @@ def test_unfinished_responses_get_no_eos():
         assert cut[0].chosen_ids == done[0].chosen_ids
     with pytest.raises(DataError, match=r"chosen_finished.*true or false"):
         parse_rows([{**std, "chosen_finished": "no"}], "m")
+
+
+# --------------------------------------------------------------------------- issue 13, data
+
+
+def test_csv_cells_are_read_as_text(tmp_path: Path) -> None:
+    """'None', 'NA', 'null', 'nan' are answers, not missing values; '42' stays a string."""
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,chosen,rejected\nq1,None,NA\nq2,42,nan\nq3,null,007\n")
+    rows = load_rows(str(path))
+    assert rows[0] == {"prompt": "q1", "chosen": "None", "rejected": "NA"}
+    assert [r["chosen"] for r in rows] == ["None", "42", "null"] and rows[2]["rejected"] == "007"
+    assert len(parse_rows(rows, str(path))) == 3
+
+
+def test_column_oriented_json_is_read(tmp_path: Path) -> None:
+    """As pandas writes it: to_json(orient='columns') (index dicts) or a dict of lists."""
+    lists = {"prompt": ["a", "b"], "chosen": [" x", " y"], "rejected": [" z", " w"]}
+    indexed = {k: {str(i): v for i, v in enumerate(vs)} for k, vs in lists.items()}
+    for name, data in (("lists.json", lists), ("indexed.json", indexed)):
+        path = tmp_path / name
+        path.write_text(json.dumps(data))
+        assert load_rows(str(path)) == [
+            {"prompt": "a", "chosen": " x", "rejected": " z"},
+            {"prompt": "b", "chosen": " y", "rejected": " w"},
+        ]
+
+
+def test_cr_only_line_endings_are_lines(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\r".join(json.dumps(STD).encode() for _ in range(3)) + b"\r")
+    assert len(load_rows(str(path))) == 3
+    path.write_bytes(json.dumps(STD).encode() + b"\r{bad\r")
+    with pytest.raises(DataError, match=r"p\.jsonl: line 2: malformed JSON"):
+        load_rows(str(path))
+
+
+def test_an_empty_prompt_starts_with_bos_or_is_refused() -> None:
+    """With no prompt token, the first response token would never be scored."""
+    tok = _tokenizer()
+    rows = parse_rows([{"prompt": "", "chosen": " good cat", "rejected": " bad cat"}], "e")
+    (pair,), _ = tokenize_rows(rows, tok, Limits(max_length=64), "e")
+    assert pair.prompt_ids == [tok.bos_token_id]
+    assert pair.chosen_ids[0] != tok.bos_token_id
+    tok.bos_token = None
+    with pytest.raises(DataError, match="e: row 1, field 'prompt': empty, and the tokenizer"):
+        tokenize_rows(rows, tok, Limits(max_length=64), "e")

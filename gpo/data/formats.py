@@ -87,10 +87,21 @@ def _check_messages(value: list[Any], where: str) -> Messages:
                 f"{where}: message {i + 1} has unknown role {m['role']!r} "
                 f"(expected one of {', '.join(ROLES)})"
             )
-        if not isinstance(m["content"], str):
+        extra = sorted(set(m) - {"role", "content"})
+        if extra:  # e.g. tool_calls, name: dropping them silently would change the conversation
             raise DataError(
-                f"{where}: message {i + 1} content must be a string, "
-                f"got {type(m['content']).__name__}"
+                f"{where}: message {i + 1} has {', '.join(map(repr, extra))}: gpo trains on "
+                "role and content only; remove the key or write it into the content"
+            )
+        content = m["content"]
+        if content is None or isinstance(content, list):
+            what = "null" if content is None else "a list of parts (multimodal?)"
+            raise DataError(
+                f"{where}: message {i + 1} content is {what}; only text content is supported"
+            )
+        if not isinstance(content, str):
+            raise DataError(
+                f"{where}: message {i + 1} content must be a string, got {type(content).__name__}"
             )
         _check_text(m["content"], f"{where}: message {i + 1} content")
     return [{"role": m["role"], "content": m["content"]} for m in value]
@@ -171,6 +182,20 @@ def _check_row_format(row: dict[str, Any], where: str) -> None:
             )
 
 
+def _check_not_repeated(
+    prompt: Messages, chosen: Messages, rejected: Messages, source: str, index: int
+) -> None:
+    """A reply that starts with the whole prompt would put the conversation in twice."""
+    n = len(prompt)
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if len(value) > n and value[:n] == prompt:
+            raise DataError(
+                f"{_where(source, index, name)}: repeats the whole prompt (its first {n} "
+                f"message(s)); with a 'prompt' field, {name} holds only the reply: drop the "
+                "repeated messages, or the 'prompt' field"
+            )
+
+
 def parse_row(row: Any, source: str, index: int, conversational: bool) -> PreferenceRow:
     """Validate one raw row; raise :class:`DataError` naming source, row and field."""
     if not isinstance(row, dict):
@@ -180,6 +205,8 @@ def parse_row(row: Any, source: str, index: int, conversational: bool) -> Prefer
     rejected = _field(row, "rejected", source, index, conversational)
     if "prompt" in row and row["prompt"] is not None:
         prompt = _field(row, "prompt", source, index, conversational)
+        if conversational:
+            _check_not_repeated(prompt, chosen, rejected, source, index)  # type: ignore[arg-type]
     else:
         split = _split_implicit_messages if conversational else _split_implicit_text
         cut = split(chosen, rejected)  # type: ignore[arg-type]

@@ -22,12 +22,16 @@ def _read_json(path: Path, split: str | None) -> list[Any]:
         raise DataError(f"{path}: not valid UTF-8 ({e.reason})") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
-        data = None  # maybe JSON lines in a .json file, as `datasets` accepts
+    except json.JSONDecodeError as e:
+        data, error = None, e  # maybe JSON lines in a .json file, as `datasets` accepts
     if not isinstance(data, dict) and split not in (None, "train"):
         raise NoSplits(f"{path}: a list of rows has no split {split!r}")
     if data is None:
+        if text.strip() and not _first_line_is_json(text):  # one JSON document: say where
+            raise DataError(f"{path}: line {error.lineno}: malformed JSON ({error.msg})")
         return read_jsonl(path, DataError)
+    if isinstance(data, dict) and isinstance(data.get("chosen"), (list, dict)):
+        return _columns_to_rows(path, data)  # pandas' to_json(orient="columns"/"list")
     if isinstance(data, dict) and "chosen" not in data:
         key = split or "train"
         if key not in data:
@@ -36,6 +40,54 @@ def _read_json(path: Path, split: str | None) -> list[Any]:
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a list of rows, got {type(data).__name__}")
     return data
+
+
+def _first_line_is_json(text: str) -> bool:
+    try:
+        json.loads(text.lstrip().split("\n", 1)[0])
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _columns_to_rows(path: Path, data: dict[str, Any]) -> list[Any]:
+    """Column-oriented JSON (a dict of equal-length lists, or of {index: value} dicts)."""
+    columns = {k: list(v.values()) if isinstance(v, dict) else v for k, v in data.items()}
+    sizes = {k: len(v) for k, v in columns.items() if isinstance(v, list)}
+    if len(sizes) != len(columns) or len(set(sizes.values())) != 1:
+        detail = ", ".join(f"{k}: {n}" for k, n in sizes.items())
+        raise DataError(
+            f"{path}: column-oriented JSON needs one list per field, all of one length "
+            f"(got {detail or 'none'})"
+        )
+    n = next(iter(sizes.values()))
+    return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+
+
+def _read_csv(path: Path) -> list[Any]:
+    """Every cell as text (``None``, ``NA``, ``nan`` or ``42`` are answers, not missing values
+    or numbers); a row with more or fewer cells than the header is an error naming it."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                return []
+            rows = []
+            for number, cells in enumerate(reader, 1):
+                if len(cells) != len(header):
+                    raise DataError(
+                        f"{path}: row {number}: {len(cells)} cells, but the header has "
+                        f"{len(header)} ({', '.join(header)})"
+                    )
+                rows.append(dict(zip(header, cells, strict=True)))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: cannot read as csv ({e})") from None
+    return rows
 
 
 def _read_with_datasets(path: Path, builder: str) -> list[Any]:
@@ -122,8 +174,10 @@ def load_rows(source: str, split: str | None = None) -> list[Any]:
             return read_jsonl(path, DataError)
         if suffix == ".json":
             return _read_json(path, split)
-        if suffix in (".parquet", ".csv"):
-            return _read_with_datasets(path, suffix[1:])
+        if suffix == ".csv":
+            return _read_csv(path)
+        if suffix == ".parquet":
+            return _read_with_datasets(path, "parquet")
         raise DataError(f"{path}: unsupported file type (use {', '.join(FILE_SUFFIXES)})")
     if looks_like_path(source):
         raise DataError(f"{source}: no such file or folder")

@@ -107,8 +107,47 @@ def _ids(out: Any) -> list[int]:
     return list(ids)
 
 
+def _reply_texts(row: PreferenceRow) -> list[tuple[str, str]]:
+    """``(field, text)`` of each reply: the strings, or the reply messages' contents."""
+    out = []
+    for name in ("chosen", "rejected"):
+        value = getattr(row, name)
+        texts = [value] if isinstance(value, str) else [m["content"] for m in value]
+        out += [(name, t) for t in texts]
+    return out
+
+
+def check_special_tokens(row: PreferenceRow, tokenizer: Any, source: str) -> None:
+    """A literal control token inside a reply (e.g. ``<|im_end|>``) would be read as one and cut
+    the reply short; only a standard reply's final EOS is allowed (it is added anyway)."""
+    special = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+    for name, text in _reply_texts(row):
+        if not row.conversational and tokenizer.eos_token and text.endswith(tokenizer.eos_token):
+            text = text[: -len(tokenizer.eos_token)]
+        found = next((t for t in special if t in text), None)
+        if found is not None:
+            raise DataError(
+                f"{source}: row {row.index + 1}, field '{name}': contains the special token "
+                f"{found!r}, which the model reads as a control token (it would cut the reply "
+                "short); remove it"
+            )
+
+
+def _start_empty_prompt(row: PreferenceRow, tokenizer: Any, source: str, ids: Ids) -> Ids:
+    """An empty prompt gives no token to predict the first response token from: start it
+    with BOS, or refuse when the tokenizer has none."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise DataError(
+            f"{source}: row {row.index + 1}, field 'prompt': empty, and the tokenizer has no "
+            "BOS token to start from, so the first response token could not be scored"
+        )
+    return [bos], *ids[1:]  # type: ignore[return-value]
+
+
 def render_ids(row: PreferenceRow, tokenizer: Any, source: str) -> Ids:
     """``(prompt_ids, chosen_ids, rejected_ids)`` for one row, TRL-style (see module doc)."""
+    check_special_tokens(row, tokenizer, source)
     if row.conversational:
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(
@@ -140,6 +179,8 @@ def render_ids(row: PreferenceRow, tokenizer: Any, source: str) -> Ids:
     if row.conversational:
         chosen = _end_turn(chosen, tokenizer.eos_token_id, row.chosen_finished)
         rejected = _end_turn(rejected, tokenizer.eos_token_id, row.rejected_finished)
+    if cut == 0:
+        return _start_empty_prompt(row, tokenizer, source, ([], chosen, rejected))
     return prompt[:cut], chosen, rejected
 
 
@@ -207,6 +248,10 @@ def tokenize_rows(
         if raw_lengths is not None:
             raw_lengths.append((len(rendered[0]), len(rendered[1]), len(rendered[2])))
         fitted = apply_limits(rendered, limits, report)
+        if fitted is not None and fitted[1] == fitted[2]:  # identical once tokenized or cut
+            report.identical += 1
+            report.dropped_indices.append(row.index)
+            continue
         if fitted is None:
             report.dropped_indices.append(row.index)
             continue

@@ -105,6 +105,8 @@ class TrainConfig:
             "learning_rate": 0 < self.learning_rate < math.inf,
             "weight_decay": 0 <= self.weight_decay < math.inf,
             "judge_prompts": self.judge_prompts >= 0,
+            "lora_r": self.lora_r > 0,
+            "lora_dropout": 0 <= self.lora_dropout < 1,
         }
         for name, ok in checks.items():
             if not ok:

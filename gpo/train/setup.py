@@ -167,6 +167,12 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any, Reference]:
     local = Path(model.config._name_or_path).expanduser()
     if local.is_dir():  # PEFT's adapter_config then names the base model from any directory
         model.config._name_or_path = model.name_or_path = str(local.resolve())
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and cfg.max_length > positions:
+        raise ValueError(
+            f"config: max_length = {cfg.max_length} is more than model {cfg.model}'s "
+            f"max_position_embeddings ({positions}); lower --max-length"
+        )
     disable_dropout(model)
     if cfg.finetune == "lora":
         model = add_lora(
