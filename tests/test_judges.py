@@ -317,3 +317,44 @@ def test_http_judge_errors_mask_credentials_in_the_url():
     message = str(info.value)
     assert f"http://***@127.0.0.1:{port}/v1?api_key=***" in message
     assert "hunter2" not in message and "sk-in-url" not in message
+
+
+def test_judge_server_validates_requests(ab_model, monkeypatch):
+    """Content-Length (missing, negative, huge), max_tokens, Host, and the key compared in
+    constant time: each a 4xx answer, never a blocked thread or a MemoryError."""
+    import http.client
+    import inspect
+
+    from gpo.eval import judge_server
+
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    model, tok = ab_model
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "A or B?"}]})
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    with JudgeServer(model, tok, api_key_env=KEY_ENV) as server:
+        port = server.httpd.server_address[1]
+
+        def post(headers: dict, data: bytes = b"") -> tuple[int, str]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.putrequest("POST", "/v1/chat/completions", skip_host=True)
+            for k, v in {"Host": f"127.0.0.1:{port}", **auth, **headers}.items():
+                conn.putheader(k, v)
+            conn.endheaders(data)
+            reply = conn.getresponse()
+            status, text = reply.status, reply.read().decode()
+            conn.close()
+            return status, text
+
+        n = str(len(body))
+        assert post({"Content-Length": n}, body.encode())[0] == 200
+        assert post({"Content-Length": "-5"})[0] == 400  # used to block a thread
+        assert post({"Content-Length": str(10**12)})[0] == 413  # used to try to read 1 TB
+        assert post({})[0] == 411
+        for bad in ("0", "-1", '"8"', "true", "1.5"):
+            text = body[:-1] + f', "max_tokens": {bad}}}'
+            status, reply = post({"Content-Length": str(len(text))}, text.encode())
+            assert (status, "max_tokens must be a positive integer" in reply) == (400, True)
+        assert post({"Content-Length": n, "Host": "evil.example:80"}, body.encode())[0] == 421
+        wrong = {"Content-Length": n, "Authorization": "Bearer nope"}
+        assert post(wrong, body.encode())[0] == 401
+    assert "hmac.compare_digest" in inspect.getsource(judge_server.JudgeServer.authorized)

@@ -18,6 +18,7 @@ One request at a time reaches the model (a lock); the HTTP side is threaded.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import threading
@@ -31,6 +32,8 @@ from gpo.eval.judge_local import choice_probabilities, encode_messages, label_to
 from gpo.eval.judges import LABELS
 
 MAX_NEW_TOKENS = 64
+MAX_BODY = 1 << 20  # bytes: a judge question is a few kB
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class JudgeServer:
@@ -84,7 +87,18 @@ class JudgeServer:
         return self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
 
     def authorized(self, header: str | None) -> bool:
-        return self._key is None or header == f"Bearer {self._key}"
+        if self._key is None:
+            return True
+        # Constant time: the comparison must not tell a guesser how many characters matched.
+        return hmac.compare_digest((header or "").encode(), f"Bearer {self._key}".encode())
+
+    def host_ok(self, header: str | None) -> bool:
+        """On loopback, only requests addressed to it (a web page's DNS-rebinding attack sends
+        its own host name in ``Host``)."""
+        host, port = self.httpd.server_address[:2]
+        if host not in LOOPBACK:
+            return True
+        return header in {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
 
     def start(self) -> JudgeServer:
         """Serve in a background thread; returns self."""
@@ -119,6 +133,18 @@ def _valid_messages(messages: Any) -> bool:
     )
 
 
+def _content_length(header: str | None) -> int | tuple[int, str]:
+    """The body size, or ``(status, message)`` when it must not be read: missing, not a
+    non-negative integer (a negative one would block a thread), or over :data:`MAX_BODY`."""
+    if header is None:
+        return 411, "Content-Length is required"
+    if not header.strip().isdigit():
+        return 400, f"Content-Length must be a non-negative integer, got {header[:20]!r}"
+    if int(header) > MAX_BODY:
+        return 413, f"the body is over {MAX_BODY} bytes"
+    return int(header)
+
+
 def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # quiet: no per-request lines
@@ -145,10 +171,16 @@ def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             if self.path.rstrip("/") != "/v1/chat/completions":
                 return self._error(404, f"no route {self.path}", "not_found")
+            if not server.host_ok(self.headers.get("Host")):
+                return self._error(421, "unexpected Host header", "invalid_request_error")
             if not server.authorized(self.headers.get("Authorization")):
                 return self._error(401, "invalid or missing API key", "invalid_api_key")
+            size = _content_length(self.headers.get("Content-Length"))
+            if isinstance(size, tuple):
+                self.close_connection = True  # the body (if any) is not read
+                return self._error(*size, "invalid_request_error")
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                body = json.loads(self.rfile.read(size))
             except (ValueError, TypeError):
                 return self._error(400, "the body is not JSON", "invalid_request_error")
             messages = body.get("messages") if isinstance(body, dict) else None
@@ -158,8 +190,13 @@ def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
                     "messages must be a non-empty list of {role, content}",
                     "invalid_request_error",
                 )
-            max_tokens = body.get("max_tokens") or 16
-            text = server.reply(messages, int(max_tokens))
+            max_tokens = body.get("max_tokens")
+            max_tokens = 16 if max_tokens is None else max_tokens  # null: the default, as OpenAI
+            if type(max_tokens) is not int or max_tokens < 1:
+                return self._error(
+                    400, "max_tokens must be a positive integer", "invalid_request_error"
+                )
+            text = server.reply(messages, max_tokens)
             self._send(
                 200,
                 {
