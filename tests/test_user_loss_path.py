@@ -40,3 +40,15 @@ def test_a_loss_module_in_the_working_directory_imports(tmp_path: Path) -> None:
         "gpo: error: cannot import module 'nomod' for loss 'nomod:f': No module named 'nomod' "
         f"(searched the installed packages, PYTHONPATH and the working directory {tmp_path})"
     )
+
+
+def test_help_says_a_user_loss_runs_code(capsys: pytest.CaptureFixture[str]) -> None:
+    """A pkg.module:func loss is imported: code execution, said where the option is offered."""
+    from gpo.cli import main
+
+    for command in ("train", "losses"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "importing PKG.MODULE runs its code, as running a script would" in text, command
+        assert "use only code you trust" in text

@@ -91,7 +91,8 @@ def add_losses_parser(sub: Any) -> None:
         action="append",
         default=[],
         metavar="PKG.MODULE:FUNC",
-        help=f"also analyze this loss (repeatable); built-ins: {', '.join(LOSSES)}",
+        help="also analyze this loss (repeatable; importing PKG.MODULE runs its code, as "
+        f"running a script would: use only code you trust); built-ins: {', '.join(LOSSES)}",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of LossReport objects")
     p.add_argument(

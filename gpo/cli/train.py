@@ -37,7 +37,9 @@ def add_train_parser(sub: Any) -> None:
         TrainConfig,
         {
             "loss": f"one of {', '.join(OBJECTIVES)}; 'fdpo:alpha=A' (etc.) or 'pkg.module:func' "
-            "(`gpo losses` lists them)",
+            "(`gpo losses` lists them; importing PKG.MODULE runs its code, as running a "
+            "script would: use only code you trust, from the command line, a config file or a "
+            "sweep config alike)",
             "model": "HF hub name or local folder; 'smollm2' = embedded SmolLM2-135M-Instruct",
             "data": "jsonl/json/parquet/csv file, saved dataset folder, hub name, or 'gold'",
         },
