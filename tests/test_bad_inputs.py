@@ -490,7 +490,7 @@ def test_bad_input_gives_one_clear_line(
     if case.setup is not None:
         case.setup(tmp_path, argv)
     code, out, err = _run(argv, capsys)
-    assert code != 0
+    assert code == 2  # the CLI's exit code for every error (docs/reliability.md)
     line = err.strip()
     assert line.startswith("gpo: error: "), err
     assert "\n" not in line, f"more than one line on stderr:\n{err}"
