@@ -245,7 +245,9 @@ def sample(
             prompts = [prompt_ids[i] for i in batch]
             if fast:
                 gen = torch.Generator(next(net.parameters()).device)
-                gen.manual_seed(bseed if bseed is not None else torch.seed())
+                # Unseeded: draw the seed from torch's global RNG (as generate would use it),
+                # never reseed that RNG itself.
+                gen.manual_seed(bseed if bseed is not None else int(torch.randint(2**62, ())))
                 args = (eos, pad, temperature, top_p, gen)
                 new = decode(net, prompts, num_samples, max_new_tokens, *args)
             else:
