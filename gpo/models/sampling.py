@@ -226,13 +226,7 @@ def sample(
         g = torch.Generator().manual_seed(seed)
         batch_seeds = torch.randint(0, 2**62, (len(batches),), generator=g).tolist()
 
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad}
-    gen_kwargs["eos_token_id"] = sorted(eos)
-    if temperature == 0:
-        gen_kwargs["do_sample"] = False
-    else:
-        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-
+    gen_kwargs = _generate_kwargs(max_new_tokens, pad, eos, temperature, top_p)
     completions: dict[tuple[int, int], list[int]] = {}
     bar = tqdm(
         total=len(prompt_ids) * num_samples,
@@ -258,9 +252,29 @@ def sample(
                 completions[batch[k // num_samples], k % num_samples] = ids
             bar.update(len(new))
     bar.close()
+    return _collect(completions, len(prompt_ids), num_samples, tokenizer, eos)
+
+
+def _generate_kwargs(
+    max_new_tokens: int, pad: int, eos: set[int], temperature: float, top_p: float
+) -> dict[str, Any]:
+    """``generate``'s settings for the same distribution: full vocabulary (``top_k=0``)."""
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad}
+    kwargs["eos_token_id"] = sorted(eos)
+    if temperature == 0:
+        kwargs["do_sample"] = False
+    else:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    return kwargs
+
+
+def _collect(
+    completions: dict[tuple[int, int], list[int]], n: int, k: int, tokenizer: Any, eos: set[int]
+) -> Samples:
+    """Completions in prompt-major order, cut after their first EOS, decoded."""
     out = Samples()
-    for i in range(len(prompt_ids)):
-        for j in range(num_samples):
+    for i in range(n):
+        for j in range(k):
             ids, finished = cut_at_eos(completions[i, j], eos)
             out.prompt_index.append(i)
             out.sample_index.append(j)
