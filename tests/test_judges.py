@@ -358,3 +358,11 @@ def test_judge_server_validates_requests(ab_model, monkeypatch):
         wrong = {"Content-Length": n, "Authorization": "Bearer nope"}
         assert post(wrong, body.encode())[0] == 401
     assert "hmac.compare_digest" in inspect.getsource(judge_server.JudgeServer.authorized)
+
+
+def test_model_judges_show_a_progress_bar_when_asked(ab_model, capsys):
+    model, tok = ab_model
+    LocalJudge(model, tok, batch_size=1, progress=True)(PROMPTS, FIRST, SECOND)
+    assert "judging" in capsys.readouterr().err
+    LocalJudge(model, tok, batch_size=1)(PROMPTS, FIRST, SECOND)
+    assert "judging" not in capsys.readouterr().err

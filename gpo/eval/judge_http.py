@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tqdm.auto import tqdm
+
 from gpo.eval.judges import Prompt, average_orders, both_orders, parse_choice
 from gpo.io import redact_urls
 
@@ -64,6 +66,7 @@ class HTTPJudge:
     max_tokens: int = 4
     max_workers: int = 4
     unparsed: Literal["error", "tie"] = "error"
+    progress: bool = False  # a progress bar over the questions
     name: str = "http"
 
     def __post_init__(self) -> None:
@@ -180,6 +183,11 @@ class HTTPJudge:
         self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]
     ) -> list[float]:
         questions = both_orders(prompts, first, second)
+        bar = tqdm(total=len(questions), desc="judging", disable=not self.progress, leave=False)
         with ThreadPoolExecutor(self.max_workers) as pool:
-            answers: list[Any] = list(pool.map(self.ask, questions))
+            answers: list[Any] = []
+            for answer in pool.map(self.ask, questions):
+                answers.append(answer)
+                bar.update(1)
+        bar.close()
         return average_orders(answers)

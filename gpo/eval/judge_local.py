@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from gpo.data.collate import pad_rows
 from gpo.eval.judges import LABELS, Prompt, average_orders, both_orders
@@ -67,6 +68,7 @@ def choice_probabilities(
     label_ids: Sequence[Sequence[int]],
     pad_id: int,
     batch_size: int = 8,
+    progress: bool = False,
 ) -> list[float]:
     """P(first label) for each tokenized question, from the next-token logits.
 
@@ -78,7 +80,8 @@ def choice_probabilities(
     model.eval()
     out: list[float] = []
     try:
-        for start in range(0, len(token_ids), batch_size):
+        starts = range(0, len(token_ids), batch_size)
+        for start in tqdm(starts, desc="judging", unit="batch", disable=not progress, leave=False):
             batch = token_ids[start : start + batch_size]
             input_ids, mask = pad_rows(batch, pad_id)
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
@@ -108,6 +111,7 @@ class LocalJudge:
     dtype: str = "float32"
     device: str | None = None
     chat_template: bool | None = None  # None: use the tokenizer's template if it has one
+    progress: bool = False  # a progress bar over the judged batches
     name: str = "local"
     _label_ids: list[list[int]] = field(init=False, repr=False)
 
@@ -136,7 +140,9 @@ class LocalJudge:
         ]
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
-        return choice_probabilities(self.model, ids, self._label_ids, pad or 0, self.batch_size)
+        return choice_probabilities(
+            self.model, ids, self._label_ids, pad or 0, self.batch_size, self.progress
+        )
 
     def __call__(
         self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]

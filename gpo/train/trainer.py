@@ -138,6 +138,8 @@ class Trainer:
         self.win_rate = None
         if self.main and cfg.judge_prompts > 0 and self.data.eval:
             judge = resolve_judge(cfg.judge)
+            if hasattr(judge, "progress"):  # model judges take a while: show a bar
+                judge.progress = cfg.progress
             self.win_rate = self._win_rate_eval(judge, cfg.judge_prompts, cfg.opponent)
 
     def _win_rate_eval(self, judge: Any, n: int, opponent: str | None) -> WinRateEval:
