@@ -70,7 +70,7 @@ class TrainConfig:
     # logging, evaluation, checkpoints
     out: str | None = None  # run folder; default runs/train-<timestamp>
     logging_steps: int = 5  # optimizer steps per logged mean of the train metrics
-    eval_steps: int = 15  # evaluate every N optimizer steps (and at the end); 0: only at the end
+    eval_steps: int = 15  # evaluate every N optimizer steps (and at the end); 0: never
     eval_schedule: str | None = None  # "200:2000,2000": overrides eval_steps (gpo/schedule.py)
     eval_max_pairs: int = 64  # held-out pairs scored at each eval
     kl_prompts: int = 8  # on-policy KL: held-out prompts sampled at each eval

@@ -229,11 +229,13 @@ def startup_summary(cfg: TrainConfig, run_dir: Path) -> str:
     """A few lines on what this run does (the full resolved config goes to config.json)."""
     tune = f"LoRA r {cfg.lora_r}" if cfg.finetune == "lora" else "full fine-tuning"
     steps = f"{cfg.num_epochs:g} epoch(s)" if cfg.num_epochs else f"{cfg.max_steps} steps"
-    every = f"every {cfg.eval_steps} steps" if cfg.eval_steps else "at the end"
-    when = cfg.eval_schedule or every
-    evals = f"eval {when}: {cfg.eval_max_pairs} held-out pairs"
-    if cfg.kl_prompts and cfg.kl_samples:
-        evals += f", KL on {cfg.kl_prompts} prompts x {cfg.kl_samples} samples"
+    if cfg.eval_schedule is None and cfg.eval_steps == 0:
+        evals = "no evaluation (eval_steps 0)"
+    else:
+        evals = f"eval {cfg.eval_schedule or f'every {cfg.eval_steps} steps'}: "
+        evals += f"{cfg.eval_max_pairs} held-out pairs"
+        if cfg.kl_prompts and cfg.kl_samples:
+            evals += f", KL on {cfg.kl_prompts} prompts x {cfg.kl_samples} samples"
     if cfg.judge_prompts:
         evals += f", {redact_urls(cfg.judge)} win rate on {cfg.judge_prompts} prompts"
     if is_gold(cfg) and cfg.gold_eval_prompts:
