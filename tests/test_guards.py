@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from cli_args import train_argv
 
 from gpo.cli import main
 from gpo.losses.family import PreferenceLoss
@@ -203,22 +204,8 @@ def test_all_ranks_agree_to_skip_or_stop() -> None:
 
 
 def _train_args(model_dir: Path, data_file: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--model", str(model_dir),
-        "--data", str(data_file),
-        "--out", str(out),
-        "--finetune", "full",
-        "--batch-size", "4",
-        "--max-steps", "6",
-        "--save-steps", "2",
-        "--eval-steps", "0",
-        "--kl-prompts", "0",
-        "--progress", "false",
-        "--report-to", "none",
-        "--save-final", "false",
-        *extra,
-    ]  # fmt: skip
+    full = ["--finetune", "full", "--max-steps", "6", "--save-steps", "2", "--logging-steps", "5"]
+    return train_argv(model_dir, data_file, out, *full, *extra)
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:

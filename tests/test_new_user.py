@@ -12,46 +12,25 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_args import logged_steps, train_argv
 
 from gpo.cli import main
-
-
-def _args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--model", str(model),
-        "--data", str(data),
-        "--out", str(out),
-        "--batch-size", "4",
-        "--logging-steps", "1",
-        "--eval-steps", "0",
-        "--kl-prompts", "0",
-        "--progress", "false",
-        "--report-to", "none",
-        "--save-final", "false",
-        *extra,
-    ]  # fmt: skip
-
-
-def _steps(run: Path) -> list[int]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["step"] for r in records if "loss" in r]
 
 
 def test_resume_as_the_readme_writes_it(tiny_model_dir, tiny_data_file, tmp_path, capsys):
     """`gpo train --out RUN --resume` takes the run's saved config; only explicit flags differ,
     a finished run is not retrained, and a change of the optimisation is refused by name."""
     run = tmp_path / "run"
-    argv = _args(tiny_model_dir, tiny_data_file, run, "--max-steps", "4", "--save-steps", "2")
+    argv = train_argv(tiny_model_dir, tiny_data_file, run, "--max-steps", "4", "--save-steps", "2")
     assert main([*argv, "--loss", "savage", "--beta", "0.3"]) == 0
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume"]) == 0
     assert "already finished 4 steps: nothing to resume" in capsys.readouterr().out
-    assert _steps(run) == [1, 2, 3, 4]
+    assert logged_steps(run) == [1, 2, 3, 4]
     assert main(["train", "--out", str(run), "--resume", "--max-steps", "6"]) == 0
     out = capsys.readouterr().out
     assert "resuming at step 2" in out
-    assert _steps(run) == [1, 2, 3, 4, 5, 6]
+    assert logged_steps(run) == [1, 2, 3, 4, 5, 6]
     assert json.loads((run / "config.json").read_text())["loss"] == "savage"
     assert main(["train", "--out", str(run), "--resume", "--beta", "0.5"]) == 2
     assert "refusing to resume" in capsys.readouterr().err
@@ -61,13 +40,13 @@ def test_resume_without_a_run_yet_starts_from_scratch(tiny_model_dir, tiny_data_
     """A requeued job that died while starting can always pass --resume."""
     run = tmp_path / "requeued"
     run.mkdir()
-    argv = _args(tiny_model_dir, tiny_data_file, run, "--max-steps", "2", "--resume")
+    argv = train_argv(tiny_model_dir, tiny_data_file, run, "--max-steps", "2", "--resume")
     proc = subprocess.run(
         [sys.executable, "-m", "gpo.cli", *argv], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
     assert f"nothing to resume in {run}: starting the run from scratch" in proc.stdout
-    assert _steps(run) == [1, 2]
+    assert logged_steps(run) == [1, 2]
 
 
 @pytest.mark.slow
@@ -76,7 +55,9 @@ def test_interrupt_checkpoints_and_says_how_to_resume(
     tiny_model_dir, tiny_data_file, tmp_path, sig, code
 ):
     run = tmp_path / "run"
-    argv = _args(tiny_model_dir, tiny_data_file, run, "--max-steps", "500", "--save-steps", "0")
+    argv = train_argv(
+        tiny_model_dir, tiny_data_file, run, "--max-steps", "500", "--save-steps", "0"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpo.cli", *argv],
@@ -108,14 +89,14 @@ def test_interrupt_checkpoints_and_says_how_to_resume(
         timeout=600,
     )
     assert resumed.returncode == 0 and f"resuming at step {step}" in resumed.stdout
-    assert _steps(run) == list(range(1, 501))
+    assert logged_steps(run) == list(range(1, 501))
 
 
 def test_trl_loss_names(tiny_model_dir, tiny_data_file, tmp_path, capsys):
     from gpo.losses.objectives import OBJECTIVES, resolve_objective
 
     assert resolve_objective("sigmoid") is OBJECTIVES["logistic"]
-    assert main(_args(tiny_model_dir, tiny_data_file, tmp_path / "ipo", "--loss", "ipo")) == 2
+    assert main(train_argv(tiny_model_dir, tiny_data_file, tmp_path / "ipo", "--loss", "ipo")) == 2
     err = capsys.readouterr().err
     assert "iupo:reverse_kl --logp-reduction mean" in err and "\n" not in err.strip()
     assert not (tmp_path / "ipo").exists()
@@ -125,7 +106,9 @@ def test_epochs_no_eval_and_what_is_logged(tiny_model_dir, tiny_data_file, tmp_p
     """--num-epochs sets the steps; --eval-fraction 0 turns evaluation off; train records carry
     grad_norm and token counts; the start-up summary is a few lines."""
     run = tmp_path / "epochs"
-    argv = _args(tiny_model_dir, tiny_data_file, run, "--num-epochs", "1", "--eval-fraction", "0")
+    argv = train_argv(
+        tiny_model_dir, tiny_data_file, run, "--num-epochs", "1", "--eval-fraction", "0"
+    )
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("gpo train: logistic (beta 0.1)")
@@ -155,7 +138,7 @@ def test_a_data_error_leaves_no_run_folder(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "b"}\n')
     run = tmp_path / "run"
-    assert main(_args(tiny_model_dir, bad, run)) == 2
+    assert main(train_argv(tiny_model_dir, bad, run)) == 2
     assert "rejected" in capsys.readouterr().err
     assert not run.exists()
 
@@ -171,7 +154,7 @@ def test_final_adapter_and_checkpoints_load_from_another_directory(
     monkeypatch.chdir(tiny_model_dir.parent)
     rel = f"./{tiny_model_dir.name}"
     run = tmp_path / "lora"
-    argv = _args(Path(rel), tiny_data_file, run, "--max-steps", "2", "--save-steps", "1")
+    argv = train_argv(Path(rel), tiny_data_file, run, "--max-steps", "2", "--save-steps", "1")
     assert main([*argv, "--save-final", "true"]) == 0
     adapter = json.loads((run / "final" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(tiny_model_dir.resolve())

@@ -4,45 +4,24 @@ is refused unless ``--overwrite`` deletes the old run; ``max_steps`` changed on 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from cli_args import logged_steps, train_argv
 
 from gpo.cli import main
 from gpo.train.checkpoint import checkpoint_dirs
-
-
-def _args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--model", str(model),
-        "--data", str(data),
-        "--out", str(out),
-        "--batch-size", "4",
-        "--logging-steps", "1",
-        "--eval-steps", "0",
-        "--kl-prompts", "0",
-        "--progress", "false",
-        "--report-to", "none",
-        "--save-final", "false",
-        *extra,
-    ]  # fmt: skip
-
-
-def _steps(run: Path) -> list[int]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["step"] for r in records if "loss" in r]
 
 
 def test_reusing_out_without_resume_is_refused_and_overwrite_really_clears(
     tiny_model_dir, tiny_data_file, tmp_path, capsys
 ):
     run = tmp_path / "run"
-    first = _args(tiny_model_dir, tiny_data_file, run, "--max-steps", "4", "--save-steps", "1")
+    first = train_argv(tiny_model_dir, tiny_data_file, run, "--max-steps", "4", "--save-steps", "1")
     assert main([*first, "--beta", "0.3"]) == 0
     assert [p.name for p in checkpoint_dirs(run)] == ["step-000002", "step-000003"]
     config = (run / "config.json").read_bytes()
     capsys.readouterr()
 
-    again = _args(tiny_model_dir, tiny_data_file, run, "--max-steps", "2", "--save-steps", "1")
+    again = train_argv(tiny_model_dir, tiny_data_file, run, "--max-steps", "2", "--save-steps", "1")
     assert main(again) == 2
     err = capsys.readouterr().err
     assert err == (
@@ -51,7 +30,7 @@ def test_reusing_out_without_resume_is_refused_and_overwrite_really_clears(
         "pass --overwrite to delete it and start again, or choose another --out\n"
     )
     assert (run / "config.json").read_bytes() == config  # nothing of the old run was touched
-    assert _steps(run) == [1, 2, 3, 4]
+    assert logged_steps(run) == [1, 2, 3, 4]
     assert [p.name for p in checkpoint_dirs(run)] == ["step-000002", "step-000003"]
 
     assert main([*again, "--resume", "--overwrite"]) == 2
@@ -63,7 +42,7 @@ def test_reusing_out_without_resume_is_refused_and_overwrite_really_clears(
     out = capsys.readouterr().out
     assert "gpo: --overwrite: deleted the previous run's config.json, metrics.jsonl" in out
     assert [p.name for p in checkpoint_dirs(run)] == ["step-000001"]  # no old step-2/3 left
-    assert _steps(run) == [1, 2]
+    assert logged_steps(run) == [1, 2]
     assert json.loads((run / "config.json").read_text())["beta"] == 0.1
     assert (run / "notes.txt").read_text() == "mine"
 
@@ -73,15 +52,15 @@ def test_a_folder_with_other_files_only_is_used(tiny_model_dir, tiny_data_file, 
     run = tmp_path / "run"
     run.mkdir()
     (run / "train.log").write_text("started\n")
-    assert main(_args(tiny_model_dir, tiny_data_file, run, "--max-steps", "1")) == 0
-    assert _steps(run) == [1]
+    assert main(train_argv(tiny_model_dir, tiny_data_file, run, "--max-steps", "1")) == 0
+    assert logged_steps(run) == [1]
 
 
 def test_max_steps_changed_on_resume_warns_about_the_schedule(
     tiny_model_dir, tiny_data_file, tmp_path, capsys
 ):
     run = tmp_path / "run"
-    argv = _args(tiny_model_dir, tiny_data_file, run, "--max-steps", "4", "--save-steps", "2")
+    argv = train_argv(tiny_model_dir, tiny_data_file, run, "--max-steps", "4", "--save-steps", "2")
     assert main(argv) == 0
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--max-steps", "6"]) == 0
