@@ -21,6 +21,7 @@ import torch
 
 from gpo.train.checkpoint import STATE, checkpoint_dirs
 from gpo.train.faults import CHECKPOINT_POINTS
+from gpo.train.tracking import read_metrics
 
 SEED = 20240607  # the trial schedule is reproducible; it is printed on failure
 STEPS, SAVE_EVERY = 12, 2
@@ -165,6 +166,80 @@ def test_kill_9_at_random_moments_then_resume_gives_the_same_curve(
         assert "resuming at step" in log or "no usable checkpoint: starting" in log
         assert _losses(run) == expected, f"trial {i} ({kind} {at}): curve differs"
         assert not list((run / "checkpoints").glob(".tmp-*")), "a temp folder was left behind"
+
+
+def _rng_argv(model: Path, data: Path, out: Path, resume: bool = False) -> list[str]:
+    """A short LoRA run that draws random numbers: dropout in every training step, and a
+    sampling KL evaluation every 2 steps; checkpoints every 2 steps and a final adapter."""
+    return [
+        "train",
+        "--model", str(model),
+        "--data", str(data),
+        "--out", str(out),
+        "--finetune", "lora",
+        "--lora-dropout", "0.2",
+        "--batch-size", "4",
+        "--learning-rate", "3e-3",
+        "--max-steps", "6",
+        "--logging-steps", "1",
+        "--eval-steps", "2",
+        "--eval-fraction", "0.2",
+        "--kl-prompts", "2",
+        "--kl-samples", "2",
+        "--max-new-tokens", "4",
+        "--save-steps", "2",
+        "--save-final", "true",
+        "--progress", "false",
+        "--report-to", "none",
+        "--ref-cache", "none",
+        *(["--resume"] if resume else []),
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_kill_9_with_lora_dropout_and_sampling_evals_then_resume_is_exact(
+    tiny_model_dir: Path, tiny_data_file: Path, tmp_path: Path
+) -> None:
+    """A real SIGKILL, from outside, once the step-2 checkpoint is on disk; ``--resume`` in a
+    new process must restore the RNG that LoRA dropout draws from, or the resumed steps (and
+    the final adapter) differ from an uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([*PRELOAD, "peft"])
+
+    def run_gpo(out: Path, resume: bool = False) -> Any:
+        args = (_rng_argv(tiny_model_dir, tiny_data_file, out, resume), str(out) + ".log", None)
+        proc = ctx.Process(target=_child, args=args)
+        proc.start()
+        return proc
+
+    def finish(proc: Any, out: Path) -> str:
+        proc.join(timeout=300)
+        log = Path(str(out) + ".log").read_text()
+        assert proc.exitcode == 0, log[-2000:]
+        return log
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    finish(run_gpo(whole), whole)
+    proc = run_gpo(cut)
+    first = cut / "checkpoints" / "step-000002" / STATE
+    deadline = time.monotonic() + 300
+    while not first.exists():
+        assert proc.is_alive() and time.monotonic() < deadline, "no checkpoint before the end"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(timeout=30)
+    assert proc.exitcode == -signal.SIGKILL, "the run ended before it was killed"
+    assert not (cut / "final").exists() and not (cut / "summary.json").exists()
+    log = finish(run_gpo(cut, resume=True), cut)
+    assert "resuming at step 2" in log or "resuming at step 4" in log
+    expected = read_metrics(whole)
+    assert any("eval/kl" in r for r in expected) and any("loss" in r for r in expected)
+    assert read_metrics(cut) == expected  # bitwise: train losses, eval metrics, KL
+    a = load_file(whole / "final" / "adapter_model.safetensors")
+    b = load_file(cut / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
