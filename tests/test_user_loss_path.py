@@ -1,5 +1,6 @@
 """A ``pkg.module:func`` loss in the working directory imports under the ``gpo`` console script
-(which, unlike ``python -m``, does not put the working directory on ``sys.path``)."""
+(which, unlike ``python -m``, does not put the working directory on ``sys.path``), and both
+entry points resolve it by one rule: the working directory last on ``sys.path``."""
 
 from __future__ import annotations
 
@@ -52,3 +53,37 @@ def test_help_says_a_user_loss_runs_code(capsys: pytest.CaptureFixture[str]) -> 
         text = " ".join(capsys.readouterr().out.split())
         assert "importing PKG.MODULE runs its code, as running a script would" in text, command
         assert "use only code you trust" in text
+
+
+#: A user loss that says where it was found from and which ``colorsys`` (a standard-library
+#: module gpo does not import itself) it got, with a ``colorsys.py`` next to it.
+MYMOD = """
+import colorsys, os, sys
+import torch.nn.functional as F
+here = os.getcwd()
+where = [i - len(sys.path) for i, p in enumerate(sys.path) if os.path.abspath(p or ".") == here]
+mine = os.path.dirname(os.path.abspath(colorsys.__file__)) == here
+print(f"cwd at {where}; colorsys from {'cwd' if mine else 'stdlib'}", file=sys.stderr)
+def f(v):
+    return F.softplus(-v)
+"""
+
+
+@pytest.mark.skipif(not GPO.exists(), reason="the gpo console script is not installed")
+def test_gpo_and_python_m_resolve_a_user_loss_alike(tmp_path: Path) -> None:
+    """``python -m`` used to put the working directory first, so a ``colorsys.py`` there won
+    over the standard library's under ``python -m gpo.cli`` (and in sweeps, whose runs start
+    that way) but not under ``gpo``."""
+    (tmp_path / "mymod.py").write_text(MYMOD)
+    (tmp_path / "colorsys.py").write_text("raise SystemExit('the shadowing colorsys ran')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    args = ["losses", "--loss", "mymod:f", "--json"]
+    done = [
+        subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        for cmd in ([str(GPO), *args], [sys.executable, "-m", "gpo.cli", *args])
+    ]
+    for d in done:
+        assert d.returncode == 0, d.stderr
+        assert "cwd at [-1]; colorsys from stdlib" in d.stderr  # last, once; never shadowing
+    assert done[0].stdout == done[1].stdout
+    assert "mymod:f" in [r["name"] for r in json.loads(done[0].stdout)]

@@ -118,8 +118,9 @@ def _import_path(path: str) -> object:
             f"unknown loss {path!r}: valid names are {', '.join(LOSSES)}, "
             "or a dotted path 'pkg.module:func'"
         )
-    # `python -m` puts the working directory on the path and a console script does not: add it,
-    # last, so that a loss module next to the user's data imports the same under `gpo`.
+    # One rule under `gpo` and `python -m gpo.cli` (whose __main__ takes off the working
+    # directory that `python -m` puts first): installed packages and PYTHONPATH win, then the
+    # working directory, appended last, so a loss module next to the user's data imports.
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.append(cwd)
