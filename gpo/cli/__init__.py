@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from gpo.cli.data import add_data_parser
 from gpo.cli.experiment import add_experiment_parser
+from gpo.cli.export import add_export_parser
 from gpo.cli.judge_serve import add_judge_serve_parser
 from gpo.cli.losses import add_losses_parser
 from gpo.cli.models import add_models_parser
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     add_sweep_parsers(sub)
     add_judge_serve_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
