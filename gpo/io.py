@@ -10,10 +10,10 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import IO, Any
 
 #: URL query parameters whose values are treated as secrets (e.g. ``?api_key=...``).
 _SECRET_PARAM = re.compile(r"(?i)(key|token|secret|pass|auth|sig|credential)")
@@ -117,34 +117,87 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str]) ->
     return path
 
 
-def _lines(f: Iterable[bytes]) -> Iterable[bytes]:
-    """Lines ending in LF, CRLF or a lone CR (old Mac files): each is one numbered line."""
-    for raw in f:
-        body = raw.rstrip(b"\r\n")
-        if b"\r" in body:
-            yield from body.split(b"\r")
-        else:
-            yield raw
+#: The longest line :func:`read_jsonl` reads, in MiB (a JSON lines record this long is not
+#: preference data): a longer one is refused after reading that much of it, never held whole.
+MAX_LINE_ENV, MAX_LINE_MIB = "GPO_MAX_LINE_MB", 64
+_CHUNK = 1 << 20
+
+
+def env_limit(name: str, default_mib: float) -> int:
+    """A size limit in bytes from the environment variable ``name`` (MiB, may be fractional),
+    else ``default_mib``."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        mib = float(raw) if raw else default_mib
+    except ValueError:
+        mib = math.nan
+    if not mib > 0 or math.isinf(mib):
+        raise ValueError(f"{name} must be a positive number of MiB, got {raw!r}")
+    return max(1, int(mib * (1 << 20)))
+
+
+def size_text(n: int) -> str:
+    """``64 MiB`` for whole MiB, ``1.5 MiB`` from 1 MiB up, else bytes."""
+    if n and n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+class _LineTooLong(Exception):
+    def __init__(self, lineno: int) -> None:
+        self.lineno = lineno
+
+
+def _lines(f: IO[bytes], limit: int) -> Iterator[bytes]:
+    """Lines ending in LF, CRLF or a lone CR (old Mac files), without their ends: each is one
+    numbered line. Read in chunks, holding at most ``limit`` bytes of a line: a longer one
+    raises :class:`_LineTooLong` with its number, without the rest of it being read."""
+    line, n, after_cr = bytearray(), 0, False
+    while chunk := f.read(_CHUNK):
+        if after_cr and chunk.startswith(b"\n"):  # the LF of a CRLF cut by the chunk border
+            chunk = chunk[1:]
+        after_cr = chunk.endswith(b"\r")
+        for piece in chunk.splitlines(keepends=True):
+            body = piece.rstrip(b"\r\n")
+            if len(line) + len(body) > limit:
+                raise _LineTooLong(n + 1)
+            if len(body) == len(piece):  # no end yet: continued in the next chunk
+                line += body
+                continue
+            n += 1
+            yield bytes(line) + body if line else body
+            line.clear()
+    if line:
+        yield bytes(line)
 
 
 def read_jsonl(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> list[Any]:
     """The JSON value of every non-blank line (gzip if the name ends in .gz; a UTF-8 BOM on the
-    first line is ignored). A bad line raises ``error`` naming the file and line."""
+    first line is ignored). A bad line raises ``error`` naming the file and line, as does a line
+    longer than ``GPO_MAX_LINE_MB`` (64 MiB), which is refused without being read whole."""
     path = Path(path)
+    limit = env_limit(MAX_LINE_ENV, MAX_LINE_MIB)
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     with opener(path, "rb") as f:
-        for lineno, raw in enumerate(_lines(f), 1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise error(f"{path}: line {lineno}: not valid UTF-8 ({e.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise error(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
+        try:
+            for lineno, raw in enumerate(_lines(f, limit), 1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise error(f"{path}: line {lineno}: not valid UTF-8 ({e.reason})") from None
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise error(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
+        except _LineTooLong as e:
+            raise error(
+                f"{path}: line {e.lineno}: longer than {size_text(limit)}, the most gpo reads "
+                f"of one line (a row this long is refused unread; set {MAX_LINE_ENV} to raise "
+                "the limit)"
+            ) from None
     return rows
 
 

@@ -9,13 +9,28 @@ from typing import Any
 from gpo.data.builtin import load_builtin_gold
 from gpo.data.formats import DataError, NoSplits, NoSuchSplit
 from gpo.data.hub import HubUnreachable, check_hub_reachable, hub_offline
-from gpo.io import read_jsonl
+from gpo.io import env_limit, read_jsonl, size_text
 
 BUILTIN_NAMES = ("gold", "builtin")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+#: The largest .json file read as one JSON document, in MiB: it is parsed whole (several times
+#: its size in memory), so a bigger one is refused before reading. JSON lines are read a line at
+#: a time (each line at most ``GPO_MAX_LINE_MB``, see :func:`gpo.io.read_jsonl`).
+MAX_JSON_ENV, MAX_JSON_MIB = "GPO_MAX_JSON_MB", 1024
+
+
+def _check_json_size(path: Path) -> None:
+    limit, size = env_limit(MAX_JSON_ENV, MAX_JSON_MIB), path.stat().st_size
+    if size > limit:
+        raise DataError(
+            f"{path}: {size_text(size)}, more than the {size_text(limit)} gpo reads as one JSON "
+            f"document; write the rows as JSON lines (.jsonl, read a line at a time) or set "
+            f"{MAX_JSON_ENV} to raise the limit"
+        )
 
 
 def _read_json(path: Path, split: str | None) -> list[Any]:
+    _check_json_size(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
