@@ -109,3 +109,30 @@ def test_a_bad_limit_in_the_environment_is_named(
     data.write_text(json.dumps(ROW) + "\n")
     err = _one_line(tmp_path, capsys, train_argv(tiny_model_dir, data, tmp_path / "run"))
     assert err == f"gpo: error: GPO_MAX_LINE_MB must be a positive number of MiB, got {value!r}"
+
+
+def test_the_default_limits(monkeypatch) -> None:
+    from gpo.data.sources import MAX_JSON_ENV, MAX_JSON_MIB
+    from gpo.io import MAX_LINE_ENV, MAX_LINE_MIB, env_limit
+
+    monkeypatch.delenv(MAX_LINE_ENV, raising=False)
+    monkeypatch.delenv(MAX_JSON_ENV, raising=False)
+    assert env_limit(MAX_LINE_ENV, MAX_LINE_MIB) == 64 << 20
+    assert env_limit(MAX_JSON_ENV, MAX_JSON_MIB) == 1024 << 20
+
+
+def test_lines_split_alike_at_every_chunk_border(monkeypatch) -> None:
+    """Read in chunks of 1 to 4 bytes, a CRLF cut by a chunk border is still one line end: the
+    lines are those of ``bytes.splitlines`` (LF, CRLF, lone CR), whatever the chunk size."""
+    import io
+    import random
+
+    import gpo.io
+
+    rng = random.Random(0)
+    for _ in range(300):
+        data = bytes(rng.choice(b"ab\r\n") for _ in range(rng.randint(0, 12)))
+        for chunk in (1, 2, 3, 4):
+            monkeypatch.setattr(gpo.io, "_CHUNK", chunk)
+            got = list(gpo.io._lines(io.BytesIO(data), 100))
+            assert got == data.splitlines(), (data, chunk)
