@@ -21,7 +21,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from gpo.experiments.report import report
 
-    report(args.sweep_dir, out=args.out, beta=args.beta, judge=args.judge)
+    report(args.sweep_dir, out=args.out, beta=args.beta, judge=args.judge, frontier=args.frontier)
     return 0
 
 
@@ -58,4 +58,11 @@ def add_sweep_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--beta", type=float, help="beta of the side-by-side comparison (default: the best)"
     )
     r.add_argument("--judge", help="judge for the side-by-side (default: the runs' judge)")
+    r.add_argument(
+        "--frontier",
+        metavar="SWEEP_DIR",
+        action="append",
+        default=[],
+        help="a fixed-beta sweep (e.g. cpu-small) to compare KL-targeted runs with at equal KL",
+    )
     r.set_defaults(func=cmd_report)

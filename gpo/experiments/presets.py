@@ -6,6 +6,10 @@
   pi_sft built from the gold task's data (gpo/sft.py), all six GPO losses x beta in
   {0.01, 0.03, ..., 30, 100}, full fine-tuning, 300 steps, the gold judge against pi_sft at
   every eval.
+- ``cpu-kl``: KL-targeted training (docs/kl-control.md): the six GPO losses x ``kl_target`` in
+  {1, 3, 10} nats x 2 seeds, from the same tiny pi_sft and settings as ``cpu-small`` (beta starts
+  at 0.1 and is steered), with the final on-policy KL on 64 prompts x 2 samples. Its fixed-beta
+  frontier is a ``cpu-small`` sweep: ``gpo report DIR --frontier CPU_SMALL_DIR``.
 - ``paper``: the paper's grid (App. A.3) for GPUs: embedded SmolLM2, all six losses x a log grid
   of beta from 0.01 to 100 x learning rates {1e-5, 3e-5}, constant schedule, batch 32, 20k steps,
   eval every 200 steps for the first 2000 then every 2000. Not run here.
@@ -66,6 +70,15 @@ PRESETS: dict[str, Preset] = {
         {
             "base": _CPU_BASE,
             "grid": {"loss": list(LOSSES), "beta": _LOG_BETAS},
+            "sft": _CPU_SFT,
+            "jobs": 2,
+        },
+    ),
+    "cpu-kl": Preset(
+        "6 GPO losses x KL targets {1, 3, 10} nats x 2 seeds, beta steered; ~35 min, 2 cores",
+        {
+            "base": {**_CPU_BASE, "beta": 0.1, "kl_prompts": 64},
+            "grid": {"loss": list(LOSSES), "kl_target": [1.0, 3.0, 10.0], "seed": [0, 1]},
             "sft": _CPU_SFT,
             "jobs": 2,
         },

@@ -35,6 +35,16 @@ class TrainConfig:
     loss: str = "logistic"  # a GPO loss, 'fdpo:js', 'iupo:js', ... or 'pkg.module:func'
     beta: float = 0.1  # the loss is f(beta * rho): larger beta, stronger regularization
     logp_reduction: Literal["sum", "mean"] = "sum"  # 'mean' = per-token mean (TRL's IPO)
+    # KL-targeted training (docs/kl-control.md): beta is then the starting value
+    kl_target: float | None = None  # nats of KL(pi_theta || pi_ref) to steer beta towards
+    kl_control_steps: int = 10  # optimizer steps between sampled KL measurements
+    kl_control_prompts: int = 16  # held-out prompts per measurement (x kl_samples each)
+    kl_control_signal: Literal["sampled", "proxy"] = "sampled"  # proxy: calibrated E[rho^2]/2
+    kl_ramp: float = 0.5  # share of max_steps over which the aimed-at KL rises to kl_target
+    kl_gain_i: float = 0.3  # integral gain on log beta per measurement
+    kl_gain_p: float = 0.5  # proportional-on-change gain (damping)
+    kl_beta_min: float = 1e-3  # bounds on the steered beta
+    kl_beta_max: float = 1e3
     # model options
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights are loaded in this
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast (Accelerate)
@@ -107,17 +117,43 @@ class TrainConfig:
             "judge_prompts": self.judge_prompts >= 0,
             "lora_r": self.lora_r > 0,
             "lora_dropout": 0 <= self.lora_dropout < 1,
+            "kl_target": self.kl_target is None or 0 < self.kl_target < math.inf,
+            "kl_control_steps": self.kl_control_steps > 0,
+            "kl_control_prompts": self.kl_control_prompts > 0,
+            "kl_ramp": 0 <= self.kl_ramp <= 1,
+            "kl_gain_i": 0 <= self.kl_gain_i < math.inf,
+            "kl_gain_p": 0 <= self.kl_gain_p < math.inf,
+            "kl_beta_min": 0 < self.kl_beta_min <= self.kl_beta_max,
+            "kl_beta_max": self.kl_beta_max < math.inf,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"config: {name} = {getattr(self, name)!r} is out of range")
         if self.eval_schedule is not None:
             parse_schedule(self.eval_schedule)  # a malformed schedule fails here, not mid-run
+        if self.kl_target is not None:
+            _check_kl_control(self)
         if self.resume and self.overwrite:
             raise ValueError("config: resume and overwrite contradict each other: pass one")
         unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
         if unknown:
             raise ValueError(f"config: report_to has unknown entries {sorted(unknown)}")
+
+
+def _check_kl_control(cfg: TrainConfig) -> None:
+    """Settings that make KL-targeted training impossible, refused before a model loads."""
+    if not cfg.kl_beta_min <= cfg.beta <= cfg.kl_beta_max:
+        raise ValueError(
+            f"config: beta = {cfg.beta!r} (the starting value with kl_target) is outside "
+            f"[kl_beta_min, kl_beta_max] = [{cfg.kl_beta_min!r}, {cfg.kl_beta_max!r}]"
+        )
+    if cfg.kl_samples <= 0:
+        raise ValueError("config: kl_target needs kl_samples > 0 (completions per prompt)")
+    if cfg.eval_fraction == 0 and cfg.eval_data is None and cfg.eval_split is None:
+        raise ValueError(
+            "config: kl_target needs held-out prompts to sample from: set eval_fraction > 0, "
+            "eval_data or eval_split"
+        )
 
 
 def field_types(tp: Any) -> tuple[list[type], list[Any] | None]:

@@ -240,8 +240,13 @@ def startup_summary(cfg: TrainConfig, run_dir: Path) -> str:
         evals += f", {redact_urls(cfg.judge)} win rate on {cfg.judge_prompts} prompts"
     if is_gold(cfg) and cfg.gold_eval_prompts:
         evals += f"; final gold win rate on {cfg.gold_eval_prompts} prompts"
+    beta = f"beta {cfg.beta:g}"
+    if cfg.kl_target is not None:
+        beta += (
+            f" steered to KL {cfg.kl_target:g} nats, measured every {cfg.kl_control_steps} steps"
+        )
     lines = [
-        f"gpo train: {cfg.loss} (beta {cfg.beta:g}) on {cfg.data}, model {cfg.model} ({tune})",
+        f"gpo train: {cfg.loss} ({beta}) on {cfg.data}, model {cfg.model} ({tune})",
         f"  {steps} x {cfg.batch_size} pairs, lr {cfg.learning_rate:g} ({cfg.lr_scheduler}), "
         f"seed {cfg.seed}" + (", resuming" if cfg.resume else ""),
         f"  {evals}",

@@ -25,17 +25,16 @@ import torch
 from tqdm.auto import tqdm
 
 from gpo.data.collate import collate_for_training
-from gpo.data.formats import prompt_text
 from gpo.data.tokenize import TokenizedPair
 from gpo.eval.judges import resolve_judge
-from gpo.eval.kl import on_policy_kl
-from gpo.eval.pairs import concat_values, pair_metrics, pair_values, reduce_metrics
-from gpo.eval.win_rate import SAMPLES_DIR, WinRateEval, sample_opponent, step_samples_path
+from gpo.eval.pairs import concat_values, pair_values, reduce_metrics
+from gpo.eval.win_rate import SAMPLES_DIR
 from gpo.io import write_json
 from gpo.losses.objectives import resolve_objective
 from gpo.models.logps import PolicyLogps, SequenceLogps
 from gpo.train.checkpoint import latest_usable_checkpoint, save_checkpoint, save_final
 from gpo.train.config import TrainConfig, saved_config
+from gpo.train.evaluation import Evaluations
 from gpo.train.guards import (
     NonFiniteGuard,
     TrainingError,
@@ -44,6 +43,7 @@ from gpo.train.guards import (
 )
 from gpo.train.host_memory import reuse_freed_memory
 from gpo.train.interrupt import Interrupted, StopRequests
+from gpo.train.kl_control import KLSteering
 from gpo.train.plots import plot_run
 from gpo.train.schedule import is_eval_step, segments_for
 from gpo.train.setup import (
@@ -65,7 +65,7 @@ from gpo.train.tracking import Tracker, eval_line
 StepCallback = Callable[[int, float], None]
 
 
-class Trainer:
+class Trainer(Evaluations):
     """One training run: set up in ``__init__``, carried out by :meth:`run`."""
 
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[StepCallback] = ()) -> None:
@@ -103,6 +103,11 @@ class Trainer:
             cfg.max_steps = max(1, math.ceil(cfg.num_epochs * len(self.data.train) / global_batch))
         if self.main:  # the run can start: record exactly what it runs
             write_json(self.run_dir / "config.json", saved_config(cfg))
+        self.steering = None
+        if cfg.kl_target is not None:
+            if not self.data.eval:
+                raise ValueError("kl_target needs held-out prompts: the data gave no eval pairs")
+            self.steering = KLSteering(cfg, len(self.data.eval))
         self.params = [p for p in model.parameters() if p.requires_grad]
         if self.main:  # a too-full disk fails now, not at the first checkpoint
             ckpt = checkpoint_bytes(model, self.params, cfg.finetune == "lora")
@@ -142,16 +147,6 @@ class Trainer:
                 judge.progress = cfg.progress
             self.win_rate = self._win_rate_eval(judge, cfg.judge_prompts, cfg.opponent)
 
-    def _win_rate_eval(self, judge: Any, n: int, opponent: str | None) -> WinRateEval:
-        """The policy against ``opponent`` (None: pi_ref) on the first ``n`` held-out prompts."""
-        cfg, tokenizer = self.cfg, self.tokenizer
-        prompts = [prompt_text(r) for r in self.data.eval_rows[:n]]
-        ids = [list(p.prompt_ids) for p in self.data.eval[:n]]
-        theirs = sample_opponent(
-            opponent, self.reference, tokenizer, ids, cfg.max_new_tokens, cfg.seed + 1
-        )
-        return WinRateEval(judge, prompts, ids, theirs, cfg.max_new_tokens)
-
     def _run_dir(self) -> tuple[Path, bool]:
         """The run folder (:func:`gpo.train.setup.open_run_dir`), shared with every process."""
         run_dir, created = open_run_dir(self.cfg, self.main)
@@ -166,7 +161,14 @@ class Trainer:
             print(
                 f"resuming at step {state['step']}" if state else "no usable checkpoint: starting"
             )
+        if state and self.steering is not None:
+            self.steering.load_state_dict(state["kl_control"])
         return state["step"] if state else 0
+
+    @property
+    def beta(self) -> float:
+        """The loss's beta for the next step: fixed, or steered towards ``kl_target``."""
+        return self.cfg.beta if self.steering is None else self.steering.beta
 
     def _gather(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: gather_uneven(self.acc, t) for k, t in values.items()}
@@ -184,7 +186,7 @@ class Trainer:
             ref = self.reference.logps(batch, cfg.logp_reduction)
             # No per-call validation (host syncs): a non-finite loss propagates to the guard,
             # which checks once per step and names the rows.
-            out = self.objective(*policy.split(), *ref.split(), cfg.beta, validate=False)
+            out = self.objective(*policy.split(), *ref.split(), self.beta, validate=False)
             loss = out.losses.mean()
             self.guard.watch_loss(loss, micro, batch.indices)  # checked once per step, below
             self.acc.backward(loss)
@@ -195,52 +197,15 @@ class Trainer:
             if not self.acc.sync_gradients or self.guard.step_ok(step, self.params, norm):
                 self.optimizer.step()
             self.optimizer.zero_grad()
-        return self._gather(pair_values(out, policy, ref, cfg.beta))
-
-    def evaluate(self, step: int) -> dict[str, float]:
-        """Held-out pair metrics (all processes) and on-policy KL (main process)."""
-        cfg = self.cfg
-        metrics = pair_metrics(
-            self.model,
-            self.reference,
-            self.objective,
-            self.eval_shard,
-            cfg.beta,
-            cfg.logp_reduction,
-            cfg.batch_size,
-            self.tokenizer.pad_token_id,
-            self.acc.device,
-            self._gather,
-            share_prompt=cfg.share_prompt,
-        )
-        result = {f"eval/{k}": v for k, v in metrics.items()}
-        if self.main and cfg.kl_prompts > 0 and cfg.kl_samples > 0:
-            prompts = [p.prompt_ids for p in self.data.eval[: cfg.kl_prompts]]
-            kl, se = on_policy_kl(
-                self.model,
-                self.reference,
-                self.tokenizer,
-                prompts,
-                cfg.kl_samples,
-                cfg.max_new_tokens,
-                seed=cfg.seed + step,
-                show_progress=cfg.progress,
-            )
-            result.update({"eval/kl": kl, "eval/kl_se": se})
-        if self.win_rate is not None:
-            samples = step_samples_path(self.run_dir, step)
-            wr = self.win_rate.evaluate(
-                self.model, self.tokenizer, cfg.seed + step, samples, cfg.progress
-            )
-            result.update({f"eval/{k}": v for k, v in wr.items()})
-        self.acc.wait_for_everyone()
-        return result
+        return self._gather(pair_values(out, policy, ref, self.beta))
 
     def save(self, step: int) -> None:
         if self.reference.cache is not None:
             self.reference.cache.flush()
         if self.main:
-            state = {"config": saved_config(self.cfg)}
+            state: dict[str, Any] = {"config": saved_config(self.cfg)}
+            if self.steering is not None:
+                state["kl_control"] = self.steering.state_dict()
             save_checkpoint(
                 self.run_dir,
                 step,
@@ -285,7 +250,26 @@ class Trainer:
             "train_seconds": time.perf_counter() - t0,
             "run_dir": str(self.run_dir),
         }
+        if self.steering is not None:
+            summary.update(kl_target=cfg.kl_target, final_beta=self.steering.beta)
+            summary.update(
+                {k: last_eval[f"eval/{k}"] for k in ("kl", "kl_se") if f"eval/{k}" in last_eval}
+            )
         return self.finish(summary)
+
+    def _steer(self, step: int, values: list[dict[str, torch.Tensor]]) -> None:
+        """KL-targeted training: beta for the next step (:mod:`gpo.train.kl_control`)."""
+        if self.steering is None:
+            return
+        rho = torch.cat([v["rho"] for v in values]).double()
+        measure = self._measure_kl if self.main else None
+        logged = self.steering.after_step(step, (rho.pow(2).mean() / 2).item(), measure)
+        if self.acc.num_processes > 1:  # every process steps with the main process's beta
+            from accelerate.utils import broadcast
+
+            beta = torch.tensor([self.steering.beta], dtype=torch.float64, device=self.acc.device)
+            self.steering.controller.beta = broadcast(beta, from_process=0).item()
+        self.tracker.log(step, logged)
 
     def _check_stop(self, step: int) -> None:
         """On SIGINT/SIGTERM: checkpoint this step and stop (:mod:`gpo.train.interrupt`)."""
@@ -306,6 +290,7 @@ class Trainer:
                 self._tokens += sum(pair_tokens(self.data.train[i]) for i in indices)
             self.scheduler.step()
             bar.update(1)
+            self._steer(step, window[-accum:])
             for callback in self.callbacks:
                 callback(step, time.perf_counter() - t0)
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:

@@ -19,6 +19,11 @@ Reads every ``runs/*/metrics.jsonl`` of a sweep (see gpo/sweep.py); runs are gro
   checkpoints, per beta (the paper: higher at larger beta).
 - ``curves.png``: train loss, eval loss, eval preference accuracy and eval reward margin vs step
   per run (UPO paper Fig. 1).
+- KL-targeted runs (``kl_target`` set; docs/kl-control.md): ``kl_control_trajectories.png``
+  (beta and the measured KL vs step), ``kl_control_tracking.png`` (final KL vs target), and
+  ``kl_control_win_rate_at_equal_kl.png`` (their win rate against the fixed-beta runs of the
+  same sweep, or of ``--frontier`` sweeps, at the same KL); tables in ``summary.json`` under
+  ``kl_control`` and in ``report.md``.
 - ``summary.json`` (the resolved sweep config, per-run numbers, correlations, the side-by-side
   matrix) and ``report.md``.
 
@@ -41,8 +46,10 @@ from gpo.experiments.report.collect import (
     spearman_per_beta,
 )
 from gpo.experiments.report.figures import draw_figures
-from gpo.experiments.report.markdown import markdown
-from gpo.io import redact_urls, write_json
+from gpo.experiments.report.kl_control import kl_control_section
+from gpo.experiments.report.kl_figures import draw_kl_figures
+from gpo.experiments.report.markdown import kl_markdown, markdown
+from gpo.io import pyplot, redact_urls, write_json
 
 
 def report(
@@ -50,10 +57,14 @@ def report(
     out: str | Path | None = None,
     beta: float | None = None,
     judge: str | None = None,
+    frontier: list[str | Path] = (),  # type: ignore[assignment]
 ) -> dict[str, Any]:
-    """Write the figures, summary.json and report.md (see the module docstring); the summary."""
+    """Write the figures, summary.json and report.md (see the module docstring); the summary.
+    ``frontier``: other sweep folders whose fixed-beta runs join this one's for the
+    win-rate-at-equal-KL comparison of KL-targeted runs."""
     sweep_dir = Path(sweep_dir)
     runs = load_runs(sweep_dir)
+    frontier_runs = [r for d in frontier for r in load_runs(Path(d))]
     out_dir = Path(out) if out is not None else sweep_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = run_rows(runs)
@@ -65,6 +76,8 @@ def report(
     judge_spec = judge or runs_judge(runs)
     sbs = side_by_side(runs, sbs_beta, judge_spec) if sbs_beta is not None else None
     written = draw_figures(runs, rows, per_beta, sbs, out_dir)
+    steered = kl_control_section(runs, frontier_runs)
+    written += draw_kl_figures(pyplot(), runs, frontier_runs, steered.get("tracking", []), out_dir)
     if not any(r.series("eval/win_rate") for r in runs):
         print(
             "report: no run evaluated a win rate (judge_prompts 0), so the win-rate figures "
@@ -86,8 +99,11 @@ def report(
         "side_by_side": sbs,
         "figures": [p.name for p in written],
     }
+    if steered:
+        summary["kl_control"] = steered
+        summary["report"]["frontier"] = [str(d) for d in frontier]
     write_json(out_dir / "summary.json", summary)
-    text = markdown(rows, per_beta, sbs, written)
+    text = markdown(rows, per_beta, sbs, written) + kl_markdown(steered)
     (out_dir / "report.md").write_text(text)
     print(text)
     print(f"report: wrote {len(written)} figures, summary.json and report.md to {out_dir}/")

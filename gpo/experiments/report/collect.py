@@ -28,6 +28,7 @@ class RunData:
     evals: list[dict[str, Any]]  # records with eval metrics, by step
     train: list[dict[str, Any]]  # records with the train loss
     finished: bool
+    control: list[dict[str, Any]]  # per-step records of KL-targeted training (beta, KL seen)
 
     @property
     def key(self) -> tuple[str, float]:
@@ -54,6 +55,7 @@ def load_runs(sweep_dir: Path) -> list[RunData]:
                 [r for r in records if any(k.startswith("eval/") for k in r)],
                 [r for r in records if "loss" in r],
                 (d / "summary.json").is_file(),
+                [r for r in records if "kl_control/beta" in r],
             )
         )
     if not runs:

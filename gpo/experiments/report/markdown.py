@@ -43,3 +43,47 @@ def markdown(
             lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" for x in row) + " |")
     lines += ["", "Figures: " + ", ".join(p.name for p in figures)]
     return "\n".join(lines) + "\n"
+
+
+def kl_markdown(section: dict[str, Any]) -> str:
+    """The KL-targeted training tables (empty without controlled runs)."""
+    if not section:
+        return ""
+    rows, tol = section["tracking"], section["tolerance"]
+    lines = [
+        "",
+        f"## KL-targeted runs: {section['within']} of {len(rows)} end within +-{tol:.0%} of "
+        f"their target, {section['diverged']} diverged",
+        "",
+        "| loss | seed | KL target | final KL (+- SE) | rel. error | within | final beta "
+        "| win rate (+- SE) | fixed-beta win rate at that KL (+- SE) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    equal = {r["name"]: r for r in section["equal_kl"]}
+    for r in sorted(rows, key=lambda r: (r["loss"], r["kl_target"], str(r["seed"]))):
+        e = equal[r["name"]]
+        lines.append(
+            f"| {r['loss']} | {r['seed']} | {r['kl_target']:g} "
+            f"| {_f(r['kl'])} +- {_f(r['kl_se'], 2)} | {_f(r['relative_error'], 2)} "
+            f"| {'yes' if r['within'] else 'no'} | {_f(r['final_beta'])} "
+            f"| {_f(r['win_rate'])} +- {_f(r['win_rate_se'], 2)} "
+            f"| {_f(e['fixed_beta_win_rate'])} +- {_f(e['fixed_beta_win_rate_se'], 2)} |"
+        )
+    s = section["equal_kl_summary"]
+    lines += [
+        "",
+        f"At equal KL ({s['runs']} runs inside the fixed-beta runs' KL range): mean win-rate "
+        f"difference (KL-targeted - fixed beta) {_f(s['mean_difference'], 2)}, mean SE of the "
+        f"fixed-beta curve {_f(s['mean_fixed_beta_se'], 2)}.",
+        "",
+        "Final beta measured / predicted by `equivalent_beta` from logistic's final beta "
+        "(same target and seed; geometric mean over seeds):",
+        "",
+        "| loss | KL target | runs | ratio |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {t['loss']} | {t['kl_target']:g} | {t['runs']} | {_f(t['ratio'], 2)} |"
+        for t in section["theory"]
+    ]
+    return "\n".join(lines) + "\n"

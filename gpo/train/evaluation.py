@@ -1,0 +1,92 @@
+"""The evaluations of a training run (a mixin of :class:`gpo.train.trainer.Trainer`): held-out
+pair metrics, on-policy KL, win rates, and the KL measurements of KL-targeted training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpo.data.formats import prompt_text
+from gpo.eval.kl import on_policy_kl
+from gpo.eval.pairs import pair_metrics
+from gpo.eval.win_rate import WinRateEval, sample_opponent, step_samples_path
+
+
+class Evaluations:
+    """Needs the trainer's ``cfg``, ``data``, ``model``, ``reference``, ``tokenizer``, ``acc``,
+    ``main``, ``objective``, ``beta``, ``eval_shard``, ``win_rate``, ``run_dir``, ``_gather``."""
+
+    cfg: Any
+    data: Any
+    model: Any
+    reference: Any
+    tokenizer: Any
+    acc: Any
+    main: bool
+    objective: Any
+    eval_shard: Any
+    win_rate: WinRateEval | None
+    run_dir: Any
+    beta: float
+    _gather: Any
+
+    def _win_rate_eval(self, judge: Any, n: int, opponent: str | None) -> WinRateEval:
+        """The policy against ``opponent`` (None: pi_ref) on the first ``n`` held-out prompts."""
+        cfg, tokenizer = self.cfg, self.tokenizer
+        prompts = [prompt_text(r) for r in self.data.eval_rows[:n]]
+        ids = [list(p.prompt_ids) for p in self.data.eval[:n]]
+        theirs = sample_opponent(
+            opponent, self.reference, tokenizer, ids, cfg.max_new_tokens, cfg.seed + 1
+        )
+        return WinRateEval(judge, prompts, ids, theirs, cfg.max_new_tokens)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out pair metrics (all processes) and on-policy KL (main process)."""
+        cfg = self.cfg
+        metrics = pair_metrics(
+            self.model,
+            self.reference,
+            self.objective,
+            self.eval_shard,
+            self.beta,
+            cfg.logp_reduction,
+            cfg.batch_size,
+            self.tokenizer.pad_token_id,
+            self.acc.device,
+            self._gather,
+            share_prompt=cfg.share_prompt,
+        )
+        result = {f"eval/{k}": v for k, v in metrics.items()}
+        if self.main and cfg.kl_prompts > 0 and cfg.kl_samples > 0:
+            prompts = [p.prompt_ids for p in self.data.eval[: cfg.kl_prompts]]
+            kl, se = on_policy_kl(
+                self.model,
+                self.reference,
+                self.tokenizer,
+                prompts,
+                cfg.kl_samples,
+                cfg.max_new_tokens,
+                seed=cfg.seed + step,
+                show_progress=cfg.progress,
+            )
+            result.update({"eval/kl": kl, "eval/kl_se": se})
+        if self.win_rate is not None:
+            samples = step_samples_path(self.run_dir, step)
+            wr = self.win_rate.evaluate(
+                self.model, self.tokenizer, cfg.seed + step, samples, cfg.progress
+            )
+            result.update({f"eval/{k}": v for k, v in wr.items()})
+        self.acc.wait_for_everyone()
+        return result
+
+    def _measure_kl(self, indices: list[int], step: int) -> tuple[float, float]:
+        cfg = self.cfg
+        prompts = [self.data.eval[i].prompt_ids for i in indices]
+        return on_policy_kl(
+            self.model,
+            self.reference,
+            self.tokenizer,
+            prompts,
+            cfg.kl_samples,
+            cfg.max_new_tokens,
+            seed=cfg.seed + 7919 * step,  # not an eval's seed (cfg.seed + step)
+        )

@@ -1,0 +1,239 @@
+"""KL-targeted training (gpo/train/kl_control.py): the controller on simulated systems, its bounds,
+its settings, and a training run that steers beta and resumes exactly."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from gpo.train.config import TrainConfig
+from gpo.train.kl_control import (
+    MAX_ERROR,
+    BetaController,
+    ProxyCalibration,
+    rotating_window,
+)
+
+
+def _controller(target: float, beta: float = 0.1, **kw: float) -> BetaController:
+    gains = dict(gain_i=0.3, gain_p=0.5, beta_min=1e-3, beta_max=1e3)
+    gains.update(kw)
+    return BetaController(target=target, beta=beta, **gains)
+
+
+def test_error_is_the_clipped_log_ratio():
+    c = _controller(2.0)
+    assert c.error(2.0) == 0.0
+    assert c.error(4.0) == pytest.approx(math.log(2))
+    assert c.error(1e6) == MAX_ERROR and c.error(1e-9) == -MAX_ERROR
+    assert c.error(0.0) == -MAX_ERROR and c.error(-0.3) == -MAX_ERROR  # MC noise near pi_ref
+
+
+def test_update_by_hand():
+    """log beta <- log beta + gain_i * e + gain_p * (e - e_prev)."""
+    c = _controller(1.0, beta=0.1)
+    c.update(math.e**0.5)  # e = 0.5, no previous error
+    assert c.beta == pytest.approx(0.1 * math.exp(0.3 * 0.5))
+    c.update(math.e**0.2)  # e = 0.2, change -0.3
+    assert c.beta == pytest.approx(0.1 * math.exp(0.15 + 0.3 * 0.2 + 0.5 * (0.2 - 0.5)))
+    assert c.updates == 2 and c.last_error == pytest.approx(0.2)
+
+
+def test_a_policy_farther_than_the_target_raises_beta_and_nearer_lowers_it():
+    far, near = _controller(1.0), _controller(1.0)
+    assert far.update(5.0) > 0.1 and near.update(0.2) < 0.1
+
+
+def test_nan_measurement_leaves_beta_alone():
+    c = _controller(1.0)
+    assert c.update(float("nan")) == 0.1 and c.updates == 0
+
+
+def test_beta_stays_within_its_bounds():
+    rng = random.Random(0)
+    c = _controller(3.0, beta=1.0, gain_i=5.0, gain_p=5.0, beta_min=0.01, beta_max=100.0)
+    for _ in range(500):
+        c.update(rng.choice([0.0, -1.0, 1e9, rng.lognormvariate(0, 3)]))
+        assert 0.01 <= c.beta <= 100.0
+
+
+def _settle(kl_of_beta, target: float, beta: float, seed: int, updates: int = 30) -> list[float]:
+    """Drive a simulated system with the default gains: each update the KL moves 30% of the
+    way towards its equilibrium ``kl_of_beta(beta)`` (KL lags beta), measured with 20%
+    log-normal noise. Returns the true KL after each update."""
+    d = TrainConfig()
+    c = _controller(target, beta=beta, gain_i=d.kl_gain_i, gain_p=d.kl_gain_p)
+    rng, kl, seen = random.Random(seed), 0.0, []
+    for _ in range(updates):
+        kl += 0.3 * (kl_of_beta(c.beta) - kl)
+        seen.append(kl)
+        c.update(kl * rng.lognormvariate(0, 0.2))
+    return seen
+
+
+def test_controller_reaches_the_target_of_lagging_noisy_systems():
+    """Two responses, both far from every target at their start: IPO-like (equilibrium KL
+    0.3 / beta^2) from beta 0.1 (KL 30), and ``3 / beta`` from beta 100 (KL 0.03: the policy
+    barely moves). Over 20 noise seeds x targets {1, 3, 10} x both: >= 90% end within 25% of
+    the target after 30 updates, and half are there for good within 20 updates."""
+    ends, settled = [], []
+    for target in (1.0, 3.0, 10.0):
+        for seed in range(20):
+            for response, beta in ((lambda b: 0.3 / b**2, 0.1), (lambda b: 3.0 / b, 100.0)):
+                kls = _settle(response, target, beta, seed)
+                off = [i for i, k in enumerate(kls) if abs(k / target - 1) >= 0.25]
+                ends.append(not off or off[-1] < len(kls) - 1)
+                settled.append(off[-1] + 1 if off else 0)
+    assert sum(ends) >= 0.9 * len(ends), sum(ends)
+    assert sorted(settled)[len(settled) // 2] <= 20, sorted(settled)
+
+
+def test_proxy_calibration_scales_the_running_mu_weighted_loss():
+    p = ProxyCalibration()
+    assert p.estimate() is None
+    p.observe_batch(2.0)
+    p.calibrate(0.0)  # a KL of ~0 cannot set a ratio
+    assert p.estimate() is None
+    p.calibrate(1.0)
+    assert p.estimate() == pytest.approx(1.0)  # ratio 0.5
+    p.observe_batch(4.0)  # running mean 2 + 0.2 * (4 - 2) = 2.4
+    assert p.mu_sq == pytest.approx(2.4) and p.estimate() == pytest.approx(1.2)
+    p.observe_batch(float("inf"))
+    assert p.mu_sq == pytest.approx(2.4)
+
+
+def test_rotating_window_walks_over_every_prompt():
+    assert rotating_window(10, 4, 0) == [0, 1, 2, 3]
+    assert rotating_window(10, 4, 2) == [8, 9, 0, 1]
+    assert rotating_window(3, 8, 5) == [0, 1, 2]  # fewer prompts than asked: all of them
+    seen = set()
+    for k in range(5):
+        seen |= set(rotating_window(10, 4, k))
+    assert seen == set(range(10))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"kl_target": 0.0}, "kl_target"),
+        ({"kl_target": -1.0}, "kl_target"),
+        ({"kl_target": float("nan")}, "kl_target"),
+        ({"kl_target": float("inf")}, "kl_target"),
+        ({"kl_target": 1.0, "kl_control_steps": 0}, "kl_control_steps"),
+        ({"kl_target": 1.0, "kl_control_prompts": 0}, "kl_control_prompts"),
+        ({"kl_target": 1.0, "kl_gain_i": float("nan")}, "kl_gain_i"),
+        ({"kl_target": 1.0, "kl_beta_min": 0.0}, "kl_beta_min"),
+        ({"kl_target": 1.0, "kl_beta_min": 2.0, "kl_beta_max": 1.0}, "kl_beta_min"),
+        ({"kl_target": 1.0, "beta": 5000.0}, "outside"),
+        ({"kl_target": 1.0, "kl_samples": 0}, "kl_samples"),
+        (
+            {"kl_target": 1.0, "eval_fraction": 0.0, "eval_split": None},
+            "held-out prompts",
+        ),
+    ],
+)
+def test_bad_kl_control_settings_are_refused_by_the_config(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**overrides)
+
+
+def _steered(tiny_config, name: str, **kw):
+    base = dict(
+        kl_target=0.5, kl_control_steps=2, kl_control_prompts=3, kl_samples=2,
+        max_new_tokens=4, eval_fraction=0.2, eval_steps=3, kl_prompts=2, max_steps=6,
+        learning_rate=1e-2,
+    )  # fmt: skip
+    return tiny_config(name, **{**base, **kw})
+
+
+def test_a_steered_run_logs_beta_every_step_and_the_result(tiny_config, tmp_path):
+    from gpo.train.tracking import read_metrics
+    from gpo.train.trainer import Trainer
+
+    summary = Trainer(_steered(tiny_config, "run")).run()
+    records = read_metrics(tmp_path / "run")
+    steered = [r for r in records if "kl_control/beta" in r]
+    assert [r["step"] for r in steered] == [1, 2, 3, 4, 5, 6]
+    measured = [r["step"] for r in steered if "kl_control/kl" in r]
+    assert measured == [2, 4, 6] and all("kl_control/kl_se" in r for r in steered[1::2])
+    betas = [r["kl_control/beta"] for r in steered]
+    assert betas[0] == 0.1 and len(set(betas)) > 1  # steered from its start
+    assert betas[2] == betas[1] and betas[4] == betas[3]  # moved only when it measures
+    assert summary["kl_target"] == 0.5 and summary["final_beta"] == betas[-1]
+    assert summary["kl"] == summary["eval"]["eval/kl"] and summary["kl_se"] > 0
+
+
+def test_the_proxy_signal_moves_beta_every_step_once_calibrated():
+    """Steps 1-2: no calibration yet, beta waits; step 2 measures KL 1.0 against a running
+    mu-weighted loss of 0.5 (ratio 2); from then on each step's estimate drives beta."""
+    from gpo.train.kl_control import KLSteering
+
+    cfg = TrainConfig(kl_target=4.0, kl_control_steps=2, kl_control_signal="proxy", kl_ramp=0.0)
+    steering = KLSteering(cfg, n_prompts=10)
+    asked: list[tuple[list[int], int]] = []
+
+    def measure(indices: list[int], step: int) -> tuple[float, float]:
+        asked.append((indices, step))
+        return 1.0, 0.1
+
+    assert steering.after_step(1, 0.5, measure)["kl_control/beta"] == 0.1
+    logged = steering.after_step(2, 0.5, measure)
+    assert logged["kl_control/kl"] == 1.0 and logged["kl_control/kl_proxy"] == 1.0
+    assert asked == [(list(range(10)), 2)]  # 16 prompts asked, 10 held out: all of them
+    # error log(1/4) clipped to -1: gain_i * e / kl_control_steps
+    assert logged["kl_control/beta"] == pytest.approx(0.1 * math.exp(0.3 * -1 / 2))
+    betas = [steering.after_step(s, 0.5 * 2**s, measure)["kl_control/beta"] for s in (3, 5)]
+    assert betas[0] != logged["kl_control/beta"] and betas[1] != betas[0]
+    assert len(asked) == 1  # odd steps do not sample
+
+
+def test_a_steered_run_without_held_out_prompts_is_refused(tiny_config):
+    from gpo.train.trainer import Trainer
+
+    with pytest.raises(ValueError, match="held-out prompts"):
+        Trainer(_steered(tiny_config, "run", eval_fraction=0.0))  # the data has no test split
+
+
+@pytest.mark.slow
+def test_stop_and_resume_keeps_the_controller_state(tiny_config, tmp_path):
+    """Beta and the controller's memory (last error, proxy calibration) come back exactly: the
+    resumed half of the curve equals the uninterrupted one bitwise."""
+    from gpo.train.tracking import read_metrics
+    from gpo.train.trainer import Trainer
+
+    kw = dict(save_steps=3)
+    Trainer(_steered(tiny_config, "whole", **kw)).run()
+
+    def stop_after_4(step: int, seconds: float) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_steered(tiny_config, "cut", **kw), callbacks=[stop_after_4]).run()
+    resumed = Trainer(_steered(tiny_config, "cut", resume=True, **kw))
+    assert resumed.start_step == 3 and resumed.beta != 0.1
+    resumed.run()
+    whole, cut = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "cut")
+    assert any("kl_control/kl" in r for r in whole[4:])
+    assert cut == whole
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--kl-target", "0"], "kl_target = 0.0 is out of range"),
+        (["--kl-target", "nan"], "kl_target = nan is out of range"),
+        (["--kl-target", "2", "--beta", "1e4"], "outside [kl_beta_min, kl_beta_max]"),
+        (["--kl-target", "2", "--eval-fraction", "0", "--eval-split", "none"], "held-out"),
+    ],
+)
+def test_bad_kl_settings_exit_2_with_one_line_before_any_model_loads(flags, fragment, capsys):
+    """The model named does not exist: the error must come from the settings, not the model."""
+    from gpo.cli import main
+
+    code = main(["train", "--model", "/nonexistent/model", "--progress", "false", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("gpo: error: ") and "\n" not in err
+    assert fragment in err and "nonexistent" not in err
