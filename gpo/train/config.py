@@ -43,8 +43,8 @@ class TrainConfig:
     kl_ramp: float = 0.5  # share of max_steps over which the aimed-at KL rises to kl_target
     kl_gain_i: float = 0.3  # integral gain on log beta per measurement
     kl_gain_p: float = 0.5  # proportional-on-change gain (damping)
-    kl_beta_min: float = 1e-3  # bounds on the steered beta
-    kl_beta_max: float = 1e3
+    kl_beta_min: float = 1e-3  # lower bound on the steered beta
+    kl_beta_max: float = 1e3  # upper bound on the steered beta
     # model options
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights are loaded in this
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast (Accelerate)
