@@ -7,7 +7,7 @@
   {0.01, 0.03, ..., 30, 100}, full fine-tuning, 300 steps, the gold judge against pi_sft at
   every eval.
 - ``cpu-kl``: KL-targeted training (docs/kl-control.md): the six GPO losses x ``kl_target`` in
-  {1, 3, 10} nats x 2 seeds, from the same tiny pi_sft and settings as ``cpu-small`` (beta starts
+  {2, 3, 10} nats x 2 seeds (not 1: no fixed beta up to 100 ends below 1.2-1.9 nats here), from the same tiny pi_sft and settings as ``cpu-small`` (beta starts
   at 0.1 and is steered), with the final on-policy KL on 64 prompts x 2 samples. Its fixed-beta
   frontier is a ``cpu-small`` sweep: ``gpo report DIR --frontier CPU_SMALL_DIR``.
 - ``paper``: the paper's grid (App. A.3) for GPUs: embedded SmolLM2, all six losses x a log grid
@@ -75,10 +75,10 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "cpu-kl": Preset(
-        "6 GPO losses x KL targets {1, 3, 10} nats x 2 seeds, beta steered; ~35 min, 2 cores",
+        "6 GPO losses x KL targets {2, 3, 10} nats x 2 seeds, beta steered; ~35 min, 2 cores",
         {
             "base": {**_CPU_BASE, "beta": 0.1, "kl_prompts": 64},
-            "grid": {"loss": list(LOSSES), "kl_target": [1.0, 3.0, 10.0], "seed": [0, 1]},
+            "grid": {"loss": list(LOSSES), "kl_target": [2.0, 3.0, 10.0], "seed": [0, 1]},
             "sft": _CPU_SFT,
             "jobs": 2,
         },
