@@ -152,7 +152,7 @@ def test_a_steered_run_logs_beta_every_step_and_the_result(tiny_config, tmp_path
     from gpo.train.tracking import read_metrics
     from gpo.train.trainer import Trainer
 
-    summary = Trainer(_steered(tiny_config, "run")).run()
+    summary = Trainer(_steered(tiny_config, "run", kl_control_signal="sampled")).run()
     records = read_metrics(tmp_path / "run")
     steered = [r for r in records if "kl_control/beta" in r]
     assert [r["step"] for r in steered] == [1, 2, 3, 4, 5, 6]

@@ -7,9 +7,10 @@
   {0.01, 0.03, ..., 30, 100}, full fine-tuning, 300 steps, the gold judge against pi_sft at
   every eval.
 - ``cpu-kl``: KL-targeted training (docs/kl-control.md): the six GPO losses x ``kl_target`` in
-  {2, 3, 10} nats x 2 seeds (not 1: no fixed beta up to 100 ends below 1.2-1.9 nats here), from the same tiny pi_sft and settings as ``cpu-small`` (beta starts
-  at 0.1 and is steered), with the final on-policy KL on 64 prompts x 2 samples. Its fixed-beta
-  frontier is a ``cpu-small`` sweep: ``gpo report DIR --frontier CPU_SMALL_DIR``.
+  {2, 3, 10} nats x 2 seeds (not 1: no fixed beta up to 100 ends below 1.2-1.9 nats here),
+  from the same tiny pi_sft and settings as ``cpu-small`` (beta starts at 0.1 and is steered),
+  with the final on-policy KL on 64 prompts x 2 samples. Its fixed-beta frontier is a
+  ``cpu-small`` sweep: ``gpo report DIR --frontier CPU_SMALL_DIR``.
 - ``paper``: the paper's grid (App. A.3) for GPUs: embedded SmolLM2, all six losses x a log grid
   of beta from 0.01 to 100 x learning rates {1e-5, 3e-5}, constant schedule, batch 32, 20k steps,
   eval every 200 steps for the first 2000 then every 2000. Not run here.

@@ -109,7 +109,9 @@ def _seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
+    # manual_seed seeds every CUDA device too: fork (and so restore) their states as well, or a
+    # GPU run's dropout stream would restart at each evaluation.
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
         torch.manual_seed(seed)
         yield
 

@@ -39,7 +39,7 @@ class TrainConfig:
     kl_target: float | None = None  # nats of KL(pi_theta || pi_ref) to steer beta towards
     kl_control_steps: int = 10  # optimizer steps between sampled KL measurements
     kl_control_prompts: int = 16  # held-out prompts per measurement (x kl_samples each)
-    kl_control_signal: Literal["sampled", "proxy"] = "sampled"  # proxy: calibrated E[rho^2]/2
+    kl_control_signal: Literal["proxy", "sampled"] = "proxy"  # or only the sampled KLs
     kl_ramp: float = 0.5  # share of max_steps over which the aimed-at KL rises to kl_target
     kl_gain_i: float = 0.3  # integral gain on log beta per measurement
     kl_gain_p: float = 0.5  # proportional-on-change gain (damping)

@@ -19,7 +19,8 @@ The signal is either the sampled on-policy KL (the same per-completion Monte Car
 the evaluations, on a small rotating set of held-out prompts every ``kl_control_steps`` steps),
 or the offline proxy the paper points to (its §5): the mu-weighted squared loss ``E[rho^2]/2``
 of each training batch, free to compute, scaled by a ratio that each sampled measurement
-recalibrates. docs/kl-control.md reports which tracks better, and why the default is what it is.
+recalibrates (the default: on the ``cpu-kl`` preset it ended nearer the target, 27 of 36 runs
+within 25% against 24 of 36 with the sampled KL alone; docs/kl-control.md).
 """
 
 from __future__ import annotations

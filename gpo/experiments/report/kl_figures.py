@@ -49,6 +49,8 @@ def _tracking(plt: Any, rows: list[dict[str, Any]], out: Path) -> Path:
             ax.errorbar(x, r["kl"], yerr=r["kl_se"] or 0, fmt="o", ms=4, color=colors[r["loss"]],
                         label=r["loss"])  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel="KL target (nats)", ylabel="final " + KL_LABEL)
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.set_xticks(targets, [f"{t:g}" for t in targets])
     ax.set_title(f"final KL vs target (band: +-{TOLERANCE:.0%})", fontsize=9)
     _dedupe_legend(ax)
     return _save(plt, fig, out / "kl_control_tracking.png")
@@ -72,6 +74,7 @@ def _equal_kl(plt: Any, runs: list[RunData], frontier_runs: list[RunData], out: 
                             xerr=last.get("eval/kl_se", 0), yerr=last.get("eval/win_rate_se", 0),
                             fmt="o", color="C3", ms=4, label="KL-targeted")  # fmt: skip
         ax.set(title=loss, xscale="log", xlabel=KL_LABEL, ylabel="final win rate")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels overlap on short axes
         _dedupe_legend(ax)
     return _save(plt, fig, out / "kl_control_win_rate_at_equal_kl.png")
 
