@@ -42,8 +42,19 @@ PROXY_SMOOTHING = 0.2
 RATIO_SMOOTHING = 0.3
 
 
+class _PlainState:
+    """Checkpointable as JSON: every field of the dataclass is a float, int or None."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
 @dataclass
-class BetaController:
+class BetaController(_PlainState):
     """A proportional-integral controller on ``log beta`` (module docstring). Pure state: every
     field is a float or int, saved with each checkpoint, so a resumed run steers identically."""
 
@@ -79,16 +90,9 @@ class BetaController:
         self.updates += 1
         return self.beta
 
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
 
 @dataclass
-class ProxyCalibration:
+class ProxyCalibration(_PlainState):
     """KL estimated from the mu-weighted squared loss: ``KL ~ ratio * E[rho^2]/2``, where
     ``E[rho^2]/2`` is a running mean over training batches and ``ratio`` is set by the latest
     sampled KL (GPO paper §5: the offline loss tracks KL, but loss by loss differently)."""
@@ -120,13 +124,6 @@ class ProxyCalibration:
             return None
         return math.exp(self.log_ratio) * self.mu_sq
 
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
 
 def rotating_window(n_total: int, size: int, index: int) -> list[int]:
     """The ``index``-th window of ``size`` indices over ``range(n_total)``, wrapping around: each
@@ -136,8 +133,8 @@ def rotating_window(n_total: int, size: int, index: int) -> list[int]:
     return [(start + k) % n_total for k in range(size)]
 
 
-#: Measures KL(pi_theta || pi_ref) on the held-out prompts with these indices, with this seed:
-#: returns (mean, standard error).
+#: ``measure(indices, step)``: KL(pi_theta || pi_ref) on the held-out prompts with these indices
+#: after optimizer step ``step`` (which seeds the sampling); returns (mean, standard error).
 MeasureKL = Callable[[list[int], int], tuple[float, float]]
 
 
