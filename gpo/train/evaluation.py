@@ -58,16 +58,7 @@ class Evaluations:
         result = {f"eval/{k}": v for k, v in metrics.items()}
         if self.main and cfg.kl_prompts > 0 and cfg.kl_samples > 0:
             prompts = [p.prompt_ids for p in self.data.eval[: cfg.kl_prompts]]
-            kl, se = on_policy_kl(
-                self.model,
-                self.reference,
-                self.tokenizer,
-                prompts,
-                cfg.kl_samples,
-                cfg.max_new_tokens,
-                seed=cfg.seed + step,
-                show_progress=cfg.progress,
-            )
+            kl, se = self._kl(prompts, cfg.seed + step, cfg.progress)
             result.update({"eval/kl": kl, "eval/kl_se": se})
         if self.win_rate is not None:
             samples = step_samples_path(self.run_dir, step)
@@ -78,9 +69,9 @@ class Evaluations:
         self.acc.wait_for_everyone()
         return result
 
-    def _measure_kl(self, indices: list[int], step: int) -> tuple[float, float]:
+    def _kl(self, prompts: list[Any], seed: int, progress: bool = False) -> tuple[float, float]:
+        """On-policy KL (+- SE) of the policy on ``prompts``, ``kl_samples`` completions each."""
         cfg = self.cfg
-        prompts = [self.data.eval[i].prompt_ids for i in indices]
         return on_policy_kl(
             self.model,
             self.reference,
@@ -88,5 +79,11 @@ class Evaluations:
             prompts,
             cfg.kl_samples,
             cfg.max_new_tokens,
-            seed=cfg.seed + 7919 * step,  # not an eval's seed (cfg.seed + step)
+            seed=seed,
+            show_progress=progress,
         )
+
+    def _measure_kl(self, indices: list[int], step: int) -> tuple[float, float]:
+        """KL-targeted training's measurement (:mod:`gpo.train.kl_control`)."""
+        prompts = [self.data.eval[i].prompt_ids for i in indices]
+        return self._kl(prompts, self.cfg.seed + 7919 * step)  # not an eval's seed

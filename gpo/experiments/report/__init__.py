@@ -34,6 +34,7 @@ and ``summary.json`` counts them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def report(
     out: str | Path | None = None,
     beta: float | None = None,
     judge: str | None = None,
-    frontier: list[str | Path] = (),  # type: ignore[assignment]
+    frontier: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Write the figures, summary.json and report.md (see the module docstring); the summary.
     ``frontier``: other sweep folders whose fixed-beta runs join this one's for the
