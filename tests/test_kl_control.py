@@ -12,6 +12,7 @@ from gpo.train.config import TrainConfig
 from gpo.train.kl_control import (
     MAX_ERROR,
     BetaController,
+    LRBrake,
     ProxyCalibration,
     rotating_window,
 )
@@ -90,6 +91,62 @@ def test_controller_reaches_the_target_of_lagging_noisy_systems():
     assert sorted(settled)[len(settled) // 2] <= 20, sorted(settled)
 
 
+def test_lr_brake_by_hand():
+    """log scale <- min(0, log scale - gain * e), e = clip(log(KL / target), -1, 1)."""
+    b = LRBrake(target=2.0, gain=1.0)
+    assert b.update(1.0) == 1.0  # below the target: never above the full learning rate
+    assert b.update(4.0) == pytest.approx(0.5)  # e = log 2
+    assert b.update(4.0, scale=0.5) == pytest.approx(0.5 * 2**-0.5)
+    assert b.update(float("nan")) == pytest.approx(0.5 * 2**-0.5)
+    assert b.update(1.0) == pytest.approx(2**-0.5)  # recovers below the target
+    assert b.update(1e-9) == 1.0  # ... up to 1
+    off = LRBrake(target=2.0, gain=0.0)
+    assert off.update(100.0) == 1.0
+
+
+def test_lr_brake_slows_a_drift_that_beta_cannot_hold():
+    """A one-sided loss in its third epoch (docs/kl-control.md), simulated: from the target on,
+    the KL grows by 0.025 x lr scale per step whatever beta is (as cpu-kl's misses did, ~0.024
+    per step); the brake sees the proxy-mode signal (20% log-normal noise, smoothed with
+    weight 0.2) every step at a tenth of its gain. Unbraked, 50 steps end 62% over the target;
+    the default brake cuts the mean overshoot to below 0.8x that (0.72x at gain 1) and
+    leaves the learning rate below half. The real runs do better, since beta acts too
+    (cpu-kl: docs/kl-control.md)."""
+    gain = TrainConfig().kl_lr_gain
+    assert gain > 0  # on by default
+
+    def run(gain: float, seed: int) -> tuple[float, float]:
+        brake, rng, kl, signal = LRBrake(target=2.0, gain=gain), random.Random(seed), 2.0, None
+        for _ in range(50):
+            kl += 0.025 * brake.scale
+            measured = kl * rng.lognormvariate(0, 0.2)
+            signal = measured if signal is None else signal + 0.2 * (measured - signal)
+            brake.update(signal, scale=0.1)
+        return kl, brake.scale
+
+    assert run(0.0, 0) == (pytest.approx(3.25), 1.0)
+    braked = [run(gain, seed) for seed in range(20)]
+    overshoot = sum(kl - 2.0 for kl, _ in braked) / len(braked)
+    assert overshoot < 0.8 * 1.25, overshoot
+    assert all(scale < 0.5 for _, scale in braked)
+
+
+def test_lr_brake_waits_for_the_end_of_the_ramp():
+    """During the ramp the aimed-at KL is below the target and beta alone corrects early
+    transients (Adam's first steps overshoot): the brake must not freeze the run then."""
+    from gpo.train.kl_control import KLSteering
+
+    cfg = TrainConfig(kl_target=2.0, kl_control_steps=2, kl_ramp=0.5, max_steps=20)
+    steering = KLSteering(cfg, n_prompts=10)
+
+    def far(indices: list[int], step: int) -> tuple[float, float]:
+        return 8.0, 0.5  # 4x the target
+
+    scales = [steering.after_step(s, 1.0, far)["kl_control/lr_scale"] for s in range(1, 21)]
+    assert scales[:9] == [1.0] * 9  # steps 1-9: the aimed-at KL is still rising
+    assert scales[-1] < scales[10] < 1.0
+
+
 def test_proxy_calibration_scales_the_running_mu_weighted_loss():
     p = ProxyCalibration()
     assert p.estimate() is None
@@ -124,6 +181,7 @@ def test_rotating_window_walks_over_every_prompt():
         ({"kl_target": 1.0, "kl_control_steps": 0}, "kl_control_steps"),
         ({"kl_target": 1.0, "kl_control_prompts": 0}, "kl_control_prompts"),
         ({"kl_target": 1.0, "kl_gain_i": float("nan")}, "kl_gain_i"),
+        ({"kl_target": 1.0, "kl_lr_gain": -0.1}, "kl_lr_gain"),
         ({"kl_target": 1.0, "kl_beta_min": 0.0}, "kl_beta_min"),
         ({"kl_target": 1.0, "kl_beta_min": 2.0, "kl_beta_max": 1.0}, "kl_beta_min"),
         ({"kl_target": 1.0, "beta": 5000.0}, "outside"),
@@ -152,7 +210,11 @@ def test_a_steered_run_logs_beta_every_step_and_the_result(tiny_config, tmp_path
     from gpo.train.tracking import read_metrics
     from gpo.train.trainer import Trainer
 
-    summary = Trainer(_steered(tiny_config, "run", kl_control_signal="sampled")).run()
+    cfg = _steered(
+        tiny_config, "run", kl_control_signal="sampled", kl_ramp=0.0, kl_target=0.05,
+        lr_scheduler="constant", warmup_ratio=0.0,
+    )  # fmt: skip
+    summary = Trainer(cfg).run()
     records = read_metrics(tmp_path / "run")
     steered = [r for r in records if "kl_control/beta" in r]
     assert [r["step"] for r in steered] == [1, 2, 3, 4, 5, 6]
@@ -161,8 +223,15 @@ def test_a_steered_run_logs_beta_every_step_and_the_result(tiny_config, tmp_path
     betas = [r["kl_control/beta"] for r in steered]
     assert betas[0] == 0.1 and len(set(betas)) > 1  # steered from its start
     assert betas[2] == betas[1] and betas[4] == betas[3]  # moved only when it measures
-    assert summary["kl_target"] == 0.5 and summary["final_beta"] == betas[-1]
+    assert summary["kl_target"] == 0.05 and summary["final_beta"] == betas[-1]
     assert summary["kl"] == summary["eval"]["eval/kl"] and summary["kl_se"] > 0
+    # the LR brake: each step's learning rate is the constant one times the logged scale
+    scales = [r["kl_control/lr_scale"] for r in steered]
+    assert min(scales) < 1.0 and max(scales) <= 1.0  # 0.05 nats is soon passed at lr 1e-2
+    lrs = {r["step"]: r["learning_rate"] for r in records if "learning_rate" in r}
+    for r in steered:  # logged after step s: the rate that step s + 1 trains with
+        assert lrs[r["step"]] == pytest.approx(1e-2 * r["kl_control/lr_scale"], rel=1e-12)
+    assert summary["final_lr_scale"] == scales[-1]
 
 
 def test_the_proxy_signal_moves_beta_every_step_once_calibrated():
@@ -203,20 +272,21 @@ def test_stop_and_resume_keeps_the_controller_state(tiny_config, tmp_path):
     from gpo.train.tracking import read_metrics
     from gpo.train.trainer import Trainer
 
-    kw = dict(save_steps=3)
+    kw = dict(save_steps=4, max_steps=8, kl_ramp=0.0, kl_target=0.05)  # brake on by step 4
     Trainer(_steered(tiny_config, "whole", **kw)).run()
 
-    def stop_after_4(step: int, seconds: float) -> None:
-        if step == 4:
+    def stop_after_5(step: int, seconds: float) -> None:
+        if step == 5:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer(_steered(tiny_config, "cut", **kw), callbacks=[stop_after_4]).run()
+        Trainer(_steered(tiny_config, "cut", **kw), callbacks=[stop_after_5]).run()
     resumed = Trainer(_steered(tiny_config, "cut", resume=True, **kw))
-    assert resumed.start_step == 3 and resumed.beta != 0.1
+    assert resumed.start_step == 4 and resumed.beta != 0.1
     resumed.run()
     whole, cut = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "cut")
-    assert any("kl_control/kl" in r for r in whole[4:])
+    assert any("kl_control/kl" in r for r in whole if r["step"] > 4)
+    assert any(r.get("kl_control/lr_scale", 1) < 1 for r in whole if r["step"] == 4)
     assert cut == whole
 
 

@@ -45,6 +45,7 @@ class TrainConfig:
     kl_gain_p: float = 0.5  # proportional-on-change gain (damping)
     kl_beta_min: float = 1e-3  # lower bound on the steered beta
     kl_beta_max: float = 1e3  # upper bound on the steered beta
+    kl_lr_gain: float = 1.0  # LR brake: integral gain on log(lr scale) above kl_target; 0 = off
     # model options
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights are loaded in this
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast (Accelerate)
@@ -125,6 +126,7 @@ class TrainConfig:
             "kl_gain_p": 0 <= self.kl_gain_p < math.inf,
             "kl_beta_min": 0 < self.kl_beta_min <= self.kl_beta_max,
             "kl_beta_max": self.kl_beta_max < math.inf,
+            "kl_lr_gain": 0 <= self.kl_lr_gain < math.inf,
         }
         for name, ok in checks.items():
             if not ok:

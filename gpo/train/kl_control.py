@@ -21,6 +21,11 @@ or the offline proxy the paper points to (its §5): the mu-weighted squared loss
 of each training batch, free to compute, scaled by a ratio that each sampled measurement
 recalibrates (the default: on the ``cpu-kl`` preset it ended nearer the target, 27 of 36 runs
 within 25% against 24 of 36 with the sampled KL alone; docs/kl-control.md).
+
+beta alone cannot hold the KL of the one-sided losses (all but square) once the training pairs
+come round again: with Adam at a constant learning rate, the parameters keep moving about one
+learning rate per step whatever beta is. So a second actuator, the :class:`LRBrake`, scales the
+learning rate down while the signal is above ``kl_target`` (and back up to 1 below it).
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ from typing import Any
 #: The measured KL's log-error is clipped to +-this: one noisy or near-zero measurement moves
 #: log beta by at most ``gain * MAX_ERROR``.
 MAX_ERROR = 1.0
+
+#: The LR brake's floor (log of 1%): Adam barely moves at 1% of its rate, and a deeper integral
+#: would take that much longer to release the brake once the KL falls below the target.
+LOG_LR_SCALE_MIN = math.log(0.01)
 
 #: Weight of the newest batch in the running mean of the mu-weighted squared loss.
 PROXY_SMOOTHING = 0.2
@@ -53,6 +62,14 @@ class _PlainState:
             setattr(self, key, value)
 
 
+def log_error(kl: float, target: float) -> float:
+    """``clip(log(kl / target), -MAX_ERROR, MAX_ERROR)``; a KL estimate at or below 0 (Monte
+    Carlo noise near pi_ref) counts as the lowest error."""
+    if not kl > 0:
+        return -MAX_ERROR
+    return max(-MAX_ERROR, min(MAX_ERROR, math.log(kl / target)))
+
+
 @dataclass
 class BetaController(_PlainState):
     """A proportional-integral controller on ``log beta`` (module docstring). Pure state: every
@@ -68,11 +85,7 @@ class BetaController(_PlainState):
     updates: int = 0
 
     def error(self, kl: float, target: float | None = None) -> float:
-        """``clip(log(kl / target), -MAX_ERROR, MAX_ERROR)``; a KL estimate at or below 0 (Monte
-        Carlo noise near pi_ref) counts as the lowest error."""
-        if not kl > 0:
-            return -MAX_ERROR
-        return max(-MAX_ERROR, min(MAX_ERROR, math.log(kl / (target or self.target))))
+        return log_error(kl, target or self.target)
 
     def update(self, kl: float, scale: float = 1.0, target: float | None = None) -> float:
         """One control step from a KL measurement, towards ``target`` (default: the final one);
@@ -89,6 +102,33 @@ class BetaController(_PlainState):
         self.last_error = e
         self.updates += 1
         return self.beta
+
+
+@dataclass
+class LRBrake(_PlainState):
+    """A learning-rate multiplier in (0, 1]: an integral controller on its log that falls while
+    the KL is above the final target and recovers (never above 1) while it is below:
+
+        log scale <- min(0, log scale - gain * clip(log(KL / target), -c, c))
+
+    It acts only past the target, and only once the aimed-at KL has reached it (after the
+    ramp), so a run whose beta holds the KL trains at its full learning rate; a one-sided
+    loss whose KL beta cannot hold (module docstring) is slowed until it stops drifting.
+    ``gain`` 0 turns it off; the scale never falls below 1% (``LOG_LR_SCALE_MIN``)."""
+
+    target: float
+    gain: float
+    log_scale: float = 0.0
+
+    @property
+    def scale(self) -> float:
+        return math.exp(self.log_scale)
+
+    def update(self, kl: float, scale: float = 1.0) -> float:
+        if math.isfinite(kl) and self.gain > 0:
+            change = self.gain * log_error(kl, self.target) * scale
+            self.log_scale = min(0.0, max(LOG_LR_SCALE_MIN, self.log_scale - change))
+        return self.scale
 
 
 @dataclass
@@ -154,12 +194,18 @@ class KLSteering:
             beta_min=cfg.kl_beta_min,
             beta_max=cfg.kl_beta_max,
         )
+        self.brake = LRBrake(target=cfg.kl_target, gain=cfg.kl_lr_gain)
         self.proxy = ProxyCalibration()
         self.last_kl: tuple[float, float] | None = None
 
     @property
     def beta(self) -> float:
         return self.controller.beta
+
+    @property
+    def lr_scale(self) -> float:
+        """The learning-rate multiplier for the next step (:class:`LRBrake`)."""
+        return self.brake.scale
 
     def after_step(self, step: int, mu_sq: float, measure: MeasureKL | None) -> dict[str, float]:
         """Update beta after optimizer step ``step`` whose batch had ``mean(rho^2)/2 = mu_sq``;
@@ -169,6 +215,8 @@ class KLSteering:
         target = self.reference(step)
         logged = {"kl_control/mu_sq_loss": mu_sq, "kl_control/target": target}
         measuring = step % cfg.kl_control_steps == 0
+        # The brake holds the final KL; the ramp's early transients are beta's to correct.
+        braking = target >= cfg.kl_target
         if measuring and measure is not None:
             k = step // cfg.kl_control_steps - 1
             kl, se = measure(rotating_window(self.n_prompts, cfg.kl_control_prompts, k), step)
@@ -177,14 +225,19 @@ class KLSteering:
             logged.update({"kl_control/kl": kl, "kl_control/kl_se": se})
             if cfg.kl_control_signal == "sampled":
                 self.controller.update(kl, target=target)
+                if braking:
+                    self.brake.update(kl)
         estimate = self.proxy.estimate()
         if cfg.kl_control_signal == "proxy" and measure is not None:
             signal = estimate if estimate is not None else (self.last_kl or (None,))[0]
             if signal is not None:  # spread one measurement's gain over the steps between them
                 self.controller.update(signal, scale=1 / cfg.kl_control_steps, target=target)
+                if braking:
+                    self.brake.update(signal, scale=1 / cfg.kl_control_steps)
         if estimate is not None:
             logged["kl_control/kl_proxy"] = estimate
         logged["kl_control/beta"] = self.controller.beta
+        logged["kl_control/lr_scale"] = self.brake.scale
         return logged
 
     def reference(self, step: int) -> float:
@@ -199,10 +252,12 @@ class KLSteering:
         return {
             "controller": self.controller.state_dict(),
             "proxy": self.proxy.state_dict(),
+            "brake": self.brake.state_dict(),
             "last_kl": list(self.last_kl) if self.last_kl else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state["controller"])
         self.proxy.load_state_dict(state["proxy"])
+        self.brake.load_state_dict(state.get("brake", {}))  # absent in checkpoints before it
         self.last_kl = tuple(state["last_kl"]) if state["last_kl"] else None  # type: ignore[assignment]

@@ -251,7 +251,11 @@ class Trainer(Evaluations):
             "run_dir": str(self.run_dir),
         }
         if self.steering is not None:
-            summary.update(kl_target=cfg.kl_target, final_beta=self.steering.beta)
+            summary.update(
+                kl_target=cfg.kl_target,
+                final_beta=self.steering.beta,
+                final_lr_scale=self.steering.lr_scale,
+            )
             summary.update(
                 {k: last_eval[f"eval/{k}"] for k in ("kl", "kl_se") if f"eval/{k}" in last_eval}
             )
@@ -264,11 +268,16 @@ class Trainer(Evaluations):
         rho = torch.cat([v["rho"] for v in values]).double()
         measure = self._measure_kl if self.main else None
         logged = self.steering.after_step(step, (rho.pow(2).mean() / 2).item(), measure)
-        if self.acc.num_processes > 1:  # every process steps with the main process's beta
+        if self.acc.num_processes > 1:  # every process steps with the main process's values
             from accelerate.utils import broadcast
 
-            beta = torch.tensor([self.steering.beta], dtype=torch.float64, device=self.acc.device)
-            self.steering.controller.beta = broadcast(beta, from_process=0).item()
+            steered = [self.steering.beta, self.steering.brake.log_scale]
+            shared = broadcast(torch.tensor(steered, dtype=torch.float64, device=self.acc.device))
+            self.steering.controller.beta, self.steering.brake.log_scale = shared.tolist()
+        for group, lr in zip(
+            self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True
+        ):
+            group["lr"] = lr * self.steering.lr_scale  # the scheduler's next step recomputes it
         self.tracker.log(step, logged)
 
     def _check_stop(self, step: int) -> None:
@@ -296,7 +305,7 @@ class Trainer(Evaluations):
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
                 last = reduce_metrics(concat_values(window))
                 epoch = (micro + 1) * cfg.batch_size * world / len(self.data.train)
-                last.update(learning_rate=self.scheduler.get_last_lr()[0], epoch=epoch)
+                last.update(learning_rate=self.optimizer.param_groups[0]["lr"], epoch=epoch)
                 last["tokens"], self._tokens = self._tokens, 0
                 if self._grad_norms:  # pre-clipping, averaged over the logged steps
                     last["grad_norm"] = torch.stack(self._grad_norms).mean().item()
