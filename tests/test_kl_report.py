@@ -21,7 +21,7 @@ def _run(sweep: Path, name: str, config: dict, final: dict, beta: float | None =
     records = [{"step": 1, "loss": 0.69}]
     if beta is not None:  # a steered run logs beta every step, KL at measurements
         records += [{"step": 1, "kl_control/beta": 0.1, "kl_control/kl": 0.5},
-                    {"step": 2, "kl_control/beta": beta}]  # fmt: skip
+                    {"step": 2, "kl_control/beta": beta, "kl_control/lr_scale": 0.5}]  # fmt: skip
     records.append({"step": 2, "eval/loss": 0.6, "eval/mu_sq_loss": 1.0,
                     **{f"eval/{k}": v for k, v in final.items()}})  # fmt: skip
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -67,6 +67,7 @@ def test_report_tables_for_kl_targeted_runs(tmp_path, frontier_elsewhere, capsys
     assert rows["square"]["relative_error"] == pytest.approx(0.4)
     assert section["within"] == 2 and section["diverged"] == 0
     assert rows["logistic"]["final_beta"] == 0.2 and rows["logistic"]["kl_samples"] == 128
+    assert rows["logistic"]["final_lr_scale"] == 0.5  # from the log: the summary lacks it
 
     equal = {r["loss"]: r for r in section["equal_kl"]}
     t = math.log(4.2 / 2) / math.log(8 / 2)

@@ -26,14 +26,15 @@ def fixed(runs: list[RunData]) -> list[RunData]:
     return [r for r in runs if r.config.get("kl_target") is None]
 
 
-def _final_beta(r: RunData) -> float | None:
+def _final(r: RunData, key: str) -> float | None:
+    """``final_<key>`` from the run's summary, else the last logged ``kl_control/<key>``."""
     summary = r.dir / "summary.json"
     if summary.is_file():
-        beta = json.loads(summary.read_text()).get("final_beta")
-        if beta is not None:
-            return float(beta)
-    betas = [x["kl_control/beta"] for x in r.control]
-    return betas[-1] if betas else None
+        value = json.loads(summary.read_text()).get(f"final_{key}")
+        if value is not None:
+            return float(value)
+    values = [x[f"kl_control/{key}"] for x in r.control if f"kl_control/{key}" in x]
+    return values[-1] if values else None
 
 
 def tracking_rows(runs: list[RunData]) -> list[dict[str, Any]]:
@@ -43,7 +44,7 @@ def tracking_rows(runs: list[RunData]) -> list[dict[str, Any]]:
     for r in controlled(runs):
         last = r.evals[-1] if r.evals else {}
         target = float(r.config["kl_target"])
-        kl, beta = last.get("eval/kl"), _final_beta(r)
+        kl, beta = last.get("eval/kl"), _final(r, "beta")
         ok = finite(kl) and finite(beta)
         rows.append(
             {
@@ -57,6 +58,7 @@ def tracking_rows(runs: list[RunData]) -> list[dict[str, Any]]:
                 "relative_error": kl / target - 1 if ok else None,
                 "within": ok and abs(kl / target - 1) <= TOLERANCE,
                 "final_beta": beta,
+                "final_lr_scale": _final(r, "lr_scale"),  # None: a run from before the brake
                 "win_rate": last.get("eval/win_rate"),
                 "win_rate_se": last.get("eval/win_rate_se"),
                 "diverged": not (r.finished and ok),

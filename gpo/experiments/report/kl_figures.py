@@ -11,25 +11,28 @@ from gpo.experiments.report.kl_control import TOLERANCE, controlled, fixed_point
 
 
 def _trajectories(plt: Any, runs: list[RunData], out: Path) -> Path:
-    """Per loss: beta (top) and the KL the controller measured (bottom) against the step, one
-    colour per target, the target as a dashed line."""
+    """Per loss: beta (top), the KL the controller measured (middle, the target dashed) and the
+    LR brake's scale (bottom) against the step, one colour per target."""
     steered = controlled(runs)
     losses = list(dict.fromkeys(r.config["loss"] for r in steered))
     targets = sorted({float(r.config["kl_target"]) for r in steered})
     colors = dict(zip(targets, _colors(plt, len(targets)), strict=True))
-    fig, axes = plt.subplots(2, len(losses), figsize=(3.4 * len(losses) + 0.6, 6.4), squeeze=False)
+    fig, axes = plt.subplots(3, len(losses), figsize=(3.4 * len(losses) + 0.6, 9), squeeze=False)
     for col, loss in enumerate(losses):
-        top, bottom = axes[0, col], axes[1, col]
+        top, middle, bottom = axes[0, col], axes[1, col], axes[2, col]
         for r in (r for r in steered if r.config["loss"] == loss):
             t = float(r.config["kl_target"])
             steps = [x["step"] for x in r.control]
             top.plot(steps, [x["kl_control/beta"] for x in r.control], color=colors[t], lw=1)
             seen = [(x["step"], x["kl_control/kl"]) for x in r.control if "kl_control/kl" in x]
-            bottom.plot(*zip(*seen, strict=True), color=colors[t], lw=0.8, label=f"target {t:g}")
-            bottom.axhline(t, color=colors[t], ls="--", lw=0.8)
+            middle.plot(*zip(*seen, strict=True), color=colors[t], lw=0.8, label=f"target {t:g}")
+            middle.axhline(t, color=colors[t], ls="--", lw=0.8)
+            scale = [x.get("kl_control/lr_scale", 1.0) for x in r.control]
+            bottom.plot(steps, scale, color=colors[t], lw=1)
         top.set(title=loss, yscale="log", ylabel="beta" if col == 0 else None)
-        bottom.set(xlabel="optimizer step", yscale="log", ylabel="KL measured (nats)")
-        _dedupe_legend(bottom)
+        middle.set(yscale="log", ylabel="KL measured (nats)" if col == 0 else None)
+        bottom.set(xlabel="optimizer step", yscale="log", ylabel="LR scale" if col == 0 else None)
+        _dedupe_legend(middle)
     return _save(plt, fig, out / "kl_control_trajectories.png")
 
 

@@ -56,8 +56,8 @@ def kl_markdown(section: dict[str, Any]) -> str:
         f"their target, {section['diverged']} diverged",
         "",
         "| loss | seed | KL target | final KL (+- SE) | rel. error | within | final beta "
-        "| win rate (+- SE) | fixed-beta win rate at that KL (+- SE) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| final LR scale | win rate (+- SE) | fixed-beta win rate at that KL (+- SE) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     equal = {r["name"]: r for r in section["equal_kl"]}
     for r in sorted(rows, key=lambda r: (r["loss"], r["kl_target"], str(r["seed"]))):
@@ -66,7 +66,7 @@ def kl_markdown(section: dict[str, Any]) -> str:
             f"| {r['loss']} | {r['seed']} | {r['kl_target']:g} "
             f"| {_f(r['kl'])} +- {_f(r['kl_se'], 2)} | {_f(r['relative_error'], 2)} "
             f"| {'yes' if r['within'] else 'no'} | {_f(r['final_beta'])} "
-            f"| {_f(r['win_rate'])} +- {_f(r['win_rate_se'], 2)} "
+            f"| {_f(r['final_lr_scale'], 2)} | {_f(r['win_rate'])} +- {_f(r['win_rate_se'], 2)} "
             f"| {_f(e['fixed_beta_win_rate'])} +- {_f(e['fixed_beta_win_rate_se'], 2)} |"
         )
     s = section["equal_kl_summary"]
