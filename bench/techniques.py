@@ -56,7 +56,12 @@ VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
 
 
 def run_variant(
-    wl: vs_trl.Workload, options: dict[str, Any], args: argparse.Namespace, root: Path, lr: float
+    wl: vs_trl.Workload,
+    options: dict[str, Any],
+    args: argparse.Namespace,
+    root: Path,
+    lr: float,
+    batch: int,
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="gpo-", dir=root))
     options = dict(options)
@@ -66,7 +71,7 @@ def run_variant(
         model_dir=wl.model_dir,
         data=wl.gpo_data,
         n_rows=wl.n_rows,
-        batch_size=args.batch_size,
+        batch_size=batch,
         warmup=args.warmup,
         steps=args.steps,
         learning_rate=lr,
@@ -78,18 +83,24 @@ def run_variant(
     )
     out = vs_trl.run_child(spec, work / "log.txt")
     ends = out["step_ends"]
-    out["pairs_per_s"] = args.batch_size * args.steps / (ends[-1] - ends[args.warmup - 1])
+    out["pairs_per_s"] = batch * args.steps / (ends[-1] - ends[args.warmup - 1])
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=vs_trl.MODELS, default=["smollm2"])
-    parser.add_argument("--shapes", nargs="+", choices=list(vs_trl.SHAPES), default=None)
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        choices=list(vs_trl.SHAPES),
+        default=list(vs_trl.FIXED_SHAPES),
+        help="default: the two fixed shapes; 'variable': vs_trl.py's real-shaped lengths",
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, help="default: 2, variable shape 8")
     parser.add_argument(
         "--variants",
         nargs="+",
@@ -98,17 +109,18 @@ def main(argv: list[str] | None = None) -> None:
         help="a subset to run (gains are then against the nearest variant run before)",
     )
     args = parser.parse_args(argv)
-    shapes = args.shapes or list(vs_trl.SHAPES)
     lr = 1e-4
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpo-techniques-") as tmp:
         root = Path(tmp)
-        for shape in shapes:
+        for shape in args.shapes:
+            batch = args.batch_size or vs_trl.DEFAULT_BATCH[shape]
             for model in args.models:
-                wl = vs_trl.build_workload(
-                    shape, model, root, args.batch_size, args.warmup, args.steps
+                wl = vs_trl.build_workload(shape, model, root, batch, args.warmup, args.steps)
+                print(
+                    f"\n== {shape} / {model}: batch {batch}, {args.steps} timed steps, padding "
+                    f"in TRL-style batches {100 * wl.padding_share:.0f}%"
                 )
-                print(f"\n== {shape} / {model}: batch {args.batch_size}, {args.steps} timed steps")
                 print(f"{'variant':<24} {'pairs/s':>8} {'gain':>7} {'loss gap':>9} {'RSS MB':>7}")
                 cache = str(root / f"cache-{shape}-{model}")
                 pairs: dict[str, float] = {}
@@ -119,8 +131,10 @@ def main(argv: list[str] | None = None) -> None:
                         against = VARIANTS[against][1]
                     options = {k: cache if v == "CACHE" else v for k, v in raw.items()}
                     if "ref_cache" in options:  # fill the cache with one untimed run
-                        run_variant(wl, options, args, root, lr)
-                    runs = [run_variant(wl, options, args, root, lr) for _ in range(args.repeats)]
+                        run_variant(wl, options, args, root, lr, batch)
+                    runs = [
+                        run_variant(wl, options, args, root, lr, batch) for _ in range(args.repeats)
+                    ]
                     pairs[name] = statistics.median(r["pairs_per_s"] for r in runs)
                     losses = runs[0]["losses"]
                     plain_losses = plain_losses or losses

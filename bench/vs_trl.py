@@ -3,6 +3,8 @@
     .venv/bin/python bench/vs_trl.py --quick                  # tiny model, both shapes, < 1 min
     .venv/bin/python bench/vs_trl.py                          # + SmolLM2-135M: long, see README
     .venv/bin/python bench/vs_trl.py --models smollm2 --shapes long_prompt --json
+    .venv/bin/python bench/vs_trl.py --models smollm2 --shapes variable --trl-best --json
+    .venv/bin/python bench/vs_trl.py --models smollm2 --precisions fp32 bf16 --json
 
 Same work (and how it is checked)
 - Model: the same folder on both sides, float32, dropout off. Full fine-tuning (default): the
@@ -12,17 +14,42 @@ Same work (and how it is checked)
   seeded load on both sides, so their random init is identical; the reference is the policy with
   adapters off on both sides.
 - Loss: gpo ``logistic`` = TRL ``sigmoid``, same beta, summed log-probs.
-- Optimiser: torch AdamW (TRL ``optim="adamw_torch"``, not the fused variant), same lr, betas,
-  eps, weight decay 0, constant schedule, no warm-up, max grad norm 1, batch size B, no gradient
-  accumulation, no gradient/activation checkpointing (TRL's default is on), no mixed precision
-  (TRL's default is bf16 autocast, even on CPU), logging every step on both sides.
+- Optimiser: torch's fused AdamW on both sides: TRL's own default (TRL 1.16's ``DPOConfig``
+  defaults to ``optim="adamw_torch_fused"``; the child records and checks it) and gpo's
+  (``optim: adamw_fused``). Same lr, betas, eps, weight decay 0, constant schedule, no warm-up,
+  max grad norm 1, batch size B, no gradient accumulation, logging every step on both sides.
+  TRL runs as it ships except where equal work needs otherwise: no gradient/activation
+  checkpointing (TRL's default is on; gpo does not checkpoint) and, with ``--precisions fp32``
+  (the default), no mixed precision (TRL's default is bf16 autocast, even on CPU).
+- Precision (``--precisions fp32 bf16``): ``fp32`` as above; ``bf16`` is TRL with its default
+  ``bf16=True`` (autocast) against gpo with ``mixed_precision=bf16`` (autocast, with the LM
+  head's log-softmax and the sequence sums in float32: ``gpo.models.logps``). bf16 results are
+  reported under ``<shape>_bf16``. The two tools round differently in bf16, so their losses are
+  not expected to agree within ``LOSS_TOL``; the gap is reported, not judged.
 - Data: generated rows (standard format, words drawn from gpo's tiny vocabulary, seeded) whose
   rendered token lengths hit the shape (``long_prompt``: 400-token prompt, 40-token responses;
-  ``short_prompt``: 30 / 200; response lengths include the EOS). gpo reads the rows from a
+  ``short_prompt``: 30 / 200; response lengths include the EOS). ``variable``: every row's
+  prompt, chosen and rejected lengths drawn independently with a fixed seed from log-normal
+  distributions (:data:`VARIABLE`), batch 8 by default: prompts median 100 tokens, sigma 1.1
+  (5-95% range ~16-610), clipped to [8, 1024]; responses median 150, sigma 0.75 (5-95% ~44-515),
+  clipped to [4, 512]. These parameters are chosen to match the ranges issue 17 states for
+  public preference sets (multi-turn prompts of 20 to 1,000+ tokens, responses of a few to
+  several hundred); they are not fitted to a data set (none was available offline). A log-normal
+  whose upper tail matches cannot also reach ~10 tokens at 5% for the responses: short
+  responses are rarer here than in real data, which makes less padding, so the shape is, if
+  anything, kind to a padded batch. Both tools pad every batch to its longest row unless told
+  otherwise; gpo's ``max_padding`` (``gpo.train.micro_batches``) splits a batch into
+  length-homogeneous groups (same losses and gradients). gpo reads the rows from a
   ``.jsonl`` and takes global batches from its seeded permutation
   (``gpo.train.setup.micro_batches``);
   TRL gets the same rows already in that order and reads them with
   ``train_sampling_strategy="sequential"``. So step k sees the same B pairs on both sides.
+- ``--trl-best`` adds, in every round, a third process: TRL at its best CPU settings, i.e.
+  gpo's malloc setting (as ``--trl-reuse-host-memory``) and fused AdamW (its default anyway),
+  with ``padding_free=True`` requested; TRL 1.16 turns that off again with a warning
+  ("temporarily unavailable after a refactor", TRL issue #3906), and the child records what TRL
+  kept (``trl_padding_free`` in the table). Reported under ``<shape>_trl_best``, same schema,
+  against the same gpo runs.
 - Checked: (1) the TRL child hashes the ``prompt_ids``/``chosen_ids``/``rejected_ids`` TRL built
   and the parent compares them with gpo's tokenization of the same rows in the same order
   ("same tokens"); (2) the per-step training losses (each computed before its update) of both
@@ -55,8 +82,10 @@ Timing
   base-weight gradients. "% peak" is that over the fp32 matmul peak measured by this script
   (best of several 2048^3 ``a @ b``).
 
-``--json`` prints ``{shape: {model: {gpo_pairs_per_s, trl_pairs_per_s, ratio, gpo_peak_rss_mb,
-trl_peak_rss_mb, loss_max_abs_diff}}}`` on stdout (the readable table then goes to stderr).
+``--json`` prints ``{key: {model: {gpo_pairs_per_s, trl_pairs_per_s, ratio, gpo_peak_rss_mb,
+trl_peak_rss_mb, loss_max_abs_diff}}}`` on stdout (the readable table then goes to stderr); the
+key is the shape (``long_prompt``, ``short_prompt``, ``variable``), with ``_bf16`` appended for
+bf16 runs and ``_trl_best`` for the comparison against ``--trl-best``'s TRL process.
 """
 
 from __future__ import annotations
@@ -65,6 +94,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import resource
@@ -77,10 +107,38 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-#: shape -> (prompt tokens, tokens of each response including its EOS)
-SHAPES: dict[str, tuple[int, int]] = {"long_prompt": (400, 40), "short_prompt": (30, 200)}
+#: fixed shape -> (prompt tokens, tokens of each response including its EOS)
+FIXED_SHAPES: dict[str, tuple[int, int]] = {"long_prompt": (400, 40), "short_prompt": (30, 200)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LogNormal:
+    """Token lengths ``round(exp(N(log median, sigma^2)))``, clipped to ``[low, high]``."""
+
+    median: float
+    sigma: float
+    low: int
+    high: int
+
+    def draw(self, rng: random.Random) -> int:
+        n = round(rng.lognormvariate(math.log(self.median), self.sigma))
+        return min(self.high, max(self.low, n))
+
+    def quantile(self, q: float) -> float:
+        """The unclipped ``q`` quantile (for the docs: 0.05 and 0.95 give the 5-95% range)."""
+        return self.median * math.exp(self.sigma * statistics.NormalDist().inv_cdf(q))
+
+
+#: The ``variable`` shape: prompt and each response drawn independently (see the docstring for
+#: where the parameters come from). Responses include their EOS.
+VARIABLE = {"prompt": LogNormal(100, 1.1, 8, 1024), "response": LogNormal(150, 0.75, 4, 512)}
+SHAPES = (*FIXED_SHAPES, "variable")
+#: pairs per step unless --batch-size says otherwise
+DEFAULT_BATCH = {"long_prompt": 2, "short_prompt": 2, "variable": 8}
+PRECISIONS = ("fp32", "bf16")
 MODELS = ("tiny", "smollm2")
 TOOLS = ("gpo", "trl")
+TRL_BEST = "trl_best"  # --trl-best: TRL with gpo's malloc setting, fused AdamW, padding_free
 SEED = 0
 BETA = 0.1
 LOSS_TOL = 1e-4  # "same work": per-step losses of the two tools agree within this
@@ -113,6 +171,8 @@ class ChildSpec:
     result: str
     gpo_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     trl_reuse_host_memory: bool = False  # give TRL gpo's malloc setting (gpo.train.host_memory)
+    trl_padding_free: bool = False  # ask TRL for padding_free (1.16 turns it off again)
+    precision: str = "fp32"  # or "bf16": TRL bf16=True, gpo mixed_precision=bf16
     cross_entropy_head: bool = False  # gpo: torch's cross_entropy for the head (techniques.py)
 
 
@@ -140,6 +200,13 @@ def _use_cross_entropy_head() -> None:
             return -F.cross_entropy(logits, targets, reduction="none")
 
     gpo.models.logps._TargetLogProb = CrossEntropy  # type: ignore[assignment,misc]
+
+
+def _max_positions(path: str) -> int:
+    """The model's ``max_position_embeddings``: gpo refuses a larger ``max_length``."""
+    from transformers import AutoConfig
+
+    return int(getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", 100_000))
 
 
 def run_gpo_child(spec: ChildSpec) -> dict[str, Any]:
@@ -175,7 +242,7 @@ def run_gpo_child(spec: ChildSpec) -> dict[str, Any]:
         lora_alpha=LORA_ALPHA,
         lora_dropout=LORA_DROPOUT,
         lora_target_modules=LORA_TARGETS,
-        max_length=100_000,
+        max_length=_max_positions(spec.model_dir),  # no row is cut or dropped (checked)
         max_steps=spec.warmup + spec.steps,
         batch_size=spec.batch_size,
         learning_rate=spec.learning_rate,
@@ -193,6 +260,7 @@ def run_gpo_child(spec: ChildSpec) -> dict[str, Any]:
         report_to=["none"],
         progress=False,
         ref_cache="none",  # TRL computes pi_ref every step; --gpo-option ref_cache=DIR to cache
+        mixed_precision="bf16" if spec.precision == "bf16" else "no",
     )
     cfg = dataclasses.replace(cfg, **spec.gpo_options)
     if spec.cross_entropy_head:
@@ -208,6 +276,7 @@ def run_gpo_child(spec: ChildSpec) -> dict[str, Any]:
         "step_ends": trainer.step_ends,
         "losses": losses,
         "peak_rss_mb": _peak_rss_mb(),
+        "settings": {"optim": cfg.optim, "max_padding": getattr(cfg, "max_padding", None)},
     }
 
 
@@ -250,14 +319,14 @@ def run_trl_child(spec: ChildSpec) -> dict[str, Any]:
         warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=1.0,
-        optim="adamw_torch",
         loss_type=["sigmoid"],
         beta=BETA,
         max_length=None,
         train_sampling_strategy="sequential",
         dataloader_num_workers=0,
-        bf16=False,  # DPOConfig defaults to bf16 autocast, on CPU too
+        bf16=spec.precision == "bf16",  # DPOConfig's default is True (autocast, on CPU too)
         fp16=False,
+        padding_free=spec.trl_padding_free,
         activation_checkpointing=False,  # DPOConfig defaults to gradient checkpointing
         disable_dropout=True,
         precompute_ref_log_probs=False,
@@ -277,8 +346,11 @@ def run_trl_child(spec: ChildSpec) -> dict[str, Any]:
         processing_class=tokenizer,
         callbacks=[StepTimer()],
     )
-    if trainer.args.activation_checkpointing or trainer.args.bf16:
-        raise RuntimeError("TRL config: checkpointing or bf16 is on")
+    optim = str(getattr(trainer.args.optim, "value", trainer.args.optim))
+    if trainer.args.activation_checkpointing or trainer.args.bf16 != (spec.precision == "bf16"):
+        raise RuntimeError("TRL config: checkpointing is on, or bf16 is not as asked")
+    if optim != "adamw_torch_fused":
+        raise RuntimeError(f"TRL's optimizer is {optim}, not its default adamw_torch_fused")
     ds = trainer.train_dataset
     ids = zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True)
     digest = _token_digest(list(ids))
@@ -289,6 +361,13 @@ def run_trl_child(spec: ChildSpec) -> dict[str, Any]:
         "losses": [float(e["loss"]) for e in sorted(logged, key=lambda e: e["step"])],
         "peak_rss_mb": _peak_rss_mb(),
         "token_digest": digest,
+        "settings": {
+            "optim": optim,
+            "bf16": bool(trainer.args.bf16),
+            "reuse_host_memory": spec.trl_reuse_host_memory,
+            "padding_free_asked": spec.trl_padding_free,
+            "padding_free_kept": bool(getattr(trainer, "padding_free", False)),
+        },
     }
 
 
@@ -344,8 +423,18 @@ def _fit_words(
         k += 1
 
 
-def make_rows(tokenizer: Any, n: int, prompt_len: int, response_len: int) -> list[dict[str, str]]:
-    """``n`` standard rows: prompt ~``prompt_len`` tokens, responses ~``response_len`` (+EOS)."""
+def row_lengths(shape: str, n: int) -> list[tuple[int, int, int]]:
+    """Target (prompt, chosen, rejected) token lengths of ``n`` rows (responses with EOS)."""
+    if shape in FIXED_SHAPES:
+        prompt, response = FIXED_SHAPES[shape]
+        return [(prompt, response, response)] * n
+    rng = random.Random(SEED + 1)  # its own stream: the words' stream stays as for fixed shapes
+    p, r = VARIABLE["prompt"], VARIABLE["response"]
+    return [(p.draw(rng), r.draw(rng), r.draw(rng)) for _ in range(n)]
+
+
+def make_rows(tokenizer: Any, lengths: Sequence[tuple[int, int, int]]) -> list[dict[str, str]]:
+    """Standard rows whose prompt and responses (+EOS) have about the ``lengths`` in tokens."""
     rng = random.Random(SEED)
     pool = _word_pool()
 
@@ -356,12 +445,12 @@ def make_rows(tokenizer: Any, n: int, prompt_len: int, response_len: int) -> lis
         return n_tokens(" " + text) + 1  # + the EOS both tools append
 
     rows = []
-    for _ in range(n):
+    for prompt_len, chosen_len, rejected_len in lengths:
         prompt = _fit_words(rng, pool, prompt_len, n_tokens)
         chosen = rejected = ""
         while chosen == rejected:
-            chosen = _fit_words(rng, pool, response_len, response_tokens)
-            rejected = _fit_words(rng, pool, response_len, response_tokens)
+            chosen = _fit_words(rng, pool, chosen_len, response_tokens)
+            rejected = _fit_words(rng, pool, rejected_len, response_tokens)
         rows.append({"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected})
     return rows
 
@@ -376,6 +465,8 @@ class Workload:
     n_rows: int
     timed_tokens: int  # real prompt + chosen + rejected tokens of the timed pairs
     mean_lengths: tuple[float, float, float]  # prompt, chosen, rejected
+    length_range: tuple[tuple[int, int], tuple[int, int]]  # (min, max) of prompts, of responses
+    padding_share: float  # of TRL-style padded batches (each row padded to the longest)
     trl_digest: str  # gpo's token ids in TRL's row order
     linear_params: int  # N in the FLOP estimate
 
@@ -393,7 +484,7 @@ def build_workload(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     n = batch * (warmup + steps)
-    rows = make_rows(tokenizer, n, *SHAPES[shape])
+    rows = make_rows(tokenizer, row_lengths(shape, n))
     pairs, report = tokenize_rows(parse_rows(rows, shape), tokenizer, Limits(100_000), shape)
     if report.kept != n:
         raise RuntimeError(f"{shape}/{model}: tokenization dropped rows: {report}")
@@ -413,8 +504,35 @@ def build_workload(
     )
     in_order = [pairs[i] for i in order]
     digest = _token_digest([(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in in_order])
-    n_linear = linear_params(path)
-    return Workload(path, str(gpo_data), str(trl_data), n, tokens, lengths, digest, n_linear)
+    prompts = [len(p.prompt_ids) for p in pairs]
+    replies = [len(r) for p in pairs for r in (p.chosen_ids, p.rejected_ids)]
+    spans = ((min(prompts), max(prompts)), (min(replies), max(replies)))
+    padding = padding_share([in_order[i : i + batch] for i in range(0, n, batch)])
+    return Workload(
+        path,
+        str(gpo_data),
+        str(trl_data),
+        n,
+        tokens,
+        lengths,
+        spans,
+        padding,
+        digest,
+        linear_params(path),
+    )
+
+
+def padding_share(batches: Sequence[Sequence[Any]]) -> float:
+    """Share of padding in batches laid out as TRL 1.16's DPO collator does for text: the 2B rows
+    prompt + response, right-padded to the longest row (``DataCollatorForPreference``)."""
+    real = padded = 0
+    for pairs in batches:
+        width = max(
+            len(p.prompt_ids) + len(r) for p in pairs for r in (p.chosen_ids, p.rejected_ids)
+        )
+        padded += 2 * len(pairs) * width
+        real += sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    return 1 - real / padded
 
 
 def linear_params(path: str) -> int:
@@ -470,6 +588,7 @@ class ToolStats:
     peak_rss_mb: list[float]
     losses: list[float]  # first round
     token_digest: str | None
+    settings: dict[str, Any]  # first round's record of what the tool ran with
 
 
 def _stats(
@@ -489,65 +608,105 @@ def _stats(
         [r["peak_rss_mb"] for r in runs],
         runs[0]["losses"],
         runs[0].get("token_digest"),
+        runs[0].get("settings", {}),
+    )
+
+
+def _spec(
+    tool: str, wl: Workload, args: argparse.Namespace, cell: dict[str, Any], work: Path
+) -> ChildSpec:
+    """One child's spec; ``tool`` is ``gpo``, ``trl`` or ``trl_best`` (a TRL process)."""
+    return ChildSpec(
+        tool="gpo" if tool == "gpo" else "trl",
+        model_dir=wl.model_dir,
+        data=wl.gpo_data if tool == "gpo" else wl.trl_data,
+        n_rows=wl.n_rows,
+        batch_size=cell["batch"],
+        warmup=args.warmup,
+        steps=cell["steps"],
+        learning_rate=cell["lr"],
+        lora=args.lora,
+        work_dir=str(work),
+        result=str(work / "result.json"),
+        gpo_options=args.gpo_options,
+        trl_reuse_host_memory=args.trl_reuse_host_memory or tool == TRL_BEST,
+        trl_padding_free=tool == TRL_BEST,
+        precision=cell["precision"],
     )
 
 
 def run_cell(
-    shape: str, model: str, root: Path, args: argparse.Namespace, say: Callable[[str], None]
+    shape: str,
+    model: str,
+    precision: str,
+    root: Path,
+    args: argparse.Namespace,
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[model]
-    wl = build_workload(shape, model, root, args.batch_size, args.warmup, steps)
+    batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH[shape]
+    wl = build_workload(shape, model, root, batch, args.warmup, steps)
     p, c, r = wl.mean_lengths
+    (p_lo, p_hi), (r_lo, r_hi) = wl.length_range
     say(
-        f"{shape}/{model}: {wl.n_rows} pairs, mean tokens prompt {p:.0f} chosen {c:.0f} "
-        f"rejected {r:.0f}; batch {args.batch_size}, {args.warmup} warm-up + {steps} timed steps"
+        f"{shape}/{model}/{precision}: {wl.n_rows} pairs, mean tokens prompt {p:.0f} "
+        f"[{p_lo}-{p_hi}] chosen {c:.0f} rejected {r:.0f} [{r_lo}-{r_hi}]; padding in TRL's "
+        f"batches {100 * wl.padding_share:.0f}%; batch {batch}, {args.warmup} warm-up + "
+        f"{steps} timed steps"
     )
     lr = args.lr if args.lr is not None else (1e-3 if args.lora else 1e-4)
-    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in TOOLS}
+    cell = {"steps": steps, "batch": batch, "lr": lr, "precision": precision}
+    tools = [*TOOLS, TRL_BEST] if args.trl_best else list(TOOLS)
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
     for rnd in range(args.repeats):
-        for tool in TOOLS:  # A B A B ...
+        for tool in tools:  # A B A B ...
             work = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=root))
-            spec = ChildSpec(
-                tool=tool,
-                model_dir=wl.model_dir,
-                data=wl.gpo_data if tool == "gpo" else wl.trl_data,
-                n_rows=wl.n_rows,
-                batch_size=args.batch_size,
-                warmup=args.warmup,
-                steps=steps,
-                learning_rate=lr,
-                lora=args.lora,
-                work_dir=str(work),
-                result=str(work / "result.json"),
-                gpo_options=args.gpo_options,
-                trl_reuse_host_memory=args.trl_reuse_host_memory,
-            )
             t0 = time.perf_counter()
-            out = run_child(spec, work / "log.txt")
+            out = run_child(_spec(tool, wl, args, cell, work), work / "log.txt")
             ends = out["step_ends"]
             span = ends[-1] - ends[args.warmup - 1]
             say(
-                f"  round {rnd + 1} {tool}: {args.batch_size * steps / span:.3f} pairs/s, "
+                f"  round {rnd + 1} {tool}: {batch * steps / span:.3f} pairs/s, "
                 f"{span / steps:.3f} s/step, peak RSS {out['peak_rss_mb']:.0f} MB "
                 f"(process {time.perf_counter() - t0:.1f} s)"
             )
             runs[tool].append(out)
-    stats = {t: _stats(runs[t], wl, args.batch_size, args.warmup, steps) for t in TOOLS}
-    g, t = stats["gpo"], stats["trl"]
-    if len(g.losses) != len(t.losses):
-        raise RuntimeError(f"logged {len(g.losses)} gpo vs {len(t.losses)} TRL losses")
+    stats = {t: _stats(runs[t], wl, batch, args.warmup, steps) for t in tools}
+    g = stats["gpo"]
+    diffs = {}
+    for tool in tools[1:]:
+        t = stats[tool]
+        if len(g.losses) != len(t.losses):
+            raise RuntimeError(f"logged {len(g.losses)} gpo vs {len(t.losses)} {tool} losses")
+        diffs[tool] = max(abs(a - b) for a, b in zip(g.losses, t.losses, strict=True))
     return {
         "stats": stats,
         "workload": wl,
-        "steps": steps,
-        "lr": lr,
-        "same_tokens": t.token_digest == wl.trl_digest,
-        "loss_max_abs_diff": max(abs(a - b) for a, b in zip(g.losses, t.losses, strict=True)),
+        **cell,
+        "same_tokens": {t: stats[t].token_digest == wl.trl_digest for t in tools[1:]},
+        "loss_max_abs_diff": diffs,
     }
 
 
+def result_key(shape: str, precision: str, tool: str) -> str:
+    """The JSON key: ``variable``, ``variable_bf16``, ``variable_trl_best``, ..."""
+    key = shape if precision == "fp32" else f"{shape}_{precision}"
+    return key if tool == "trl" else f"{key}_{tool}"
+
+
+def _tool_line(name: str, s: ToolStats, batch: int, k: int, n_linear: int, peak: float) -> str:
+    med = statistics.median(s.pairs_per_s)
+    tok = statistics.median(s.tokens_per_s)
+    flops = k * n_linear * tok
+    return (
+        f"{name:<8} {med:>9.3f} {f'({min(s.pairs_per_s):.3f}-{max(s.pairs_per_s):.3f})':>17} "
+        f"{batch / med:>8.3f} {tok:>9.0f} {flops / 1e9:>8.2f} {100 * flops / peak:>6.1f}% "
+        f"{max(s.peak_rss_mb):>7.0f}"
+    )
+
+
 def report(
-    results: dict[str, dict[str, dict[str, Any]]],
+    results: dict[tuple[str, str], dict[str, dict[str, Any]]],
     peak: float,
     args: argparse.Namespace,
     say: Callable[[str], None],
@@ -559,52 +718,59 @@ def report(
     say(f"gpo options: {args.gpo_options or 'defaults (prefix sharing on, no reference cache)'}")
     say(f"model FLOP/s = {k} x N_linear x tokens/s ({'LoRA' if args.lora else 'full fine-tuning'})")
     header = (
-        f"{'tool':<5} {'pairs/s':>9} {'(min-max)':>17} {'s/step':>8} {'tokens/s':>9} "
+        f"{'tool':<8} {'pairs/s':>9} {'(min-max)':>17} {'s/step':>8} {'tokens/s':>9} "
         f"{'GFLOP/s':>8} {'% peak':>7} {'RSS MB':>7}"
     )
-    for shape, by_model in results.items():
-        out[shape] = {}
+    for (shape, precision), by_model in results.items():
         for model, cell in by_model.items():
             stats: dict[str, ToolStats] = cell["stats"]
             n_linear = cell["workload"].linear_params
             say("")
             say(
-                f"== {shape} / {model} (N_linear {n_linear / 1e6:.3g}M, lr {cell['lr']:g}, "
-                f"beta {BETA}, batch {args.batch_size})"
+                f"== {shape} / {model} / {precision} (N_linear {n_linear / 1e6:.3g}M, "
+                f"lr {cell['lr']:g}, beta {BETA}, batch {cell['batch']}, padding in TRL's "
+                f"batches {100 * cell['workload'].padding_share:.0f}%)"
             )
             say(header)
-            med = {}
-            for tool in TOOLS:
-                s = stats[tool]
-                med[tool] = statistics.median(s.pairs_per_s)
-                tok = statistics.median(s.tokens_per_s)
-                flops = k * n_linear * tok
+            for tool, s in stats.items():
+                say(_tool_line(tool, s, cell["batch"], k, n_linear, peak))
+            g = stats["gpo"]
+            say(f"gpo ran with {g.settings}")
+            gpo_rate = statistics.median(g.pairs_per_s)
+            for tool, diff in cell["loss_max_abs_diff"].items():
+                t = stats[tool]
+                trl_rate = statistics.median(t.pairs_per_s)
+                same = cell["same_tokens"][tool]
+                if precision != "fp32":
+                    verdict = "bf16 on both sides: reported, not judged"
+                elif diff <= LOSS_TOL and same:
+                    verdict = "same work"
+                else:
+                    verdict = "NOT THE SAME"
+                say(f"-- gpo vs {tool} ({t.settings})")
+                say(f"ratio gpo/{tool} (pairs/s): {gpo_rate / trl_rate:.2f}x")
                 say(
-                    f"{tool:<5} {med[tool]:>9.3f} "
-                    f"{f'({min(s.pairs_per_s):.3f}-{max(s.pairs_per_s):.3f})':>17} "
-                    f"{args.batch_size / med[tool]:>8.3f} {tok:>9.0f} {flops / 1e9:>8.2f} "
-                    f"{100 * flops / peak:>6.1f}% {max(s.peak_rss_mb):>7.0f}"
+                    f"same tokens: {'yes' if same else 'NO'}; loss max |gpo - {tool}| over "
+                    f"{len(g.losses)} steps: {diff:.2e} (tolerance {LOSS_TOL:g}): {verdict}"
                 )
-            g, t = stats["gpo"], stats["trl"]
-            ratio = med["gpo"] / med["trl"]
-            say(f"ratio gpo/TRL (pairs/s): {ratio:.2f}x")
-            diff = cell["loss_max_abs_diff"]
-            verdict = "same work" if diff <= LOSS_TOL and cell["same_tokens"] else "NOT THE SAME"
-            say(
-                f"same tokens: {'yes' if cell['same_tokens'] else 'NO'}; loss max |gpo - TRL| "
-                f"over {len(g.losses)} steps: {diff:.2e} (tolerance {LOSS_TOL:g}): {verdict}"
-            )
-            first = min(5, len(g.losses))
-            say("first losses gpo: " + " ".join(f"{x:.6f}" for x in g.losses[:first]))
-            say("first losses TRL: " + " ".join(f"{x:.6f}" for x in t.losses[:first]))
-            out[shape][model] = {
-                "gpo_pairs_per_s": med["gpo"],
-                "trl_pairs_per_s": med["trl"],
-                "ratio": ratio,
-                "gpo_peak_rss_mb": max(g.peak_rss_mb),
-                "trl_peak_rss_mb": max(t.peak_rss_mb),
-                "loss_max_abs_diff": cell["loss_max_abs_diff"],
-            }
+                first = min(5, len(g.losses))
+                say("first losses gpo:  " + " ".join(f"{x:.6f}" for x in g.losses[:first]))
+                say(f"first losses {tool}: " + " ".join(f"{x:.6f}" for x in t.losses[:first]))
+                out.setdefault(result_key(shape, precision, tool), {})[model] = {
+                    "gpo_pairs_per_s": gpo_rate,
+                    "trl_pairs_per_s": trl_rate,
+                    "ratio": gpo_rate / trl_rate,
+                    "gpo_peak_rss_mb": max(g.peak_rss_mb),
+                    "trl_peak_rss_mb": max(t.peak_rss_mb),
+                    "loss_max_abs_diff": diff,
+                }
+        if precision != "fp32" and (shape, "fp32") in results:
+            for model, cell in by_model.items():
+                fp32 = results[(shape, "fp32")].get(model)
+                if fp32 is not None:
+                    rate = statistics.median(cell["stats"]["gpo"].pairs_per_s)
+                    base = statistics.median(fp32["stats"]["gpo"].pairs_per_s)
+                    say(f"{shape}/{model}: gpo {precision} / gpo fp32 = {rate / base:.2f}x")
     return out
 
 
@@ -631,8 +797,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (>= 1)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of gpo, TRL")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    parser.add_argument("--batch-size", type=int, default=2, help="pairs per step")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        choices=list(SHAPES),
+        default=list(FIXED_SHAPES),
+        help="default: the two fixed shapes; 'variable' adds real-shaped lengths",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        default=["fp32"],
+        help="bf16: TRL bf16=True against gpo mixed_precision=bf16 (keys <shape>_bf16)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help="pairs per step (default: 2, variable shape 8)"
+    )
     parser.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
     parser.add_argument("--lr", type=float, help="default 1e-4 (full), 1e-3 (LoRA)")
     parser.add_argument(
@@ -647,6 +828,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--trl-reuse-host-memory",
         action="store_true",
         help="apply gpo's malloc setting (reuse_host_memory, gpo/train/host_memory.py) to TRL too",
+    )
+    parser.add_argument(
+        "--trl-best",
+        action="store_true",
+        help="also run TRL at its best CPU settings (gpo's malloc setting, fused AdamW, "
+        "padding_free asked for); reported under <shape>_trl_best",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -672,10 +859,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     say(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
     peak = matmul_peak_flops()
-    results: dict[str, dict[str, dict[str, Any]]] = {}
+    results: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="gpo-vs-trl-") as tmp:
         for shape in args.shapes:
-            results[shape] = {m: run_cell(shape, m, Path(tmp), args, say) for m in args.models}
+            for precision in args.precisions:
+                results[(shape, precision)] = {
+                    m: run_cell(shape, m, precision, Path(tmp), args, say) for m in args.models
+                }
     out = report(results, peak, args, say)
     say(f"\ntotal wall time {time.perf_counter() - t0:.1f} s")
     if args.json:
