@@ -12,14 +12,20 @@ in a fresh process, adding one technique at a time:
 - ``+fused AdamW``: ``optim=adamw_fused`` (TRL users get it with ``optim="adamw_torch_fused"``);
 - ``+reuse host memory``: ``reuse_host_memory`` (freed memory kept for the next step instead of
   re-faulted: ``gpo/train/host_memory.py``);
-- ``+fused target log-prob``: ``gpo.models.logps._TargetLogProb`` instead of cross-entropy (all of
-  gpo's defaults from here on);
+- ``+fused target log-prob``: ``gpo.models.logps._TargetLogProb`` instead of cross-entropy;
+- ``+length groups``: ``max_padding`` at its default (0.1): a micro-batch with more padding runs
+  as length-homogeneous groups (``gpo/train/length_groups.py``). Every row above runs padded
+  batches (``max_padding=1``); on the fixed shapes there is no padding, so the two are the same
+  work there. All of gpo's defaults from here on;
+- ``one pair per group``: ``max_padding=0`` (each pair its own group when the batch has any
+  padding);
 - ``+warm reference cache``: pi_ref's log-probs read from the on-disk cache, filled by one
   untimed run first (what a second run or sweep member on the same data gets);
 - ``bf16 autocast``: the default with ``mixed_precision=bf16`` (speed and the loss gap to fp32).
 
-Each row reports pairs/s (median of ``--repeats``), the gain over the row above (for the bf16 row:
-over the default), and the largest per-step loss gap to ``plain``.
+Each row reports pairs/s (median of ``--repeats``), the gain over the row it builds on (for the
+bf16 and cache rows: over the defaults, ``+length groups``), and the largest per-step loss gap
+to the first variant run (``plain`` by default).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import vs_trl  # the workload and the gpo child
 
 #: ``cross_entropy_head`` is not a gpo option: it goes to the child's ``ChildSpec``.
 PLAIN = {
+    "max_padding": 1.0,
     "share_prompt": False,
     "optim": "adamw",
     "reuse_host_memory": False,
@@ -47,11 +54,16 @@ PLAIN = {
 VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
     "plain": (PLAIN, None),
     "+prefix sharing": ({**PLAIN, "share_prompt": True}, "plain"),
-    "+fused AdamW": ({"reuse_host_memory": False, "cross_entropy_head": True}, "+prefix sharing"),
-    "+reuse host memory": ({"cross_entropy_head": True}, "+fused AdamW"),
-    "+fused target log-prob": ({}, "+reuse host memory"),
-    "+warm reference cache": ({"ref_cache": "CACHE"}, "+fused target log-prob"),
-    "bf16 autocast": ({"mixed_precision": "bf16"}, "+fused target log-prob"),
+    "+fused AdamW": (
+        {"max_padding": 1.0, "reuse_host_memory": False, "cross_entropy_head": True},
+        "+prefix sharing",
+    ),
+    "+reuse host memory": ({"max_padding": 1.0, "cross_entropy_head": True}, "+fused AdamW"),
+    "+fused target log-prob": ({"max_padding": 1.0}, "+reuse host memory"),
+    "+length groups": ({}, "+fused target log-prob"),
+    "one pair per group": ({"max_padding": 0.0}, "+length groups"),
+    "+warm reference cache": ({"ref_cache": "CACHE"}, "+length groups"),
+    "bf16 autocast": ({"mixed_precision": "bf16"}, "+length groups"),
 }
 
 

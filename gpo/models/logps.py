@@ -22,7 +22,7 @@ path and falls back (with a warning) if they differ or the model refuses.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -289,6 +289,15 @@ class PolicyLogps(nn.Module):
         self.model = model
         self.reduction: Reduction = reduction
 
-    def forward(self, batch: SeqBatch | SharedPromptBatch) -> tuple[Tensor, Tensor, Tensor]:
-        out = batch_logps(self.model, batch, self.reduction)
-        return out.logps, out.tokens, out.logits_sum
+    def forward(
+        self, batch: SeqBatch | SharedPromptBatch | Sequence[SeqBatch | SharedPromptBatch]
+    ) -> tuple[Tensor, Tensor, Tensor] | list[tuple[Tensor, Tensor, Tensor]]:
+        """``(logps, tokens, logits_sum)`` of a batch, or a list of them for a list of batches.
+
+        A list (the length groups of one micro-batch, :mod:`gpo.train.length_groups`) runs in
+        this one call, so DDP sees one forward and one backward per micro-step.
+        """
+        if isinstance(batch, (SeqBatch, SharedPromptBatch)):
+            out = batch_logps(self.model, batch, self.reduction)
+            return out.logps, out.tokens, out.logits_sum
+        return [self.forward(b) for b in batch]  # type: ignore[misc]

@@ -62,6 +62,7 @@ class TrainConfig:
     max_completion_length: int | None = None  # tokens; longer responses keep their start
     prompt_truncation: Literal["keep_end", "keep_start"] = "keep_end"  # which part is kept
     share_prompt: bool = True  # run each prompt once for both responses (prefix sharing)
+    max_padding: float = 0.1  # share of padding allowed per forward; more: split by length
     ref_cache: str = "auto"  # pi_ref log-probs on disk: 'auto' ($GPO_CACHE_DIR), 'none', a folder
     # optimisation
     max_steps: int = 30  # the default run: a few minutes on 2 CPU cores
@@ -118,6 +119,7 @@ class TrainConfig:
             "judge_prompts": self.judge_prompts >= 0,
             "lora_r": self.lora_r > 0,
             "lora_dropout": 0 <= self.lora_dropout < 1,
+            "max_padding": 0 <= self.max_padding <= 1,
             "kl_target": self.kl_target is None or 0 < self.kl_target < math.inf,
             "kl_control_steps": self.kl_control_steps > 0,
             "kl_control_prompts": self.kl_control_prompts > 0,

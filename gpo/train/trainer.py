@@ -44,6 +44,7 @@ from gpo.train.guards import (
 from gpo.train.host_memory import reuse_freed_memory
 from gpo.train.interrupt import Interrupted, StopRequests
 from gpo.train.kl_control import KLSteering
+from gpo.train.length_groups import length_groups, merge_groups
 from gpo.train.plots import plot_run
 from gpo.train.schedule import is_eval_step, segments_for
 from gpo.train.setup import (
@@ -179,16 +180,27 @@ class Trainer(Evaluations):
         pairs: list[TokenizedPair] = [
             self.data.train[i] for i in indices[rank * b : (rank + 1) * b]
         ]
-        pad = self.tokenizer.pad_token_id
-        batch = collate_for_training(pairs, pad, cfg.share_prompt).to(self.acc.device)
+        pad, device = self.tokenizer.pad_token_id, self.acc.device
+        # Length groups (gpo.train.length_groups): each padded only to its own longest pair,
+        # all in one forward call, results back in pair order: the padded batch's loss and
+        # gradient without its padding. One group, in order, when the batch is within max_padding.
+        shared = cfg.share_prompt and all(p.prompt_ids for p in pairs)
+        groups = length_groups(pairs, shared, cfg.max_padding)
+        batches = [
+            collate_for_training([pairs[i] for i in g], pad, cfg.share_prompt).to(device)
+            for g in groups
+        ]
+        rows = torch.tensor([p.index for p in pairs], dtype=torch.long)
         with self.acc.accumulate(self.policy):
-            policy = SequenceLogps(*self.policy(batch))
-            ref = self.reference.logps(batch, cfg.logp_reduction)
+            parts = self.policy(batches)
+            policy = merge_groups([SequenceLogps(*o) for o in parts], groups)
+            refs = [self.reference.logps(b, cfg.logp_reduction) for b in batches]
+            ref = merge_groups(refs, groups)
             # No per-call validation (host syncs): a non-finite loss propagates to the guard,
             # which checks once per step and names the rows.
             out = self.objective(*policy.split(), *ref.split(), self.beta, validate=False)
             loss = out.losses.mean()
-            self.guard.watch_loss(loss, micro, batch.indices)  # checked once per step, below
+            self.guard.watch_loss(loss, micro, rows)  # checked once per step, below
             self.acc.backward(loss)
             norm = None
             if self.acc.sync_gradients and cfg.max_grad_norm > 0:
