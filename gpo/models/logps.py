@@ -113,15 +113,37 @@ def _token_logps(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     return token_logps, logits.detach().mean(-1)
 
 
+#: Under autocast, run the LM head's matmul in float32 too (not only its log-softmax). Set by
+#: ``bench/bf16_drift.py --head bf16`` to measure the difference; see :func:`_head_logits`.
+HEAD_FP32_UNDER_AUTOCAST = True
+
+
+def _head_logits(head: nn.Module, hidden: Tensor) -> Tensor:
+    """``head(hidden)``; under autocast with float32 head weights, computed in float32.
+
+    Mixed precision (``mixed_precision: bf16``) runs the decoder in bf16, but a bf16 logit of
+    magnitude ~20 is rounded by up to ~0.06, and a sequence log-prob sums hundreds of target
+    log-probs, so the LM head's logits, their log-softmax (:func:`_token_logps`) and the sums
+    (:func:`_reduce`) stay in float32: the head is one matmul of the model, its input is upcast.
+    """
+    device = hidden.device.type
+    weight = getattr(head, "weight", None)
+    fp32_weights = isinstance(weight, Tensor) and weight.dtype == torch.float32
+    if HEAD_FP32_UNDER_AUTOCAST and fp32_weights and torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return head(hidden.float())
+    return head(hidden)
+
+
 def _head_token_logps(head: nn.Module, hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`_token_logps` of ``head(hidden)``, in chunks of at most HEAD_CHUNK logits."""
     vocab = getattr(head, "out_features", None) or getattr(head, "num_embeddings", None)
     rows = max(1, HEAD_CHUNK // vocab) if isinstance(vocab, int) else hidden.shape[0]
     if hidden.shape[0] <= rows:
-        return _token_logps(head(hidden), targets)
+        return _token_logps(_head_logits(head, hidden), targets)
 
     def part(h: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        return _token_logps(head(h), t)
+        return _token_logps(_head_logits(head, h), t)
 
     outs = [
         checkpoint(part, h, t, use_reentrant=False) if torch.is_grad_enabled() else part(h, t)

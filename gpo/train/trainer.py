@@ -194,7 +194,10 @@ class Trainer(Evaluations):
         with self.acc.accumulate(self.policy):
             parts = self.policy(batches)
             policy = merge_groups([SequenceLogps(*o) for o in parts], groups)
-            refs = [self.reference.logps(b, cfg.logp_reduction) for b in batches]
+            # pi_ref under the policy's autocast (as TRL does), so that with bf16 both sides of
+            # rho round alike (bench/bf16_drift.py); without mixed precision a no-op.
+            with self.acc.autocast():
+                refs = [self.reference.logps(b, cfg.logp_reduction) for b in batches]
             ref = merge_groups(refs, groups)
             # No per-call validation (host syncs): a non-finite loss propagates to the guard,
             # which checks once per step and names the rows.

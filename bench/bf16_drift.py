@@ -1,0 +1,243 @@
+"""How far gpo's bf16 training drifts from fp32: the same run twice, compared step by step.
+
+    .venv/bin/python bench/bf16_drift.py                       # SmolLM2, 30 steps (slow on CPU)
+    .venv/bin/python bench/bf16_drift.py --model tiny --steps 5 --json   # harness check
+
+Both runs train the same model on the same data in the same order (``vs_trl.py``'s workload
+for ``--shape``, default ``short_prompt``: 200-token responses, the longest log-prob sums of the
+fixed shapes), full fine-tuning with a frozen reference, fused AdamW, lr 1e-4 constant, batch as
+``vs_trl.py``, no reference cache: one with ``mixed_precision=no`` (fp32), one with
+``mixed_precision=bf16`` (autocast). Reported per step (each logged before its update):
+
+- the loss of both runs and ``|bf16 - fp32|``; ``loss_max_abs_dev`` is the largest over the run;
+- the summed log-prob margin ``rho = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log
+  pi_ref(y_l))``, batch mean (gpo's ``rho/mean``), and at the final step its relative deviation
+  ``|rho_bf16 - rho_fp32| / |rho_fp32|`` (``margin_rel_dev_final``; issue 17's target: <= 1%).
+  At step 1 the policy is the reference, so rho is 0 there and only later steps give a ratio;
+  a batch mean near 0 makes that ratio large, so the final step's per-pair deviation
+  ``sum_i |rho_i,bf16 - rho_i,fp32| / sum_i |rho_i,fp32|`` (``pair_margin_rel_dev_final``) is
+  reported too.
+
+``--head bf16`` and ``--reference fp32`` turn off two of gpo's choices, to measure them: the LM
+head's matmul in float32 under autocast (``gpo.models.logps.HEAD_FP32_UNDER_AUTOCAST``; its
+log-softmax and the sequence sums are float32 either way) and pi_ref under the same autocast as
+the policy (``gpo.train.trainer``). Each run is a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import vs_trl  # the workload and the environment of the children
+
+MODEL_CHOICES = ("tiny", "smollm2")
+
+
+@dataclasses.dataclass
+class RunSpec:
+    model_dir: str
+    data: str
+    n_rows: int
+    batch_size: int
+    steps: int
+    precision: str  # "fp32" or "bf16"
+    head: str  # "fp32" or "bf16": the LM head's matmul under autocast
+    reference: str  # "autocast" or "fp32": pi_ref's forward under bf16 runs
+    out: str
+    result: str
+
+
+def run_child(spec: RunSpec) -> None:
+    """One training run; writes its per-step losses and rho means to ``spec.result``."""
+    import torch
+
+    import gpo.models.logps
+    from gpo.train.config import TrainConfig
+    from gpo.train.tracking import read_metrics
+    from gpo.train.trainer import Trainer
+
+    gpo.models.logps.HEAD_FP32_UNDER_AUTOCAST = spec.head == "fp32"
+    if spec.reference == "fp32":
+        from gpo.models.reference import Reference
+
+        compute = Reference._compute
+
+        def fp32_reference(self: Any, batch: Any, reduction: Any) -> Any:
+            with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+                return compute(self, batch, reduction)
+
+        Reference._compute = fp32_reference  # type: ignore[method-assign]
+    cfg = TrainConfig(
+        model=spec.model_dir,
+        data=spec.data,
+        eval_data=spec.data,
+        eval_split=None,
+        loss="logistic",
+        beta=vs_trl.BETA,
+        finetune="full",
+        max_length=vs_trl._max_positions(spec.model_dir),
+        max_steps=spec.steps,
+        batch_size=spec.batch_size,
+        learning_rate=1e-4,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        seed=vs_trl.SEED,
+        out=spec.out,
+        logging_steps=1,
+        eval_steps=0,
+        kl_prompts=0,
+        gold_eval_prompts=0,
+        save_steps=0,
+        save_final=False,
+        report_to=["none"],
+        progress=False,
+        ref_cache="none",
+        mixed_precision="bf16" if spec.precision == "bf16" else "no",
+    )
+
+    class Recording(Trainer):
+        """Keeps every micro-step's per-pair rho (pair order as in the batch)."""
+
+        pair_rho: list[list[float]]
+
+        def _micro_step(self, step: int, micro: int, indices: list[int]) -> Any:
+            out = super()._micro_step(step, micro, indices)
+            self.pair_rho.append(out["rho"].tolist())
+            return out
+
+    trainer = Recording(cfg)
+    trainer.pair_rho = []
+    if len(trainer.data.train) != spec.n_rows:
+        raise RuntimeError(f"gpo kept {len(trainer.data.train)} of {spec.n_rows} rows")
+    trainer.run()
+    rows = [r for r in read_metrics(trainer.run_dir) if "loss" in r]
+    result = {
+        "losses": [r["loss"] for r in rows],
+        "rho": [r["rho/mean"] for r in rows],
+        "pair_rho": trainer.pair_rho,
+    }
+    Path(spec.result).write_text(json.dumps(result))
+
+
+def run(spec: RunSpec, log: Path) -> dict[str, Any]:
+    spec_path = Path(spec.out + ".spec.json")
+    spec_path.write_text(json.dumps(dataclasses.asdict(spec)))
+    env = {**os.environ, **vs_trl.CHILD_ENV}
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=False,
+        )
+    if proc.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
+        raise RuntimeError(f"{spec.precision} run failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(Path(spec.result).read_text())
+
+
+def compare(fp32: dict[str, Any], bf16: dict[str, Any]) -> dict[str, Any]:
+    """Per-step deviations and the summary numbers (see the module docstring)."""
+    loss_dev = [abs(b - a) for a, b in zip(fp32["losses"], bf16["losses"], strict=True)]
+    rho_f, rho_b = fp32["rho"][-1], bf16["rho"][-1]
+    pair_f, pair_b = fp32["pair_rho"][-1], bf16["pair_rho"][-1]
+    l1 = sum(abs(b - a) for a, b in zip(pair_f, pair_b, strict=True))
+    scale = sum(abs(a) for a in pair_f)
+    return {
+        "steps": len(loss_dev),
+        "loss_fp32": fp32["losses"],
+        "loss_bf16": bf16["losses"],
+        "loss_abs_dev": loss_dev,
+        "loss_max_abs_dev": max(loss_dev),
+        "loss_final_abs_dev": loss_dev[-1],
+        "rho_fp32": fp32["rho"],
+        "rho_bf16": bf16["rho"],
+        "margin_rel_dev_final": abs(rho_b - rho_f) / abs(rho_f) if rho_f else float("nan"),
+        "pair_margin_rel_dev_final": l1 / scale if scale else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=MODEL_CHOICES, default="smollm2")
+    parser.add_argument("--shape", choices=list(vs_trl.SHAPES), default="short_prompt")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, help="default: vs_trl.py's for the shape")
+    parser.add_argument("--head", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--reference", choices=("autocast", "fp32"), default="autocast")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run_child(RunSpec(**json.loads(Path(args.child).read_text())))
+        return
+    os.environ.update(vs_trl.CHILD_ENV)
+    batch = args.batch_size or vs_trl.DEFAULT_BATCH[args.shape]
+    with tempfile.TemporaryDirectory(prefix="gpo-bf16-drift-") as tmp:
+        root = Path(tmp)
+        wl = vs_trl.build_workload(args.shape, args.model, root, batch, 0, args.steps)
+        runs = {}
+        for precision in ("fp32", "bf16"):
+            spec = RunSpec(
+                model_dir=wl.model_dir,
+                data=wl.gpo_data,
+                n_rows=wl.n_rows,
+                batch_size=batch,
+                steps=args.steps,
+                precision=precision,
+                head=args.head,
+                reference=args.reference,
+                out=str(root / precision),
+                result=str(root / f"{precision}.json"),
+            )
+            runs[precision] = run(spec, root / f"{precision}.log")
+    result = compare(runs["fp32"], runs["bf16"])
+    result.update(
+        model=args.model, shape=args.shape, batch=batch, head=args.head, reference=args.reference
+    )
+    stream = sys.stderr if args.json else sys.stdout
+    print(
+        f"{args.model} / {args.shape}, batch {batch}, {args.steps} steps; bf16 head matmul "
+        f"{args.head}, reference {args.reference}",
+        file=stream,
+    )
+    print(
+        f"{'step':>4} {'loss fp32':>10} {'loss bf16':>10} {'|dev|':>9} {'rho fp32':>10}",
+        file=stream,
+    )
+    for i, (a, b, d, r) in enumerate(
+        zip(
+            result["loss_fp32"],
+            result["loss_bf16"],
+            result["loss_abs_dev"],
+            result["rho_fp32"],
+            strict=True,
+        ),
+        start=1,
+    ):
+        print(f"{i:>4} {a:>10.6f} {b:>10.6f} {d:>9.2e} {r:>10.4f}", file=stream)
+    print(
+        f"loss max |bf16 - fp32| {result['loss_max_abs_dev']:.2e}, final step "
+        f"{result['loss_final_abs_dev']:.2e}; final rho fp32 {result['rho_fp32'][-1]:.4f} bf16 "
+        f"{result['rho_bf16'][-1]:.4f}: relative deviation {result['margin_rel_dev_final']:.2%}; "
+        f"per pair sum|drho| / sum|rho| {result['pair_margin_rel_dev_final']:.2%}",
+        file=stream,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
