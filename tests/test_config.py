@@ -286,3 +286,26 @@ def test_resume_takes_the_saved_config_and_explicit_flags_override_it(tmp_path) 
     assert (cfg.loss, cfg.max_steps) == ("savage", 60)
     fresh = load_config(None, {"out": str(tmp_path)})  # without --resume: the defaults
     assert fresh.loss == "logistic"
+
+
+def test_resume_a_run_saved_before_newer_settings_existed(tmp_path) -> None:
+    """A config.json without a later key resumes when that key is at the value the old run
+    ran with: the default, or gain 0 for the LR brake of a KL-targeted run (which had none)."""
+    import json
+
+    from gpo.train.config import saved_config
+    from gpo.train.setup import check_resume
+
+    def saved_without(cfg: TrainConfig, *keys: str) -> None:
+        old = {k: v for k, v in saved_config(cfg).items() if k not in keys}
+        (tmp_path / "config.json").write_text(json.dumps(old))
+
+    plain = TrainConfig(out=str(tmp_path))
+    saved_without(plain, "kl_lr_gain", "max_padding")
+    check_resume(tmp_path, plain)  # neither mattered to this run
+
+    steered = TrainConfig(out=str(tmp_path), kl_target=3.0)
+    saved_without(steered, "kl_lr_gain")
+    with pytest.raises(ValueError, match=r"kl_lr_gain: 0.0 -> 1.0"):
+        check_resume(tmp_path, steered)  # it ran without the brake
+    check_resume(tmp_path, TrainConfig(out=str(tmp_path), kl_target=3.0, kl_lr_gain=0.0))

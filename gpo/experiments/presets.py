@@ -14,6 +14,13 @@
 - ``paper``: the paper's grid (App. A.3) for GPUs: embedded SmolLM2, all six losses x a log grid
   of beta from 0.01 to 100 x learning rates {1e-5, 3e-5}, constant schedule, batch 32, 20k steps,
   eval every 200 steps for the first 2000 then every 2000. Not run here.
+- ``cpu-smol``: the GPO paper's LM experiments on a real pretrained LM: the embedded SmolLM2
+  with LoRA (the README's main job's settings: r 16, lr 1e-3, batch 8, 30 steps) on the gold
+  task, the six GPO losses x beta in {0.01, 0.1, 1, 10} (a pilot put logistic's final KL from
+  over- to under-regularized across it: docs/results.md) x seeds {0, 1}; the gold win rate
+  against pi_ref on 128 prompts, KL on 32 prompts x 2 and the mu-weighted squared loss at steps
+  10, 20 and 30. The reference log-probs are cached once for the whole sweep (``ref_cache``).
+- ``cpu-smol-upo``: the ``upo`` comparison on the same SmolLM2 setup, 2 seeds.
 - ``upo``: the UPO paper's Fig. 1 (Sun et al. 2024, §5): IPO (``iupo:reverse_kl``) vs JS-IUPO
   (``iupo:js``) at beta in {0.1, 0.2, 0.5}, from the same tiny pi_sft as ``cpu-small``, with
   dense evaluation for the train/eval loss, preference accuracy and reward margin curves.
@@ -58,6 +65,33 @@ _LOG_BETAS = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 
 _CPU_SFT: dict[str, Any] = {"data": "gold", "steps": 400, "hidden": 64, "layers": 2}
 
+#: Per-run settings of the SmolLM2 presets: the README's main job, evaluated three times.
+_SMOL_BASE: dict[str, Any] = {
+    "model": "smollm2",
+    "data": "gold",
+    "finetune": "lora",
+    "learning_rate": 1e-3,
+    "lr_scheduler": "linear",
+    "warmup_ratio": 0.1,
+    "batch_size": 8,
+    "max_steps": 30,
+    "logging_steps": 5,
+    "eval_steps": 10,
+    "eval_max_pairs": 64,
+    "kl_prompts": 32,
+    "kl_samples": 2,
+    "judge_prompts": 128,
+    "judge": "gold",
+    "gold_eval_prompts": 0,  # the last eval already has the win rate
+    "max_new_tokens": 48,
+    "ref_cache": "auto",  # one cache of pi_ref log-probs for every run (the same base model)
+    "save_steps": 10,  # an interrupted sweep resumes its runs from here
+    "save_total_limit": 1,
+    "save_final": False,
+    "report_to": ["none"],
+    "progress": False,
+}
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -81,6 +115,26 @@ PRESETS: dict[str, Preset] = {
             "base": {**_CPU_BASE, "beta": 0.1, "kl_prompts": 64},
             "grid": {"loss": list(LOSSES), "kl_target": [2.0, 3.0, 10.0], "seed": [0, 1]},
             "sft": _CPU_SFT,
+            "jobs": 2,
+        },
+    ),
+    "cpu-smol": Preset(
+        "SmolLM2 LoRA on the gold task: 6 GPO losses x betas {0.01, 0.1, 1, 10} x 2 seeds; ~3 h",
+        {
+            "base": _SMOL_BASE,
+            "grid": {"loss": list(LOSSES), "beta": [0.01, 0.1, 1.0, 10.0], "seed": [0, 1]},
+            "jobs": 2,
+        },
+    ),
+    "cpu-smol-upo": Preset(
+        "IPO vs JS-IUPO at beta 0.1, 0.2, 0.5 x 2 seeds on SmolLM2 LoRA (the cpu-smol setup)",
+        {
+            "base": _SMOL_BASE,
+            "grid": {
+                "loss": ["iupo:reverse_kl", "iupo:js"],
+                "beta": [0.1, 0.2, 0.5],
+                "seed": [0, 1],
+            },
             "jobs": 2,
         },
     ),

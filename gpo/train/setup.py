@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,17 @@ RESUMABLE_CHANGES = {
     "reuse_host_memory",
     "num_epochs",
     "overwrite",
+    "max_padding",  # length groups change only the float summation order, not the step
 }
+
+
+def _as_saved_before(key: str, saved: dict[str, Any]) -> Any:
+    """The value a run saved before ``key`` existed ran with: its default, except where the
+    default changed the behaviour (the LR brake did not exist: gain 0)."""
+    if key == "kl_lr_gain" and saved.get("kl_target") is not None:
+        return 0.0
+    spec = TrainConfig.__dataclass_fields__[key]
+    return spec.default_factory() if spec.default is MISSING else spec.default  # type: ignore[misc]
 
 #: What ``gpo train`` writes into a run folder: any of them there means it already holds a run.
 RUN_OUTPUTS = (
@@ -101,9 +112,10 @@ def gather_uneven(accelerator: Any, t: torch.Tensor) -> torch.Tensor:
 def check_resume(run_dir: Path, cfg: TrainConfig) -> None:
     saved = json.loads((run_dir / "config.json").read_text())
     now = saved_config(cfg)  # compared as saved: secrets in URLs are redacted in both
-    differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    saved = {k: saved[k] if k in saved else _as_saved_before(k, saved) for k in now}
+    differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved[k] != now[k])
     if differ:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differ)
+        detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in differ)
         raise ValueError(f"refusing to resume {run_dir}: config differs ({detail})")
     old = saved.get("max_steps")
     if old != cfg.max_steps and (cfg.lr_scheduler != "constant" or cfg.warmup_ratio > 0):
@@ -218,7 +230,12 @@ def attach_ref_cache(cfg: TrainConfig, reference: Reference) -> None:
     if cfg.ref_cache == "none":
         return
     root = cache_root() / "ref_logps" if cfg.ref_cache == "auto" else Path(cfg.ref_cache)
-    reference.use_cache(root / reference.fingerprint(f"mixed_precision={cfg.mixed_precision}"))
+    # Since pi_ref runs under the policy's autocast, its bf16/fp16 log-probs differ from
+    # those cached before; fp32 ones do not, so their key stays.
+    precision = f"mixed_precision={cfg.mixed_precision}"
+    if cfg.mixed_precision != "no":
+        precision += ";ref_under_autocast"
+    reference.use_cache(root / reference.fingerprint(precision))
 
 
 def is_gold(cfg: TrainConfig) -> bool:
