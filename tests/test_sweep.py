@@ -281,3 +281,40 @@ def test_a_saved_opponent_is_sampled_like_the_same_reference(tiny_model_dir, tmp
     other_tok.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="different tokenizer"):
         sample_opponent(str(tmp_path), None, tok, ids, 8, seed=3)
+
+
+def test_pi_refs_opponent_samples_are_cached_for_the_next_run(
+    tiny_model_dir, tmp_path, monkeypatch
+) -> None:
+    """Sampled once per (reference, prompts, seed): a second run reads them back (the sampler is
+    not called), another seed or prompt set samples anew, a damaged file is sampled again."""
+    import gpo.eval.win_rate as win_rate
+    from gpo.models.loading import frozen_copy, load_model_and_tokenizer
+    from gpo.models.reference import Reference
+    from gpo.models.sampling import encode_chat_prompts
+
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    ids = encode_chat_prompts(tok, ["tell me a fact about a cat", "write about the sea"])
+    ref = Reference(model, frozen=frozen_copy(model))
+    cache = tmp_path / "ref-cache"
+    first = win_rate.sample_opponent(None, ref, tok, ids, 8, seed=3, cache_dir=cache)
+    assert first == win_rate.sample_opponent(None, ref, tok, ids, 8, seed=3)  # same draws
+    files = list(cache.glob("opponent-*.json"))
+    assert len(files) == 1 and not list(cache.glob("*.tmp"))
+
+    calls = []
+    real = win_rate.sample
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("seed"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(win_rate, "sample", counting)
+    assert win_rate.sample_opponent(None, ref, tok, ids, 8, seed=3, cache_dir=cache) == first
+    assert calls == []
+    win_rate.sample_opponent(None, ref, tok, ids, 8, seed=4, cache_dir=cache)
+    win_rate.sample_opponent(None, ref, tok, ids[:1], 8, seed=3, cache_dir=cache)
+    assert calls == [4, 3] and len(list(cache.glob("opponent-*.json"))) == 3
+    files[0].write_text("{not json")
+    assert win_rate.sample_opponent(None, ref, tok, ids, 8, seed=3, cache_dir=cache) == first
+    assert calls == [4, 3, 3]

@@ -14,7 +14,10 @@ different runs against each other.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +91,10 @@ class WinRateEval:
         return {"win_rate": rate, "win_rate_se": se}
 
 
+#: Part of every cached opponent file's name: bump it when sampling changes what a seed draws.
+OPPONENT_CACHE_VERSION = 1
+
+
 def sample_opponent(
     path: str | None,
     reference: Reference,
@@ -95,17 +102,58 @@ def sample_opponent(
     prompt_ids: list[list[int]],
     max_new_tokens: int,
     seed: int,
+    cache_dir: Path | None = None,
 ) -> list[str]:
-    """One completion per prompt from pi_ref (``path`` None) or the saved policy at ``path``."""
+    """One completion per prompt from pi_ref (``path`` None) or the saved policy at ``path``.
+
+    pi_ref's completions are the same for every run of a sweep that shares its reference, its
+    held-out prompts and its seed: with ``cache_dir`` (the reference's own log-prob cache
+    folder, whose name is a hash of its weights) they are sampled once and read back after.
+    """
     if path is None:
+        cached = _opponent_file(cache_dir, tokenizer, prompt_ids, max_new_tokens, seed)
+        if cached is not None and cached.is_file():
+            try:
+                return list(json.loads(cached.read_text())["texts"])
+            except (OSError, ValueError, KeyError):
+                pass  # damaged or half-removed: sampled again below
         with reference.model() as ref:
-            return sample(ref, tokenizer, prompt_ids, 1, max_new_tokens, seed=seed).text
+            texts = sample(ref, tokenizer, prompt_ids, 1, max_new_tokens, seed=seed).text
+        if cached is not None:
+            _write_alone(cached, {"texts": texts})
+        return texts
     from gpo.models.loading import load_model_and_tokenizer
 
     model, their_tokenizer = load_model_and_tokenizer(path)
     if their_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"opponent {path} has a different tokenizer from the policy")
     return sample(model, tokenizer, prompt_ids, 1, max_new_tokens, seed=seed).text
+
+
+def _opponent_file(
+    cache_dir: Path | None,
+    tokenizer: Any,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    seed: int,
+) -> Path | None:
+    if cache_dir is None:
+        return None
+    what = [OPPONENT_CACHE_VERSION, len(tokenizer), tokenizer.eos_token_id, max_new_tokens, seed]
+    digest = hashlib.sha256(json.dumps([what, prompt_ids]).encode()).hexdigest()[:24]
+    return Path(cache_dir) / f"opponent-{digest}.json"
+
+
+def _write_alone(path: Path, obj: dict[str, Any]) -> None:
+    """Atomically, through a temp file of this process's own: runs of a sweep share the folder.
+    A failed write only means the next run samples again."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def step_samples_path(run_dir: Path, step: int) -> Path:

@@ -34,8 +34,15 @@ class Evaluations:
         cfg, tokenizer = self.cfg, self.tokenizer
         prompts = [prompt_text(r) for r in self.data.eval_rows[:n]]
         ids = [list(p.prompt_ids) for p in self.data.eval[:n]]
+        cache = self.reference.cache  # pi_ref's samples are kept beside its log-probs
         theirs = sample_opponent(
-            opponent, self.reference, tokenizer, ids, cfg.max_new_tokens, cfg.seed + 1
+            opponent,
+            self.reference,
+            tokenizer,
+            ids,
+            cfg.max_new_tokens,
+            cfg.seed + 1,
+            cache.folder if cache is not None else None,
         )
         return WinRateEval(judge, prompts, ids, theirs, cfg.max_new_tokens)
 
