@@ -5,7 +5,7 @@
 
 Both runs train the same model on the same data in the same order (``vs_trl.py``'s workload
 for ``--shape``, default ``short_prompt``: 200-token responses, the longest log-prob sums of the
-fixed shapes), full fine-tuning with a frozen reference, fused AdamW, lr 1e-4 constant, batch as
+fixed shapes), full fine-tuning with a frozen reference, fused AdamW, constant lr, batch as
 ``vs_trl.py``, no reference cache: one with ``mixed_precision=no`` (fp32), one with
 ``mixed_precision=bf16`` (autocast). Reported per step (each logged before its update):
 
@@ -17,6 +17,12 @@ fixed shapes), full fine-tuning with a frozen reference, fused AdamW, lr 1e-4 co
   a batch mean near 0 makes that ratio large, so the final step's per-pair deviation
   ``sum_i |rho_i,bf16 - rho_i,fp32| / sum_i |rho_i,fp32|`` (``pair_margin_rel_dev_final``) is
   reported too.
+
+Two trajectories that differ by any rounding drift apart, the faster the larger the learning
+rate (``--lr``, default 1e-4). To separate one step's rounding from that divergence, the fp32 run
+also scores every batch, before its update, under bf16 autocast with the same weights
+(``same_weights_*``: per step, ``sum_i |rho_i,bf16 - rho_i,fp32| / sum_i |rho_i,fp32|`` and the
+loss gap on identical weights; their maxima over the steps after the first).
 
 ``--head bf16`` and ``--reference fp32`` turn off two of gpo's choices, to measure them: the LM
 head's matmul in float32 under autocast (``gpo.models.logps.HEAD_FP32_UNDER_AUTOCAST``; its
@@ -53,6 +59,7 @@ class RunSpec:
     precision: str  # "fp32" or "bf16"
     head: str  # "fp32" or "bf16": the LM head's matmul under autocast
     reference: str  # "autocast" or "fp32": pi_ref's forward under bf16 runs
+    lr: float
     out: str
     result: str
 
@@ -88,7 +95,7 @@ def run_child(spec: RunSpec) -> None:
         max_length=vs_trl._max_positions(spec.model_dir),
         max_steps=spec.steps,
         batch_size=spec.batch_size,
-        learning_rate=1e-4,
+        learning_rate=spec.lr,
         weight_decay=0.0,
         warmup_ratio=0.0,
         lr_scheduler="constant",
@@ -107,17 +114,34 @@ def run_child(spec: RunSpec) -> None:
     )
 
     class Recording(Trainer):
-        """Keeps every micro-step's per-pair rho (pair order as in the batch)."""
+        """Keeps every micro-step's per-pair rho (pair order as in the batch); the fp32 run also
+        scores each batch under bf16 autocast first, with the same weights."""
 
         pair_rho: list[list[float]]
+        same_weights: list[dict[str, Any]]
 
         def _micro_step(self, step: int, micro: int, indices: list[int]) -> Any:
+            if spec.precision == "fp32":
+                self.same_weights.append(self._score_in_bf16(indices))
             out = super()._micro_step(step, micro, indices)
             self.pair_rho.append(out["rho"].tolist())
             return out
 
+        @torch.no_grad()
+        def _score_in_bf16(self, indices: list[int]) -> dict[str, Any]:
+            from gpo.data.collate import collate_for_training
+            from gpo.models.logps import SequenceLogps
+
+            pairs = [self.data.train[i] for i in indices[: self.cfg.batch_size]]
+            batch = collate_for_training(pairs, self.tokenizer.pad_token_id, self.cfg.share_prompt)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                policy = SequenceLogps(*self.policy(batch))
+                ref = self.reference.logps(batch, self.cfg.logp_reduction)
+                out = self.objective(*policy.split(), *ref.split(), self.beta, validate=False)
+            return {"rho": out.rho.float().tolist(), "loss": out.losses.float().mean().item()}
+
     trainer = Recording(cfg)
-    trainer.pair_rho = []
+    trainer.pair_rho, trainer.same_weights = [], []
     if len(trainer.data.train) != spec.n_rows:
         raise RuntimeError(f"gpo kept {len(trainer.data.train)} of {spec.n_rows} rows")
     trainer.run()
@@ -126,6 +150,7 @@ def run_child(spec: RunSpec) -> None:
         "losses": [r["loss"] for r in rows],
         "rho": [r["rho/mean"] for r in rows],
         "pair_rho": trainer.pair_rho,
+        "same_weights": trainer.same_weights,
     }
     Path(spec.result).write_text(json.dumps(result))
 
@@ -155,7 +180,20 @@ def compare(fp32: dict[str, Any], bf16: dict[str, Any]) -> dict[str, Any]:
     pair_f, pair_b = fp32["pair_rho"][-1], bf16["pair_rho"][-1]
     l1 = sum(abs(b - a) for a, b in zip(pair_f, pair_b, strict=True))
     scale = sum(abs(a) for a in pair_f)
+    same_rho, same_loss = [], []  # bf16 scoring of the fp32 run's own weights, step by step
+    for seen, ref_rho, ref_loss in zip(
+        fp32["same_weights"], fp32["pair_rho"], fp32["losses"], strict=True
+    ):
+        gap = sum(abs(b - a) for a, b in zip(ref_rho, seen["rho"], strict=True))
+        size = sum(abs(a) for a in ref_rho)
+        same_rho.append(gap / size if size else float("nan"))
+        same_loss.append(abs(seen["loss"] - ref_loss))
+    later = same_rho[1:]  # step 1: rho is 0 (policy = reference)
     return {
+        "same_weights_pair_margin_rel_dev": same_rho,
+        "same_weights_pair_margin_rel_dev_max": max(later) if later else float("nan"),
+        "same_weights_loss_abs_dev": same_loss,
+        "same_weights_loss_max_abs_dev": max(same_loss),
         "steps": len(loss_dev),
         "loss_fp32": fp32["losses"],
         "loss_bf16": bf16["losses"],
@@ -177,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, help="default: vs_trl.py's for the shape")
     parser.add_argument("--head", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--reference", choices=("autocast", "fp32"), default="autocast")
+    parser.add_argument("--lr", type=float, default=1e-4, help="constant learning rate")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -199,13 +238,19 @@ def main(argv: list[str] | None = None) -> None:
                 precision=precision,
                 head=args.head,
                 reference=args.reference,
+                lr=args.lr,
                 out=str(root / precision),
                 result=str(root / f"{precision}.json"),
             )
             runs[precision] = run(spec, root / f"{precision}.log")
     result = compare(runs["fp32"], runs["bf16"])
     result.update(
-        model=args.model, shape=args.shape, batch=batch, head=args.head, reference=args.reference
+        model=args.model,
+        shape=args.shape,
+        batch=batch,
+        head=args.head,
+        reference=args.reference,
+        lr=args.lr,
     )
     stream = sys.stderr if args.json else sys.stdout
     print(
@@ -233,6 +278,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['loss_final_abs_dev']:.2e}; final rho fp32 {result['rho_fp32'][-1]:.4f} bf16 "
         f"{result['rho_bf16'][-1]:.4f}: relative deviation {result['margin_rel_dev_final']:.2%}; "
         f"per pair sum|drho| / sum|rho| {result['pair_margin_rel_dev_final']:.2%}",
+        file=stream,
+    )
+    print(
+        f"same weights (bf16 scoring of the fp32 run, each step): loss max |dev| "
+        f"{result['same_weights_loss_max_abs_dev']:.2e}; per pair sum|drho| / sum|rho| max "
+        f"{result['same_weights_pair_margin_rel_dev_max']:.2%} (steps 2-{result['steps']})",
         file=stream,
     )
     if args.json:
