@@ -5,7 +5,8 @@
 
 Both runs train the same model on the same data in the same order (``vs_trl.py``'s workload
 for ``--shape``, default ``short_prompt``: 200-token responses, the longest log-prob sums of the
-fixed shapes), full fine-tuning with a frozen reference, fused AdamW, constant lr, batch as
+fixed shapes), full fine-tuning with a frozen reference (``--lora``: LoRA, pi_ref = adapters
+off), fused AdamW, constant lr, batch as
 ``vs_trl.py``, no reference cache: one with ``mixed_precision=no`` (fp32), one with
 ``mixed_precision=bf16`` (autocast). Reported per step (each logged before its update):
 
@@ -60,6 +61,7 @@ class RunSpec:
     head: str  # "fp32" or "bf16": the LM head's matmul under autocast
     reference: str  # "autocast" or "fp32": pi_ref's forward under bf16 runs
     lr: float
+    lora: bool
     out: str
     result: str
 
@@ -91,7 +93,7 @@ def run_child(spec: RunSpec) -> None:
         eval_split=None,
         loss="logistic",
         beta=vs_trl.BETA,
-        finetune="full",
+        finetune="lora" if spec.lora else "full",
         max_length=vs_trl._max_positions(spec.model_dir),
         max_steps=spec.steps,
         batch_size=spec.batch_size,
@@ -215,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, help="default: vs_trl.py's for the shape")
     parser.add_argument("--head", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--reference", choices=("autocast", "fp32"), default="autocast")
-    parser.add_argument("--lr", type=float, default=1e-4, help="constant learning rate")
+    parser.add_argument("--lr", type=float, help="constant lr (default 1e-4 full, 1e-3 LoRA)")
+    parser.add_argument("--lora", action="store_true", help="LoRA (gpo's defaults), not full FT")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -224,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     os.environ.update(vs_trl.CHILD_ENV)
     batch = args.batch_size or vs_trl.DEFAULT_BATCH[args.shape]
+    if args.lr is None:
+        args.lr = 1e-3 if args.lora else 1e-4
     with tempfile.TemporaryDirectory(prefix="gpo-bf16-drift-") as tmp:
         root = Path(tmp)
         wl = vs_trl.build_workload(args.shape, args.model, root, batch, 0, args.steps)
@@ -239,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
                 head=args.head,
                 reference=args.reference,
                 lr=args.lr,
+                lora=args.lora,
                 out=str(root / precision),
                 result=str(root / f"{precision}.json"),
             )
@@ -251,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         head=args.head,
         reference=args.reference,
         lr=args.lr,
+        lora=args.lora,
     )
     stream = sys.stderr if args.json else sys.stdout
     print(
