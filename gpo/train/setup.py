@@ -52,6 +52,7 @@ def _as_saved_before(key: str, saved: dict[str, Any]) -> Any:
     spec = TrainConfig.__dataclass_fields__[key]
     return spec.default_factory() if spec.default is MISSING else spec.default  # type: ignore[misc]
 
+
 #: What ``gpo train`` writes into a run folder: any of them there means it already holds a run.
 RUN_OUTPUTS = (
     "config.json",
