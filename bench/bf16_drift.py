@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -159,20 +158,7 @@ def run_child(spec: RunSpec) -> None:
 
 def run(spec: RunSpec, log: Path) -> dict[str, Any]:
     spec_path = Path(spec.out + ".spec.json")
-    spec_path.write_text(json.dumps(dataclasses.asdict(spec)))
-    env = {**os.environ, **vs_trl.CHILD_ENV}
-    with open(log, "w") as out:
-        proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            check=False,
-        )
-    if proc.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"{spec.precision} run failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(Path(spec.result).read_text())
+    return vs_trl.run_script_child(__file__, spec, spec_path, log, f"{spec.precision} run")
 
 
 def compare(fp32: dict[str, Any], bf16: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tmp)
         wl = vs_trl.build_workload(args.shape, args.model, root, batch, 0, args.steps)
         runs = {}
+        choices = dict(head=args.head, reference=args.reference, lr=args.lr, lora=args.lora)
         for precision in ("fp32", "bf16"):
             spec = RunSpec(
                 model_dir=wl.model_dir,
@@ -241,24 +228,13 @@ def main(argv: list[str] | None = None) -> None:
                 batch_size=batch,
                 steps=args.steps,
                 precision=precision,
-                head=args.head,
-                reference=args.reference,
-                lr=args.lr,
-                lora=args.lora,
                 out=str(root / precision),
                 result=str(root / f"{precision}.json"),
+                **choices,
             )
             runs[precision] = run(spec, root / f"{precision}.log")
     result = compare(runs["fp32"], runs["bf16"])
-    result.update(
-        model=args.model,
-        shape=args.shape,
-        batch=batch,
-        head=args.head,
-        reference=args.reference,
-        lr=args.lr,
-        lora=args.lora,
-    )
+    result.update(model=args.model, shape=args.shape, batch=batch, **choices)
     stream = sys.stderr if args.json else sys.stdout
     print(
         f"{args.model} / {args.shape}, batch {batch}, {args.steps} steps; bf16 head matmul "

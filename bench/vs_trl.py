@@ -563,13 +563,16 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
 # --- parent: runs and report ----------------------------------------------------------------
 
 
-def run_child(spec: ChildSpec, log: Path) -> dict[str, Any]:
-    spec_path = Path(spec.work_dir) / "spec.json"
+def run_script_child(
+    script: str, spec: Any, spec_path: Path, log: Path, what: str
+) -> dict[str, Any]:
+    """Run ``script --child spec_path`` (``spec``, a dataclass with a ``result`` path, written
+    there first) in a fresh process with :data:`CHILD_ENV`; its output goes to ``log``."""
     spec_path.write_text(json.dumps(dataclasses.asdict(spec)))
     env = {**os.environ, **CHILD_ENV}
     with open(log, "w") as out:
         proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
+            [sys.executable, str(Path(script).resolve()), "--child", str(spec_path)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -577,8 +580,13 @@ def run_child(spec: ChildSpec, log: Path) -> dict[str, Any]:
         )
     if proc.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"{spec.tool} child failed (exit {proc.returncode}):\n{tail}")
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{tail}")
     return json.loads(Path(spec.result).read_text())
+
+
+def run_child(spec: ChildSpec, log: Path) -> dict[str, Any]:
+    spec_path = Path(spec.work_dir) / "spec.json"
+    return run_script_child(__file__, spec, spec_path, log, f"{spec.tool} child")
 
 
 @dataclasses.dataclass
