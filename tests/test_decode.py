@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from gpo.models.decode import decode, pick_tokens
+from gpo.models.decode import decode, decode_with_logps, pick_tokens
 from gpo.models.sampling import _generate, cut_at_eos, eos_ids, pad_id, sample
 from gpo.models.tiny import tiny_model_and_tokenizer
 
@@ -139,3 +139,53 @@ def test_lora_policy_is_sampled_through_a_merged_copy_and_left_untouched(tiny, a
         off = sample(lora, tok, prompts, 1, 8, temperature=0)
     assert off.completion_ids == sample(model, tok, prompts, 1, 8, temperature=0).completion_ids
     assert ours.completion_ids != off.completion_ids  # the adapters do change the policy
+
+
+def _scored(model, prompts, samples) -> torch.Tensor:
+    """The completions' log-probs by the training scorer (a separate, full forward pass)."""
+    from gpo.data.collate import collate_sequences
+    from gpo.models.logps import sequence_logps
+
+    pairs = zip(samples.prompt_index, samples.completion_ids, strict=True)
+    seqs = [(list(prompts[i]), ids) for i, ids in pairs]
+    with torch.no_grad():
+        return sequence_logps(model, collate_sequences(seqs, 0)).logps
+
+
+def test_sampler_log_probs_equal_a_separate_scoring_pass(tiny):
+    """Per completion, EOS included, rows finishing early and batch compaction on the way, a
+    prompt sampled 3 times from one prefill, and at a temperature (the log-prob stays the
+    model's own, untempered)."""
+    model, tok, prompts = tiny
+    pad = pad_id(model, tok)
+    plain = decode(model, prompts, 1, 8, set(), pad, temperature=0)
+    eos = {tok.eos_token_id, *(ids[2] for ids in plain[:6])}
+    g = torch.Generator().manual_seed(1)
+    ids, logps = decode_with_logps(model, prompts, 3, 8, eos, pad, 1.0, 1.0, g)
+    assert any(len(x) < 8 for x in ids) and any(len(x) == 8 for x in ids)
+    assert len(logps) == len(ids) and all(v < 0 for v in logps)
+    before = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = sorted(eos)
+    try:
+        for temperature in (1.0, 0.7):
+            out = sample(model, tok, prompts, 3, 8, temperature=temperature, seed=2)
+            assert any(out.finished) and not all(out.finished)
+            assert out.logps is not None
+            torch.testing.assert_close(torch.tensor(out.logps), _scored(model, prompts, out))
+    finally:
+        model.generation_config.eos_token_id = before
+
+
+def test_lora_sampler_log_probs_are_the_unmerged_policys(tiny, active_lora):
+    _, tok, prompts = tiny
+    base, _ = tiny_model_and_tokenizer(seed=3)
+    lora = active_lora(base)
+    out = sample(lora, tok, prompts, 2, 8, seed=0)
+    lora.eval()
+    torch.testing.assert_close(torch.tensor(out.logps), _scored(lora, prompts, out))
+
+
+def test_no_log_probs_when_generate_samples(tiny, monkeypatch):
+    model, tok, prompts = tiny
+    monkeypatch.setattr("gpo.models.sampling.fast_decode_ok", lambda *a, **k: False)
+    assert sample(model, tok, prompts[:2], 1, 4, seed=0).logps is None

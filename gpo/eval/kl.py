@@ -31,6 +31,7 @@ def on_policy_kl(
     Completions are drawn at temperature 1 from the full vocabulary and cut at ``max_new_tokens``:
     this is the exact KL between the two distributions over completions truncated at that length.
     Returns the mean and its standard error over the ``len(prompt_ids) * num_samples`` draws.
+    ``log pi_theta(y)`` comes from the sampler where it has it; only pi_ref scores the samples.
     """
     samples = sample(
         policy,
@@ -42,19 +43,23 @@ def on_policy_kl(
         show_progress=show_progress,
         desc="eval: sampling for KL",
     )
-    seqs = [
-        (list(prompt_ids[i]), ids)
-        for i, ids in zip(samples.prompt_index, samples.completion_ids, strict=True)
-        if ids
-    ]
+    keep = [k for k, ids in enumerate(samples.completion_ids) if ids]
+    seqs = [(list(prompt_ids[samples.prompt_index[k]]), samples.completion_ids[k]) for k in keep]
     device = next(policy.parameters()).device
     pad = tokenizer.pad_token_id
+    # The sampler's own log-probs of its draws, where it has them (gpo's decode loop); else the
+    # policy scores its samples here.
+    mine = None if samples.logps is None else torch.tensor([samples.logps[k] for k in keep])
     diffs = []
     was_training = policy.training
     policy.eval()
     for k in range(0, len(seqs), batch_size):
         batch = collate_sequences(seqs[k : k + batch_size], pad).to(device)
         with torch.no_grad():
-            diffs.append(sequence_logps(policy, batch).logps - reference.logps(batch).logps)
+            if mine is None:
+                ours = sequence_logps(policy, batch).logps
+            else:
+                ours = mine[k : k + batch_size].to(device)
+            diffs.append(ours - reference.logps(batch).logps)
     policy.train(was_training)
     return mean_se(torch.cat(diffs))

@@ -11,6 +11,8 @@ Compared with ``model.generate`` on CPU (docs/performance.md has the numbers):
 - **Sampling by inverse CDF**: one uniform number per row and a ``searchsorted`` over the
   cumulative probabilities, the same distribution as ``torch.multinomial`` at a tenth of its
   cost on CPU (which draws over the whole 49k vocabulary per row).
+- **Log-probs for free**: :func:`decode_with_logps` also sums each completion's log-probability
+  from the logits it already has, so a KL estimate need not score the policy's samples again.
 
 Distribution: ancestral sampling over the full vocabulary at ``temperature`` (``top_p`` < 1:
 nucleus filtering as transformers' ``TopPLogitsWarper`` defines it); ``temperature == 0`` is
@@ -75,7 +77,6 @@ def can_compact(cache: Any) -> bool:
     return all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in cache.layers)
 
 
-@torch.inference_mode()
 def decode(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -88,6 +89,26 @@ def decode(
     generator: torch.Generator | None = None,
 ) -> list[list[int]]:
     """``num_samples`` completions per prompt (prompt-major), each cut after its first EOS."""
+    args = (eos, pad, temperature, top_p, generator)
+    return decode_with_logps(model, prompts, num_samples, max_new_tokens, *args, False)[0]
+
+
+@torch.inference_mode()
+def decode_with_logps(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    num_samples: int,
+    max_new_tokens: int,
+    eos: set[int],
+    pad: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    want_logps: bool = True,
+) -> tuple[list[list[int]], list[float] | None]:
+    """:func:`decode`, plus each completion's log-probability under ``model`` itself (untempered,
+    EOS included), summed from the logits the loop computes anyway: scoring the samples again
+    (e.g. for a KL estimate) would repeat a forward pass over every completion."""
     from transformers import StaticCache
 
     device = next(model.parameters()).device
@@ -118,10 +139,14 @@ def decode(
     eos_t = torch.tensor(sorted(eos), device=device)
     tokens = torch.full((len(rows), max_new_tokens), pad, dtype=torch.long, device=device)
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    seq_logps = torch.zeros(len(rows), device=device)
     compact = can_compact(cache)
     for t in range(max_new_tokens):
         nxt = pick_tokens(logits, temperature, top_p, generator)
         tokens[batch.rows, t] = nxt
+        if want_logps:  # rows already past their EOS add nothing
+            lp = logits.gather(1, nxt[:, None]).squeeze(1) - logits.logsumexp(-1)
+            seq_logps[batch.rows] += torch.where(done[batch.rows], 0.0, lp)
         ended = torch.isin(nxt, eos_t)
         done[batch.rows[ended]] = True
         if t == max_new_tokens - 1 or bool(done[batch.rows].all()):
@@ -142,7 +167,8 @@ def decode(
         )
         logits = out.logits[:, -1].float()
         batch.positions = batch.positions + 1
-    return [_cut(row, eos) for row in tokens.tolist()]
+    logps = seq_logps.tolist() if want_logps else None
+    return [_cut(row, eos) for row in tokens.tolist()], logps
 
 
 def _cut(ids: list[int], eos: set[int]) -> list[int]:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from gpo.data.collate import pad_rows
 from gpo.losses.numerics import warn_once
-from gpo.models.decode import decode
+from gpo.models.decode import decode, decode_with_logps
 
 #: Per-model verdict of :func:`fast_decode_ok`, kept on the model object (it belongs to that
 #: instance and dies with it), as ``gpo.models.logps`` does for its fast paths.
@@ -42,6 +42,9 @@ class Samples:
     text: list[str] = field(default_factory=list)
     #: True when the completion ended with EOS (False: truncated by ``max_new_tokens``).
     finished: list[bool] = field(default_factory=list)
+    #: Each completion's log-probability under the sampled model (untempered, EOS included),
+    #: from gpo's decode loop; None where ``model.generate`` sampled instead.
+    logps: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.completion_ids)
@@ -230,6 +233,7 @@ def sample(
 
     gen_kwargs = _generate_kwargs(max_new_tokens, pad, eos, temperature, top_p)
     completions: dict[tuple[int, int], list[int]] = {}
+    logps: dict[tuple[int, int], float] | None = {}
     bar = tqdm(
         total=len(prompt_ids) * num_samples,
         desc=desc,
@@ -247,14 +251,20 @@ def sample(
                 # never reseed that RNG itself.
                 gen.manual_seed(bseed if bseed is not None else int(torch.randint(2**62, ())))
                 args = (eos, pad, temperature, top_p, gen)
-                new = decode(net, prompts, num_samples, max_new_tokens, *args)
+                new, new_logps = decode_with_logps(net, prompts, num_samples, max_new_tokens, *args)
             else:
                 new = _generate(net, prompts, num_samples, gen_kwargs, pad, bseed)
+                new_logps, logps = None, None
             for k, ids in enumerate(new):
                 completions[batch[k // num_samples], k % num_samples] = ids
+                if logps is not None and new_logps is not None:
+                    logps[batch[k // num_samples], k % num_samples] = new_logps[k]
             bar.update(len(new))
     bar.close()
-    return _collect(completions, len(prompt_ids), num_samples, tokenizer, eos)
+    out = _collect(completions, len(prompt_ids), num_samples, tokenizer, eos)
+    if logps is not None:
+        out.logps = [logps[i, j] for i, j in zip(out.prompt_index, out.sample_index, strict=True)]
+    return out
 
 
 def _generate_kwargs(
