@@ -17,7 +17,10 @@ Same work (and how it is checked)
 - Optimiser: torch's fused AdamW on both sides: TRL's own default (TRL 1.16's ``DPOConfig``
   defaults to ``optim="adamw_torch_fused"``; the child records and checks it) and gpo's
   (``optim: adamw_fused``). Same lr, betas, eps, weight decay 0, constant schedule, no warm-up,
-  max grad norm 1, batch size B, no gradient accumulation, logging every step on both sides.
+  max grad norm 1, batch size B, logging every step on both sides; no gradient accumulation
+  unless ``--grad-accum K`` (then both tools run K micro-batches of B/K pairs per step: for
+  memory, e.g. the ``variable`` shape with full fine-tuning, where TRL's batch-8 process was
+  killed for memory on a 24 GiB machine).
   TRL runs as it ships except where equal work needs otherwise: no gradient/activation
   checkpointing (TRL's default is on; gpo does not checkpoint) and, with ``--precisions fp32``
   (the default), no mixed precision (TRL's default is bf16 autocast, even on CPU).
@@ -162,7 +165,7 @@ class ChildSpec:
     model_dir: str
     data: str  # gpo: rows in source order; TRL: the same rows in gpo's batch order
     n_rows: int
-    batch_size: int
+    batch_size: int  # pairs per optimizer step
     warmup: int
     steps: int
     learning_rate: float
@@ -174,6 +177,7 @@ class ChildSpec:
     trl_padding_free: bool = False  # ask TRL for padding_free (1.16 turns it off again)
     precision: str = "fp32"  # or "bf16": TRL bf16=True, gpo mixed_precision=bf16
     cross_entropy_head: bool = False  # gpo: torch's cross_entropy for the head (techniques.py)
+    grad_accum: int = 1  # micro-batches of batch_size / grad_accum pairs per step, both tools
 
 
 # --- children --------------------------------------------------------------------------------
@@ -215,14 +219,15 @@ def run_gpo_child(spec: ChildSpec) -> dict[str, Any]:
     from gpo.train.trainer import Trainer
 
     class TimedTrainer(Trainer):
-        """Records the end time of every optimiser step (one micro-step each: no accumulation);
-        skips the final model save and plots, which TRL's run does not do either."""
+        """Records the end time of every optimiser step's last micro-step (the optimizer steps
+        inside it); skips the final model save and plots, which TRL's run does not do either."""
 
         step_ends: list[float]
 
         def _micro_step(self, step: int, micro: int, indices: list[int]) -> Any:
             out = super()._micro_step(step, micro, indices)
-            self.step_ends.append(time.perf_counter())
+            if (micro + 1) % spec.grad_accum == 0:
+                self.step_ends.append(time.perf_counter())
             return out
 
         def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +249,8 @@ def run_gpo_child(spec: ChildSpec) -> dict[str, Any]:
         lora_target_modules=LORA_TARGETS,
         max_length=_max_positions(spec.model_dir),  # no row is cut or dropped (checked)
         max_steps=spec.warmup + spec.steps,
-        batch_size=spec.batch_size,
+        batch_size=spec.batch_size // spec.grad_accum,
+        gradient_accumulation_steps=spec.grad_accum,
         learning_rate=spec.learning_rate,
         weight_decay=0.0,
         warmup_ratio=0.0,
@@ -311,8 +317,8 @@ def run_trl_child(spec: ChildSpec) -> dict[str, Any]:
     rows = [json.loads(line) for line in Path(spec.data).read_text().splitlines() if line]
     args = DPOConfig(
         output_dir=str(Path(spec.work_dir) / "trl_out"),
-        per_device_train_batch_size=spec.batch_size,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=spec.batch_size // spec.grad_accum,
+        gradient_accumulation_steps=spec.grad_accum,
         max_steps=spec.warmup + spec.steps,
         learning_rate=spec.learning_rate,
         lr_scheduler_type="constant",
@@ -472,8 +478,10 @@ class Workload:
 
 
 def build_workload(
-    shape: str, model: str, root: Path, batch: int, warmup: int, steps: int
+    shape: str, model: str, root: Path, batch: int, warmup: int, steps: int, accum: int = 1
 ) -> Workload:
+    """Rows for ``warmup + steps`` steps of ``batch`` pairs; TRL pads each micro-batch of
+    ``batch / accum`` pairs (gpo's micro-batches are consecutive slices of the same order)."""
     from transformers import AutoTokenizer
 
     from gpo.data import Limits, parse_rows, tokenize_rows
@@ -507,7 +515,8 @@ def build_workload(
     prompts = [len(p.prompt_ids) for p in pairs]
     replies = [len(r) for p in pairs for r in (p.chosen_ids, p.rejected_ids)]
     spans = ((min(prompts), max(prompts)), (min(replies), max(replies)))
-    padding = padding_share([in_order[i : i + batch] for i in range(0, n, batch)])
+    micro = batch // accum
+    padding = padding_share([in_order[i : i + micro] for i in range(0, n, micro)])
     return Workload(
         path,
         str(gpo_data),
@@ -640,6 +649,7 @@ def _spec(
         trl_reuse_host_memory=args.trl_reuse_host_memory or tool == TRL_BEST,
         trl_padding_free=tool == TRL_BEST,
         precision=cell["precision"],
+        grad_accum=args.grad_accum,
     )
 
 
@@ -653,13 +663,16 @@ def run_cell(
 ) -> dict[str, Any]:
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[model]
     batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH[shape]
-    wl = build_workload(shape, model, root, batch, args.warmup, steps)
+    if batch % args.grad_accum:
+        raise ValueError(f"--grad-accum {args.grad_accum} does not divide the batch {batch}")
+    wl = build_workload(shape, model, root, batch, args.warmup, steps, args.grad_accum)
     p, c, r = wl.mean_lengths
     (p_lo, p_hi), (r_lo, r_hi) = wl.length_range
     say(
         f"{shape}/{model}/{precision}: {wl.n_rows} pairs, mean tokens prompt {p:.0f} "
         f"[{p_lo}-{p_hi}] chosen {c:.0f} rejected {r:.0f} [{r_lo}-{r_hi}]; padding in TRL's "
-        f"batches {100 * wl.padding_share:.0f}%; batch {batch}, {args.warmup} warm-up + "
+        f"batches {100 * wl.padding_share:.0f}%; batch {batch} (micro-batches of "
+        f"{batch // args.grad_accum}), {args.warmup} warm-up + "
         f"{steps} timed steps"
     )
     lr = args.lr if args.lr is not None else (1e-3 if args.lora else 1e-4)
@@ -822,6 +835,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--batch-size", type=int, help="pairs per step (default: 2, variable shape 8)"
     )
+    parser.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="split each step's batch into this many micro-batches, both tools (memory)",
+    )
     parser.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
     parser.add_argument("--lr", type=float, help="default 1e-4 (full), 1e-3 (LoRA)")
     parser.add_argument(
@@ -855,6 +874,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.warmup, args.repeats = QUICK["warmup"], QUICK["repeats"]
     if args.warmup < 1 or args.repeats < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--warmup, --repeats and --steps must be >= 1")
+    if args.grad_accum < 1:
+        parser.error("--grad-accum must be >= 1")
     os.environ.update(CHILD_ENV)
 
     stream = sys.stderr if args.json else sys.stdout
