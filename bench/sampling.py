@@ -12,10 +12,6 @@ its defaults except ``top_k=0`` (its default top-50 would sample another distrib
 ``do_sample=True``. Tokens/s counts generated tokens only; % of peak counts 2 x parameters FLOPs
 per generated token against the fp32 matmul peak measured here (2048^3 ``a @ b``).
 
-gpo's sampler packs the weights for MKL once per call (``gpo.models.packed``; the time to pack
-is inside each timed call); ``gpo_unpacked_tokens_per_s`` is the same loop on plain
-``F.linear``, run alongside (gpo, HF, unpacked, ...), to show what the packing gives.
-
 Same distribution: greedy decoding gives the same tokens on both sides (checked on 16 prompts x
 32 tokens per model and printed); the statistical tests of sampled draws are in
 ``tests/test_decode.py``.
@@ -37,7 +33,6 @@ import torch
 
 from gpo.gold.prompts import make_prompts
 from gpo.models.decode import decode
-from gpo.models.packed import packed_linears
 from gpo.models.sampling import _generate, cut_at_eos, encode_chat_prompts, eos_ids, pad_id
 
 SHAPES = [(8, 48), (32, 48), (128, 48), (8, 256), (32, 256)]
@@ -76,23 +71,19 @@ def run_shape(model: Any, tok: Any, prompts: list[list[int]], batch: int, new: i
     g = torch.Generator().manual_seed(0)
     hf = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": True, "top_k": 0}
 
-    def ours() -> None:  # as gpo.models.sampling.sample runs it: weights packed per call
-        with packed_linears(model) as net:
-            decode(net, rows, 1, new, set(), pad, 1.0, 1.0, g)
-
-    def unpacked() -> None:
+    def ours() -> None:
         decode(model, rows, 1, new, set(), pad, 1.0, 1.0, g)
 
     def theirs() -> None:
         _generate(model, rows, 1, {**hf, "pad_token_id": pad}, pad, 0)
 
-    runs = (ours, theirs, unpacked)
     with torch.inference_mode():
-        for fn in runs:  # warm-up
-            fn()
-        times = [[timed(fn) for fn in runs] for _ in range(rounds)]
+        ours(), theirs()  # warm-up
+        times = [(timed(ours), timed(theirs)) for _ in range(rounds)]
     tokens = batch * new
-    return [tokens / statistics.median(t[k] for t in times) for k in range(len(runs))]
+    return tokens / statistics.median(t[0] for t in times), tokens / statistics.median(
+        t[1] for t in times
+    )
 
 
 def greedy_identical(model: Any, tok: Any, prompts: list[list[int]]) -> bool:
@@ -123,13 +114,12 @@ def main(argv: list[str] | None = None) -> None:
             f"\n{name}: {params / 1e6:.1f}M parameters; greedy identical: {same}", file=sys.stderr
         )
         print(
-            f"{'shape':>8} {'gpo tok/s':>10} {'HF tok/s':>9} {'ratio':>6} {'% peak':>7} "
-            f"{'unpacked tok/s':>15}",
+            f"{'shape':>8} {'gpo tok/s':>10} {'HF tok/s':>9} {'ratio':>6} {'% peak':>7}",
             file=sys.stderr,
         )
         results[name] = {}
         for batch, new in SHAPES:
-            mine, hf, plain = run_shape(model, tok, prompts, batch, new, args.repeats)
+            mine, hf = run_shape(model, tok, prompts, batch, new, args.repeats)
             key = str(batch) if new == 48 else f"{batch}@{new}"
             pct = 100 * mine * 2 * params / peak
             results[name][key] = {
@@ -137,10 +127,9 @@ def main(argv: list[str] | None = None) -> None:
                 "hf_tokens_per_s": round(hf, 1),
                 "ratio": round(mine / hf, 2),
                 "gpo_pct_peak": round(pct, 1),
-                "gpo_unpacked_tokens_per_s": round(plain, 1),
             }
             print(
-                f"{key:>8} {mine:>10.1f} {hf:>9.1f} {mine / hf:>5.2f}x {pct:>6.1f}% {plain:>15.1f}",
+                f"{key:>8} {mine:>10.1f} {hf:>9.1f} {mine / hf:>5.2f}x {pct:>6.1f}%",
                 file=sys.stderr,
                 flush=True,
             )

@@ -190,23 +190,3 @@ def test_no_log_probs_when_generate_samples(tiny, monkeypatch):
     monkeypatch.setattr("gpo.models.sampling.fast_decode_ok", lambda *a, **k: False)
     assert sample(model, tok, prompts[:2], 1, 4, seed=0).logps is None
 
-
-def test_packed_weights_give_bitwise_the_same_samples(tiny, active_lora, monkeypatch):
-    """gpo.models.packed: MKL-prepacked linears give the same draws and log-probs (to float
-    rounding), for a plain model and for a LoRA policy (sampled through its merged copy)."""
-    from gpo.models import packed
-
-    model, tok, prompts = tiny
-    lora = active_lora(tiny_model_and_tokenizer(seed=3)[0])
-    with torch.inference_mode(), packed.packed_linears(model):
-        assert packed.can_pack(model)
-        assert any(isinstance(m, packed.PackedLinear) for m in model.modules())
-    assert not any(isinstance(m, packed.PackedLinear) for m in model.modules())  # put back
-    runs = {}
-    for pack in (True, False):
-        if not pack:
-            monkeypatch.setattr(packed, "can_pack", lambda m: False)
-        runs[pack] = [sample(m, tok, prompts, 2, 8, seed=4) for m in (model, lora)]
-    for a, b in zip(runs[True], runs[False], strict=True):
-        assert a.completion_ids == b.completion_ids
-        torch.testing.assert_close(torch.tensor(a.logps), torch.tensor(b.logps))

@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 from gpo.data.collate import pad_rows
 from gpo.losses.numerics import warn_once
 from gpo.models.decode import decode, decode_with_logps
-from gpo.models.packed import packed_linears
 
 #: Per-model verdict of :func:`fast_decode_ok`, kept on the model object (it belongs to that
 #: instance and dies with it), as ``gpo.models.logps`` does for its fast paths.
@@ -242,12 +241,7 @@ def sample(
         disable=not show_progress,
         leave=False,
     )
-    with (
-        _eval_mode(model),
-        torch.inference_mode(),
-        _sampling_view(model) as view,
-        packed_linears(view) as net,
-    ):
+    with _eval_mode(model), torch.inference_mode(), _sampling_view(model) as net:
         fast = fast_decode_ok(net, [prompt_ids[i] for i in order[:2]], eos, pad, model)
         for batch, bseed in zip(batches, batch_seeds, strict=True):
             prompts = [prompt_ids[i] for i in batch]
