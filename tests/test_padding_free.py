@@ -92,6 +92,18 @@ def test_groups_are_a_permutation_within_the_padding_budget(shared, max_padding)
     assert total < lg.computed_tokens(pairs, shared)[0]  # less computed than the padded batch
 
 
+def test_a_split_saving_less_than_its_extra_calls_is_not_made():
+    """Two pairs 100 tokens apart: at 10% they would be split, but one more group costs
+    GROUP_COST_TOKENS (128) padded tokens, more than the 100 saved; 1000 apart they are split.
+    max_padding 0 always splits (one pair per group)."""
+    near = [_pair(0, 100, 50, 50), _pair(1, 200, 50, 50)]
+    far = [_pair(0, 100, 50, 50), _pair(1, 1100, 50, 50)]
+    assert lg.GROUP_COST_TOKENS == 128
+    assert lg.length_groups(near, True, 0.1) == [[0, 1]]
+    assert lg.length_groups(near, True, 0.0) == [[0], [1]]
+    assert lg.length_groups(far, True, 0.1) == [[0], [1]]
+
+
 def test_max_padding_one_is_the_padded_batch():
     pairs = [_pair(0, 5, 1, 1), _pair(1, 500, 300, 2)]
     assert lg.length_groups(pairs, True, 1.0) == [[0, 1]]
