@@ -132,8 +132,7 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "cpu-smol-upo": Preset(
-        "IPO vs JS-IUPO at beta 0.1, 0.2, 0.5 x 2 seeds on SmolLM2 LoRA (the cpu-smol setup); "
-        "~1 h",
+        "IPO vs JS-IUPO at beta 0.1, 0.2, 0.5 x 2 seeds on SmolLM2 LoRA (the cpu-smol setup); ~1 h",
         {
             "base": _SMOL_BASE,
             "grid": {

@@ -25,7 +25,8 @@ Reads every ``runs/*/metrics.jsonl`` of a sweep (see gpo/sweep.py); runs are gro
   same sweep, or of ``--frontier`` sweeps, at the same KL); tables in ``summary.json`` under
   ``kl_control`` and in ``report.md``.
 - ``summary.json`` (the resolved sweep config, per-run numbers, correlations, the side-by-side
-  matrix) and ``report.md``.
+  matrix; with repeated seeds, ``seeds``: per (loss, beta) each seed's value, the mean and the
+  spread, :mod:`gpo.experiments.report.seeds`) and ``report.md``.
 
 KL estimates are Monte Carlo and can be <= 0 near pi_ref; log-scale plots leave those points out
 and ``summary.json`` counts them.
@@ -50,6 +51,7 @@ from gpo.experiments.report.figures import draw_figures
 from gpo.experiments.report.kl_control import kl_control_section
 from gpo.experiments.report.kl_figures import draw_kl_figures
 from gpo.experiments.report.markdown import kl_markdown, markdown
+from gpo.experiments.report.seeds import seeds_markdown, seeds_section
 from gpo.io import pyplot, redact_urls, write_json
 
 
@@ -100,11 +102,14 @@ def report(
         "side_by_side": sbs,
         "figures": [p.name for p in written],
     }
+    seeds = seeds_section(rows)
+    if seeds:
+        summary["seeds"] = seeds
     if steered:
         summary["kl_control"] = steered
         summary["report"]["frontier"] = [str(d) for d in frontier]
     write_json(out_dir / "summary.json", summary)
-    text = markdown(rows, per_beta, sbs, written) + kl_markdown(steered)
+    text = markdown(rows, per_beta, sbs, written) + seeds_markdown(seeds) + kl_markdown(steered)
     (out_dir / "report.md").write_text(text)
     print(text)
     print(f"report: wrote {len(written)} figures, summary.json and report.md to {out_dir}/")
