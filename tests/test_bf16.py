@@ -96,3 +96,24 @@ def test_bf16_training_starts_at_log_2_and_stays_near_fp32(
     assert bf16[0] == pytest.approx(math.log(2), abs=1e-7)
     assert fp32 == pytest.approx(bf16, abs=1e-3)
     assert fp32 != pytest.approx(bf16, abs=1e-9)  # the bf16 run really ran in bf16
+
+
+def test_prefix_sharing_survives_its_self_check_under_bf16_autocast(recwarn, monkeypatch):
+    """The check runs without autocast (it tests exactness, not precision; on SmolLM2 bf16
+    rounding failed it): first used under bf16 autocast, prefix sharing is checked in float32
+    and stays on; the training forward itself still runs under autocast."""
+    model, tokenizer = tiny_model_and_tokenizer(seed=7)
+    batch = collate_for_training(_pairs(tokenizer), tokenizer.pad_token_id, True)
+    seen = []
+    real = logps._shared_prompt_logps
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(logps, "_shared_prompt_logps", spy)
+    with _autocast():
+        batch_logps(model, batch)
+    assert seen == [False, True]  # the check's call, then the batch's
+    assert getattr(model, logps._SHARED_OK) is True
+    assert not [w for w in recwarn if "prefix sharing is not exact" in str(w.message)]

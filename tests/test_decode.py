@@ -189,4 +189,3 @@ def test_no_log_probs_when_generate_samples(tiny, monkeypatch):
     model, tok, prompts = tiny
     monkeypatch.setattr("gpo.models.sampling.fast_decode_ok", lambda *a, **k: False)
     assert sample(model, tok, prompts[:2], 1, 4, seed=0).logps is None
-

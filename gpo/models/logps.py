@@ -163,10 +163,18 @@ def _can_be_fast(model: nn.Module) -> bool:
 def _self_check(model: nn.Module) -> Iterator[None]:
     """The fast paths' checks compare two forwards: run them without dropout (eval mode) and
     without drawing from the RNG, so they neither fail on dropout noise nor shift the training's
-    random stream (a resumed run checks at its first step, an uninterrupted one at step 1)."""
+    random stream (a resumed run checks at its first step, an uninterrupted one at step 1); and
+    without autocast, in the weights' own precision: they test whether a path is exact for this
+    model, which bf16 rounding of two differently shaped forwards would hide (under bf16
+    autocast prefix sharing failed its 1e-4 check on SmolLM2 and fell back, doubling the work)."""
     was_training = model.training
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+    device_type = next(model.parameters()).device.type
+    with (
+        torch.random.fork_rng(devices=cuda),
+        torch.no_grad(),
+        torch.autocast(device_type, enabled=False),
+    ):
         model.eval()
         try:
             yield
