@@ -123,11 +123,11 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu-smol": Preset(
         "SmolLM2 LoRA on the gold task: 6 GPO losses x betas {0.01, 0.1, 1, 10} x 2 seeds; "
-        "~4 h on 2 cores (resumable)",
+        "~3 h on 2 cores (resumable)",
         {
             "base": _SMOL_BASE,
             "grid": {"loss": list(LOSSES), "beta": [0.01, 0.1, 1.0, 10.0], "seed": [0, 1]},
-            # One at a time: a run alone took 307 s, two at once 900-1160 s each (2 cores).
+            # One at a time: a run alone took 220-307 s, two at once 900-1160 s each (2 cores).
             "jobs": 1,
         },
     ),
