@@ -13,6 +13,7 @@ model's own distribution. ``temperature=0`` means greedy decoding.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -233,7 +234,7 @@ def sample(
 
     gen_kwargs = _generate_kwargs(max_new_tokens, pad, eos, temperature, top_p)
     completions: dict[tuple[int, int], list[int]] = {}
-    logps: dict[tuple[int, int], float] | None = {}
+    logps: dict[tuple[int, int], float] = {}  # filled by gpo's loop only
     bar = tqdm(
         total=len(prompt_ids) * num_samples,
         desc=desc,
@@ -254,15 +255,14 @@ def sample(
                 new, new_logps = decode_with_logps(net, prompts, num_samples, max_new_tokens, *args)
             else:
                 new = _generate(net, prompts, num_samples, gen_kwargs, pad, bseed)
-                new_logps, logps = None, None
+                new_logps = [math.nan] * len(new)
             for k, ids in enumerate(new):
                 completions[batch[k // num_samples], k % num_samples] = ids
-                if logps is not None and new_logps is not None:
-                    logps[batch[k // num_samples], k % num_samples] = new_logps[k]
+                logps[batch[k // num_samples], k % num_samples] = new_logps[k]
             bar.update(len(new))
     bar.close()
     out = _collect(completions, len(prompt_ids), num_samples, tokenizer, eos)
-    if logps is not None:
+    if fast:
         out.logps = [logps[i, j] for i, j in zip(out.prompt_index, out.sample_index, strict=True)]
     return out
 
