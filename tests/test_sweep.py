@@ -318,3 +318,36 @@ def test_pi_refs_opponent_samples_are_cached_for_the_next_run(
     files[0].write_text("{not json")
     assert win_rate.sample_opponent(None, ref, tok, ids, 8, seed=3, cache_dir=cache) == first
     assert calls == [4, 3, 3]
+
+
+def test_sigterm_stops_the_running_run_too(tmp_path, monkeypatch) -> None:
+    """A stopped sweep must not leave its run going: it would race the resumed sweep."""
+    import signal
+    import threading
+    import time
+
+    from gpo.experiments import sweep as sweep_mod
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(99)"
+    cmd = [sys.executable, "-c", child]
+    monkeypatch.setattr(sweep_mod, "command", lambda run, prefix=None: cmd)
+    runs = [sweep_mod.Run("r", tmp_path / "r", TrainConfig(), {})]
+
+    def term_when_started() -> None:
+        deadline = time.monotonic() + 60
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=term_when_started, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(sweep_mod.SweepInterrupted, match="r") as info:
+        sweep_mod.execute(runs, jobs=1)
+    assert info.value.exit_code == 143
+    assert time.monotonic() - t0 < 60  # not the child's 99 s sleep
+    with pytest.raises(ProcessLookupError):  # stopped and reaped
+        os.kill(int(pid_file.read_text()), 0)
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -21,8 +21,8 @@
   10, 20 and 30. pi_ref's log-probs and win-rate completions are cached once for the whole
   sweep (``ref_cache``). A pilot (logistic, seed 0) ended at KL 13.5 +- 0.8 nats and win rate
   0.74 at beta 0.01, and at KL 1.9 +- 0.2, win rate 0.55 at beta 10: the grid spans weak to
-  strong regularization. Two runs at a time took 832 s in that pilot, so the sweep takes about
-  5 hours on 2 cores; `gpo sweep` resumes it where it stopped.
+  strong regularization. One run alone takes 220-263 s on 2 cores (two at once took 900-1,160 s
+  each), so the 48 runs take about 3-3.5 hours; `gpo sweep` resumes it where it stopped.
 - ``cpu-smol-upo``: the ``upo`` comparison on the same SmolLM2 setup, 2 seeds.
 - ``upo``: the UPO paper's Fig. 1 (Sun et al. 2024, §5): IPO (``iupo:reverse_kl``) vs JS-IUPO
   (``iupo:js``) at beta in {0.1, 0.2, 0.5}, from the same tiny pi_sft as ``cpu-small``, with

@@ -11,7 +11,8 @@ The sweep folder holds ``sweep.json`` (the resolved config), ``commands.sh``, ``
 built, and ``runs/<name>/``, one `gpo train` run folder per combination. A run with a
 ``summary.json`` is finished and skipped; a run with a ``config.json`` only was interrupted and
 is restarted with ``--resume`` (from its newest checkpoint). Each run is a subprocess with its
-output in ``runs/<name>/train.log``.
+output in ``runs/<name>/train.log``. Ctrl-C or SIGTERM stops the running runs too (a run left
+running would race the resumed sweep for the same folder and cores).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import dataclasses
 import itertools
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,8 +191,61 @@ def _tail(path: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+class SweepInterrupted(Exception):
+    """Ctrl-C or SIGTERM reached the sweep; its running runs were stopped."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # 130 for SIGINT, 143 for SIGTERM, as `gpo train`
+
+
+#: Seconds a stopped run gets to finish its step and write a checkpoint before it is killed
+#: (`gpo train` checkpoints on SIGTERM; a kill loses at most ``save_steps`` steps).
+STOP_GRACE_S = 60.0
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise SweepInterrupted(signal.Signals(signum).name, 128 + signum)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def execute(runs: list[Run], jobs: int) -> list[Run]:
-    """Run the unfinished runs, ``jobs`` at a time; print progress; return the failed ones."""
+    """Run the unfinished runs, ``jobs`` at a time; print progress; return the failed ones.
+
+    On SIGTERM (or Ctrl-C) the running runs are stopped before :class:`SweepInterrupted` is raised.
+    """
+    main = threading.current_thread() is threading.main_thread()  # handlers need the main thread
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main else None
+    running: list[tuple[Run, subprocess.Popen[bytes], float, Any]] = []
+    try:
+        return _execute(runs, jobs, running)
+    except (KeyboardInterrupt, SweepInterrupted) as e:
+        _stop([proc for _, proc, _, _ in running])
+        for *_, log in running:
+            log.close()
+        code = e.exit_code if isinstance(e, SweepInterrupted) else 130
+        stopped = ", ".join(r.name for r, *_ in running) or "no run"
+        raise SweepInterrupted(stopped, code) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _execute(
+    runs: list[Run], jobs: int, running: list[tuple[Run, subprocess.Popen[bytes], float, Any]]
+) -> list[Run]:
     todo = [r for r in runs if not r.done]
     n = len(runs)
     index = {r.name: k + 1 for k, r in enumerate(runs)}
@@ -199,7 +255,6 @@ def execute(runs: list[Run], jobs: int) -> list[Run]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(_threads(jobs)))  # jobs share the cores
     prefix = [sys.executable, "-m", "gpo.cli"]
-    running: list[tuple[Run, subprocess.Popen[bytes], float, Any]] = []
     failed: list[Run] = []
     while todo or running:
         while todo and len(running) < jobs:
@@ -257,7 +312,15 @@ def run_sweep(
     print_config(resolved, "resolved sweep config")
     write_json(sweep_dir / "sweep.json", resolved)
     t0 = time.perf_counter()
-    failed = execute(runs, jobs)
+    try:
+        failed = execute(runs, jobs)
+    except SweepInterrupted as e:
+        print(
+            f"sweep: interrupted; stopped {e}. Resume with the same command "
+            f"(--out {sweep_dir}); interrupted runs continue from their last checkpoint.",
+            flush=True,
+        )
+        return e.exit_code
     print(
         f"sweep: {len(runs) - len(failed)}/{len(runs)} runs finished in "
         f"{time.perf_counter() - t0:.0f} s; report with: gpo report {sweep_dir}",
