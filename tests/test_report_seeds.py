@@ -55,6 +55,11 @@ def test_seed_groups_by_hand(sweep: Path) -> None:
     assert b["final_win_rate"]["mean"] == pytest.approx((0.8 + 0.65) / 2)
     assert b["final_win_rate"]["mean_spread"] == pytest.approx((0.2 + 0.1) / 2)
     assert "1" not in section["per_beta"]
+    # seed 1 has the higher final win rate in both groups (0.9 vs 0.7, 0.7 vs 0.6)
+    assert section["by_seed"]["1"]["highest_win_rate"] == 2
+    assert section["by_seed"]["0"]["highest_win_rate"] == 0
+    assert section["by_seed"]["0"]["final_win_rate"] == pytest.approx((0.7 + 0.6) / 2)
+    assert section["by_seed"]["1"]["final_kl"] == pytest.approx((6.0 + 2.0) / 2)
 
 
 def test_report_writes_the_seed_tables(sweep: Path, capsys) -> None:
@@ -64,6 +69,7 @@ def test_report_writes_the_seed_tables(sweep: Path, capsys) -> None:
     text = (sweep / "report" / "report.md").read_text()
     assert "## Seeds" in text
     assert "| logistic | 0.1 | 0.8 (0.7 / 0.9) |" in text
+    assert "| 1 | 2 | 0.800 | 4 | 2 groups |" in text
 
 
 def test_no_seed_section_without_repeated_seeds(tmp_path: Path) -> None:

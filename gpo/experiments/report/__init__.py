@@ -26,7 +26,9 @@ Reads every ``runs/*/metrics.jsonl`` of a sweep (see gpo/sweep.py); runs are gro
   ``kl_control`` and in ``report.md``.
 - ``summary.json`` (the resolved sweep config, per-run numbers, correlations, the side-by-side
   matrix; with repeated seeds, ``seeds``: per (loss, beta) each seed's value, the mean and the
-  spread, :mod:`gpo.experiments.report.seeds`) and ``report.md``.
+  spread, :mod:`gpo.experiments.report.seeds`; ``strength``: the final KL per beta, the beta
+  that reaches given KLs and the GPO strength translation checked against it,
+  :mod:`gpo.experiments.report.strength`) and ``report.md``.
 
 KL estimates are Monte Carlo and can be <= 0 near pi_ref; log-scale plots leave those points out
 and ``summary.json`` counts them.
@@ -52,6 +54,7 @@ from gpo.experiments.report.kl_control import kl_control_section
 from gpo.experiments.report.kl_figures import draw_kl_figures
 from gpo.experiments.report.markdown import kl_markdown, markdown
 from gpo.experiments.report.seeds import seeds_markdown, seeds_section
+from gpo.experiments.report.strength import strength_markdown, strength_section
 from gpo.io import pyplot, redact_urls, write_json
 
 
@@ -105,11 +108,19 @@ def report(
     seeds = seeds_section(rows)
     if seeds:
         summary["seeds"] = seeds
+    strength = strength_section(rows)
+    if strength:
+        summary["strength"] = strength
     if steered:
         summary["kl_control"] = steered
         summary["report"]["frontier"] = [str(d) for d in frontier]
     write_json(out_dir / "summary.json", summary)
-    text = markdown(rows, per_beta, sbs, written) + seeds_markdown(seeds) + kl_markdown(steered)
+    text = (
+        markdown(rows, per_beta, sbs, written)
+        + seeds_markdown(seeds)
+        + strength_markdown(strength)
+        + kl_markdown(steered)
+    )
     (out_dir / "report.md").write_text(text)
     print(text)
     print(f"report: wrote {len(written)} figures, summary.json and report.md to {out_dir}/")

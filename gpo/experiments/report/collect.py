@@ -97,6 +97,7 @@ def run_rows(runs: list[RunData]) -> list[dict[str, Any]]:
                 "beta": r.key[1],
                 "seed": r.config.get("seed"),
                 "learning_rate": r.config.get("learning_rate"),
+                "kl_target": r.config.get("kl_target"),
                 "finished": r.finished,
                 "evals": len(r.evals),
                 "final": _final(r),

@@ -70,10 +70,39 @@ def per_beta(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def by_seed(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per seed: the mean final win rate and final KL over the groups, and in how many groups
+    that seed had the highest final win rate. A seed that wins most groups points to a shared
+    cause (same seed, same data order and LoRA init for every loss), not noise per run."""
+    out: dict[str, dict[str, Any]] = {}
+    have = [g for g in groups if "final_win_rate" in g]
+    for g in have:
+        values = g["final_win_rate"]["values"]
+        top = [seed for seed, v in zip(g["seeds"], values, strict=True) if v == max(values)]
+        best = top[0] if len(top) == 1 else None  # a tie counts for no seed
+        for k, seed in enumerate(g["seeds"]):
+            e = out.setdefault(str(seed), {"win_rates": [], "kls": [], "highest_win_rate": 0})
+            e["win_rates"].append(values[k])
+            if "final_kl" in g:
+                e["kls"].append(g["final_kl"]["values"][k])
+            e["highest_win_rate"] += int(seed == best)
+    return {
+        seed: {
+            "groups": len(e["win_rates"]),
+            "final_win_rate": statistics.fmean(e["win_rates"]),
+            "final_kl": statistics.fmean(e["kls"]) if e["kls"] else None,
+            "highest_win_rate": e["highest_win_rate"],
+        }
+        for seed, e in sorted(out.items())
+    }
+
+
 def seeds_section(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """``summary.json``'s ``seeds`` entry; empty when no setting ran with two seeds."""
     groups = seed_groups(rows)
-    return {"groups": groups, "per_beta": per_beta(groups)} if groups else {}
+    if not groups:
+        return {}
+    return {"groups": groups, "per_beta": per_beta(groups), "by_seed": by_seed(groups)}
 
 
 def seeds_markdown(section: dict[str, Any]) -> str:
@@ -113,4 +142,18 @@ def seeds_markdown(section: dict[str, Any]) -> str:
             f"| {key} | {w['mean']:.3f} | {w['mean_spread']:.3f} " if w else f"| {key} | - | - "
         )
         lines[-1] += f"| {k['mean']:.3g} | {k['mean_spread']:.3g} |" if k else "| - | - |"
+    if section.get("by_seed"):
+        lines += [
+            "",
+            "Per seed, over all (loss, beta) groups:",
+            "",
+            "| seed | groups | mean final win rate | mean final KL | highest win rate in |",
+            "|---|---|---|---|---|",
+        ]
+        for seed, e in section["by_seed"].items():
+            kl = f"{e['final_kl']:.3g}" if e["final_kl"] is not None else "-"
+            lines.append(
+                f"| {seed} | {e['groups']} | {e['final_win_rate']:.3f} | {kl} "
+                f"| {e['highest_win_rate']} groups |"
+            )
     return "\n".join(lines) + "\n"
