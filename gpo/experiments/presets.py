@@ -23,7 +23,8 @@
   0.74 at beta 0.01, and at KL 1.9 +- 0.2, win rate 0.55 at beta 10: the grid spans weak to
   strong regularization. One run alone takes 220-263 s on 2 cores (two at once took 900-1,160 s
   each), so the 48 runs take about 3-3.5 hours; `gpo sweep` resumes it where it stopped.
-- ``cpu-smol-upo``: the ``upo`` comparison on the same SmolLM2 setup, 2 seeds.
+- ``cpu-smol-upo``: the ``upo`` comparison on the same SmolLM2 setup, 2 seeds, with the win rate
+  on 64 prompts (as ``upo``).
 - ``upo``: the UPO paper's Fig. 1 (Sun et al. 2024, §5): IPO (``iupo:reverse_kl``) vs JS-IUPO
   (``iupo:js``) at beta in {0.1, 0.2, 0.5}, from the same tiny pi_sft as ``cpu-small``, with
   dense evaluation for the train/eval loss, preference accuracy and reward margin curves.
@@ -132,9 +133,11 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "cpu-smol-upo": Preset(
-        "IPO vs JS-IUPO at beta 0.1, 0.2, 0.5 x 2 seeds on SmolLM2 LoRA (the cpu-smol setup); ~1 h",
+        "IPO vs JS-IUPO at beta 0.1, 0.2, 0.5 x 2 seeds, SmolLM2 LoRA (cpu-smol setup); ~45 min",
         {
-            "base": _SMOL_BASE,
+            # The win rate on 64 prompts, as the tiny `upo` preset: UPO's claim is about the
+            # held-out accuracy and margin, which every eval measures on the same 64 pairs.
+            "base": {**_SMOL_BASE, "judge_prompts": 64},
             "grid": {
                 "loss": ["iupo:reverse_kl", "iupo:js"],
                 "beta": [0.1, 0.2, 0.5],
