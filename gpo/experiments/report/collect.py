@@ -110,18 +110,29 @@ def run_rows(runs: list[RunData]) -> list[dict[str, Any]]:
 
 
 def spearman_per_beta(runs: list[RunData]) -> dict[str, Any]:
-    """Spearman correlation of KL and mu-weighted squared loss over all checkpoints of a beta."""
+    """Spearman correlation of KL and mu-weighted squared loss over all checkpoints of a beta;
+    with two or more seeds, also per seed (``by_seed``), to tell a trend from one seed's luck."""
     by_beta: dict[float, list[tuple[float, float]]] = defaultdict(list)
+    by_seed: dict[float, dict[str, list[tuple[float, float]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for r in runs:
-        by_beta[r.key[1]] += [(m, k) for _, m, k in r.pairs("eval/mu_sq_loss", "eval/kl")]
-    return {
-        f"{b:g}": {
+        pts = [(m, k) for _, m, k in r.pairs("eval/mu_sq_loss", "eval/kl")]
+        by_beta[r.key[1]] += pts
+        by_seed[r.key[1]][str(r.config.get("seed"))] += pts
+    out: dict[str, Any] = {}
+    for b, pts in sorted(by_beta.items()):
+        out[f"{b:g}"] = {
             "beta": b,
             "checkpoints": len(pts),
             "spearman": _spearman([m for m, _ in pts], [k for _, k in pts]),
         }
-        for b, pts in sorted(by_beta.items())
-    }
+        if len(by_seed[b]) > 1:
+            out[f"{b:g}"]["by_seed"] = {
+                seed: _spearman([m for m, _ in p], [k for _, k in p])
+                for seed, p in sorted(by_seed[b].items())
+            }
+    return out
 
 
 def runs_judge(runs: list[RunData]) -> str:

@@ -33,8 +33,14 @@ def markdown(
             f"| {_f(f.get('loss'))} | {_f(f.get('rewards/accuracies'))} "
             f"| {_f(f.get('rewards/margins'))} | {_f(r['spearman_kl_mu_sq'], 2)} |"
         )
-    lines += ["", "| beta | checkpoints | Spearman(KL, mu-sq), all losses |", "|---|---|---|"]
-    lines += [f"| {k} | {v['checkpoints']} | {_f(v['spearman'], 2)} |" for k, v in per_beta.items()]
+    lines += [
+        "",
+        "| beta | checkpoints | Spearman(KL, mu-sq), all losses | per seed |",
+        "|---|---|---|---|",
+    ]
+    for k, v in per_beta.items():
+        seeds = " / ".join(f"{_f(x, 2)} (seed {s})" for s, x in v.get("by_seed", {}).items())
+        lines.append(f"| {k} | {v['checkpoints']} | {_f(v['spearman'], 2)} | {seeds or '-'} |")
     if sbs:
         losses = sbs["losses"]
         lines += ["", f"Side by side at beta = {sbs['beta']:g} (row's win rate vs column):", ""]
