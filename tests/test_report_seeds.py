@@ -67,7 +67,7 @@ def test_report_writes_the_seed_tables(sweep: Path, capsys) -> None:
     summary = json.loads((sweep / "report" / "summary.json").read_text())
     assert len(summary["seeds"]["groups"]) == 2
     # mu-sq = KL / 2 at every checkpoint: rank-correlated 1 within each seed; beta 1 has one seed
-    assert summary["spearman_per_beta"]["0.1"]["by_seed"] == {"0": 1.0, "1": 1.0}
+    assert summary["spearman_per_beta"]["0.1"]["by_seed"] == pytest.approx({"0": 1.0, "1": 1.0})
     assert "by_seed" not in summary["spearman_per_beta"]["1"]
     text = (sweep / "report" / "report.md").read_text()
     assert "## Seeds" in text
