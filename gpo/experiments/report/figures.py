@@ -197,6 +197,7 @@ def _by_beta_figures(
     if not wins:
         return
 
+    # Each run a faint point with its SE; the line joins the means over runs (seeds) per beta.
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for loss in losses:
         pts = sorted(
@@ -204,23 +205,26 @@ def _by_beta_figures(
             for r in rows
             if r["loss"] == loss and "win_rate" in r["final"]
         )
-        if pts:
-            ax.errorbar(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                yerr=[p[2] for p in pts],
-                fmt="o-",
-                ms=4,
-                capsize=2,
-                color=colors[loss],
-                label=loss,
-            )
+        if not pts:
+            continue
+        ax.errorbar(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            yerr=[p[2] for p in pts],
+            fmt="o",
+            ms=3,
+            capsize=2,
+            alpha=0.35,
+            color=colors[loss],
+        )
+        ax.plot(*per_loss(loss, lambda r: r["final"].get("win_rate")), "o-", ms=5,
+                color=colors[loss], label=loss)  # fmt: skip
     ax.axhline(0.5, color="grey", lw=0.6, ls=":")
     ax.set(
         xscale="log",
         xlabel="beta (log scale)",
-        ylabel="final win rate vs opponent (fraction, +- SE)",
-        title="final policy vs opponent",
+        ylabel="final win rate vs opponent (fraction)",
+        title="final policy vs opponent (dots: runs +- SE; line: mean)",
     )
     ax.legend(fontsize=7)
     written.append(_save(plt, fig, out / "fig11_final_win_rate_vs_beta.png"))
