@@ -79,3 +79,20 @@ def test_no_seed_section_without_repeated_seeds(tmp_path: Path) -> None:
     _run(tmp_path, "logistic", 0.1, 0, [(1.0, 0.5), (2.0, 0.6), (4.0, 0.7)])
     main(["report", str(tmp_path)])
     assert "seeds" not in json.loads((tmp_path / "report" / "summary.json").read_text())
+
+
+def test_side_by_side_is_judged_per_seed(sweep: Path) -> None:
+    from gpo.experiments.report.collect import load_runs, side_by_side
+
+    good = "The cat sat quietly on the warm mat by the door."  # on topic, 11 words, a sentence
+    bad = "cat cat cat"
+    texts = {("logistic", 0): good, ("hinge", 0): bad, ("logistic", 1): bad, ("hinge", 1): good}
+    for (loss, seed), text in texts.items():
+        d = sweep / "runs" / f"loss={loss}_beta=0.1_seed={seed}" / "samples"
+        d.mkdir()
+        row = {"prompt": "Write one sentence about a cat.", "policy": text, "opponent": bad}
+        (d / "step-000030.jsonl").write_text(json.dumps(row) + "\n")
+    sbs = side_by_side(load_runs(sweep), 0.1, "gold")
+    assert sbs["losses"] == ["hinge", "logistic"]
+    assert sbs["win_rate"] == [[0.5, 0.0], [1.0, 0.5]]  # seed 0: logistic wins
+    assert sbs["by_seed"] == {"0": [[0.5, 0.0], [1.0, 0.5]], "1": [[0.5, 1.0], [0.0, 0.5]]}

@@ -161,17 +161,9 @@ def _judge_for_report(spec: str) -> Any:
     return resolve_judge(spec)
 
 
-def side_by_side(runs: list[RunData], beta: float, judge_spec: str) -> dict[str, Any] | None:
-    """Judge the final samples of each loss's run at ``beta`` against each other's."""
-    chosen: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        samples = final_samples(r.dir)
-        if r.key[1] == beta and samples and r.key[0] not in chosen:
-            chosen[r.key[0]] = samples
-    losses = list(chosen)
-    if len(losses) < 2:
-        return None
-    judge = _judge_for_report(judge_spec)
+def _matrix(
+    judge: Any, chosen: dict[str, list[dict[str, Any]]], losses: list[str]
+) -> tuple[list[list[float]], list[list[float]]]:
     n = len(losses)
     rate = [[0.5] * n for _ in range(n)]
     se = [[0.0] * n for _ in range(n)]
@@ -185,8 +177,31 @@ def side_by_side(runs: list[RunData], beta: float, judge_spec: str) -> dict[str,
                 raise ValueError(f"side by side: {a} and {b} were sampled on different prompts")
             mine, theirs = [s["policy"] for s in sa], [s["policy"] for s in sb]
             rate[i][j], se[i][j] = win_rate(judge, prompts, mine, theirs)
+    return rate, se
+
+
+def side_by_side(runs: list[RunData], beta: float, judge_spec: str) -> dict[str, Any] | None:
+    """Judge the final samples of each loss's run at ``beta`` against each other's: the first
+    seed's runs in ``win_rate``; with repeated seeds, every seed that ran all those losses in
+    ``by_seed`` (one seed's matrix is not evidence of "alike")."""
+    by_seed: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(dict)
+    for r in runs:
+        samples = final_samples(r.dir)
+        chosen = by_seed[str(r.config.get("seed"))]
+        if r.key[1] == beta and samples and r.key[0] not in chosen:
+            chosen[r.key[0]] = samples
+    first = next((c for c in by_seed.values() if c), {})
+    losses = list(first)
+    if len(losses) < 2:
+        return None
+    judge = _judge_for_report(judge_spec)
+    rate, se = _matrix(judge, first, losses)
     spec = redact_urls(judge_spec)
-    return {"beta": beta, "judge": spec, "losses": losses, "win_rate": rate, "se": se}
+    out = {"beta": beta, "judge": spec, "losses": losses, "win_rate": rate, "se": se}
+    complete = {s: c for s, c in by_seed.items() if set(c) == set(losses)}
+    if len(complete) > 1:
+        out["by_seed"] = {s: _matrix(judge, c, losses)[0] for s, c in complete.items()}
+    return out
 
 
 def default_beta(rows: list[dict[str, Any]]) -> float | None:

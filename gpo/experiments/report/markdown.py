@@ -47,6 +47,9 @@ def markdown(
         lines += ["| | " + " | ".join(losses) + " |", "|---" * (len(losses) + 1) + "|"]
         for name, row in zip(losses, sbs["win_rate"], strict=True):
             lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" for x in row) + " |")
+        for seed, m in sbs.get("by_seed", {}).items():
+            off = [x for i, row in enumerate(m) for j, x in enumerate(row) if i != j]
+            lines.append(f"\nSeed {seed}: pairwise win rates within {min(off):.2f}-{max(off):.2f}")
     lines += ["", "Figures: " + ", ".join(p.name for p in figures)]
     return "\n".join(lines) + "\n"
 
