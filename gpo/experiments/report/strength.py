@@ -21,6 +21,7 @@ from collections import defaultdict
 from typing import Any
 
 from gpo.experiments.report.collect import finite
+from gpo.experiments.report.markdown import _f
 
 #: KLs (nats) at which the betas of different losses are compared.
 KL_TARGETS = (2.0, 5.0)
@@ -100,10 +101,7 @@ def strength_markdown(section: dict[str, Any]) -> str:
     """report.md's beta-vs-KL and strength-ratio tables (empty without two betas of a loss)."""
     if not section:
         return ""
-
-    def f(x: float | None) -> str:
-        return f"{x:.3g}" if x is not None else "-"
-
+    f = _f
     targets = [f"{t:g}" for t in section["kl_targets"]]
     betas = sorted({float(b) for e in section["losses"].values() for b in e["final_kl_by_beta"]})
     lines = [
