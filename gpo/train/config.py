@@ -77,6 +77,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient-norm clipping; 0: none
     optim: Literal["adamw_fused", "adamw"] = "adamw_fused"  # 'adamw': torch's default AdamW
     reuse_host_memory: bool = True  # keep freed host memory for the next step (glibc malloc)
+    flush_denormals: bool = True  # CPU: values below 1.2e-38 count as 0 (denormal math is slow)
     on_nonfinite: Literal["stop", "skip"] = "stop"  # inf/NaN loss or gradients: stop, or skip
     seed: int = 0  # data order, initialisation, sampling
     # logging, evaluation, checkpoints

@@ -38,6 +38,7 @@ RESUMABLE_CHANGES = {
     "ref_cache",
     "on_nonfinite",
     "reuse_host_memory",
+    "flush_denormals",  # changes only values below 1.2e-38, which no AdamW step can see
     "num_epochs",
     "overwrite",
     "max_padding",  # length groups change only the float summation order, not the step

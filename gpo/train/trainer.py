@@ -81,6 +81,12 @@ class Trainer(Evaluations):
         self.objective = resolve_objective(cfg.loss)  # fail fast, before any model is loaded
         if cfg.reuse_host_memory:  # before the model loads (page faults: 6-15% of a CPU step)
             reuse_freed_memory()
+        if cfg.flush_denormals:
+            # A saturated loss term (e.g. sigmoid(-x) for x > 87) hands the backward pass
+            # gradients below fp32's normal range, and every CPU matmul on such denormals is
+            # ~100x slower (docs/performance.md). Flushed to 0 they change nothing an optimizer
+            # step can see (AdamW's eps is 1e-8). Process-wide; CPU only.
+            torch.set_flush_denormal(True)
         self.acc = acc = accelerator(cfg)
         self.main = acc.is_main_process
         self.run_dir, created = self._run_dir()
