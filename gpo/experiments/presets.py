@@ -21,10 +21,10 @@
   10, 20 and 30. pi_ref's log-probs and win-rate completions are cached once for the whole
   sweep (``ref_cache``). A pilot (logistic, seed 0) ended at KL 13.5 +- 0.8 nats and win rate
   0.74 at beta 0.01, and at KL 1.9 +- 0.2, win rate 0.55 at beta 10: the grid spans weak to
-  strong regularization. One run alone takes 220-263 s on 2 cores (two at once took 900-1,160 s
-  each), so the 48 runs take about 3-3.5 hours; `gpo sweep` resumes it where it stopped.
+  strong regularization. One run alone took 177-461 s on 2 cores, median 203 s (two at once
+  took 900-1,160 s each), so the 48 runs take about 3 hours; `gpo sweep` resumes where it stopped.
 - ``cpu-smol-upo``: the ``upo`` comparison on the same SmolLM2 setup, 2 seeds, with the win rate
-  on 64 prompts (as ``upo``).
+  on 64 prompts (as ``upo``); 172-199 s a run measured, about 40 min.
 - ``upo``: the UPO paper's Fig. 1 (Sun et al. 2024, §5): IPO (``iupo:reverse_kl``) vs JS-IUPO
   (``iupo:js``) at beta in {0.1, 0.2, 0.5}, from the same tiny pi_sft as ``cpu-small``, with
   dense evaluation for the train/eval loss, preference accuracy and reward margin curves.
@@ -133,7 +133,7 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "cpu-smol-upo": Preset(
-        "IPO vs JS-IUPO at beta 0.1, 0.2, 0.5 x 2 seeds, SmolLM2 LoRA (cpu-smol setup); ~45 min",
+        "IPO vs JS-IUPO at beta 0.1, 0.2, 0.5 x 2 seeds, SmolLM2 LoRA (cpu-smol setup); ~40 min",
         {
             # The win rate on 64 prompts, as the tiny `upo` preset: UPO's claim is about the
             # held-out accuracy and margin, which every eval measures on the same 64 pairs.

@@ -33,7 +33,27 @@ def _colors(plt: Any, n: int) -> list[Any]:
     return [cmap(k / max(n - 1, 1)) if n > 6 else cmap(k) for k in range(n)]
 
 
+def _readable_log_ticks(ax: Any) -> None:
+    """Plain numbers on log axes; within two decades also 2x and 5x ticks, labelled. (The
+    default labels every minor tick of a short log axis in scientific notation, overlapping.)"""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale != "log":
+            continue
+        lo, hi = axis.get_view_interval()
+        axis.set_major_formatter(plain)
+        if 0 < lo < hi and math.log10(hi / lo) < 2:
+            axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            axis.set_minor_formatter(plain)
+        else:
+            axis.set_minor_formatter(NullFormatter())
+
+
 def _save(plt: Any, fig: Any, path: Path) -> Path:
+    for ax in fig.axes:
+        _readable_log_ticks(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
