@@ -34,6 +34,7 @@ from gpo.losses.objectives import resolve_objective
 from gpo.models.logps import PolicyLogps, SequenceLogps
 from gpo.train.checkpoint import latest_usable_checkpoint, save_checkpoint, save_final
 from gpo.train.config import TrainConfig, saved_config
+from gpo.train.denormals import denormals_flushed
 from gpo.train.evaluation import Evaluations
 from gpo.train.guards import (
     NonFiniteGuard,
@@ -81,12 +82,6 @@ class Trainer(Evaluations):
         self.objective = resolve_objective(cfg.loss)  # fail fast, before any model is loaded
         if cfg.reuse_host_memory:  # before the model loads (page faults: 6-15% of a CPU step)
             reuse_freed_memory()
-        if cfg.flush_denormals:
-            # A saturated loss term (e.g. sigmoid(-x) for x > 87) hands the backward pass
-            # gradients below fp32's normal range, and every CPU matmul on such denormals is
-            # ~100x slower (docs/performance.md). Flushed to 0 they change nothing an optimizer
-            # step can see (AdamW's eps is 1e-8). Process-wide; CPU only.
-            torch.set_flush_denormal(True)
         self.acc = acc = accelerator(cfg)
         self.main = acc.is_main_process
         self.run_dir, created = self._run_dir()
@@ -259,7 +254,7 @@ class Trainer(Evaluations):
         )
         t0 = time.perf_counter()
         self.policy.train()
-        with self.stops.installed():
+        with self.stops.installed(), denormals_flushed(cfg.flush_denormals):
             last, last_eval = self._loop(batches, bar, t0)
         bar.close()
         if self.reference.cache is not None:  # here, not in finish(): subclasses replace that
