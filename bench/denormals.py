@@ -24,6 +24,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import vs_trl  # the benchmarked-run options; the tiny model for --model tiny
+
 #: (loss, beta): JS-IUPO (cpu-smol-upo's slow runs), DPO and Savage at beta 10, square as control.
 CASES = (("iupo:js", 0.2), ("logistic", 10.0), ("savage", 10.0), ("square", 0.1))
 
@@ -40,14 +44,7 @@ def run_child(args: argparse.Namespace) -> None:
         loss=args.loss,
         beta=args.beta,
         max_steps=args.steps,
-        logging_steps=1,
-        eval_steps=0,
-        kl_prompts=0,
-        gold_eval_prompts=0,
-        save_steps=0,
-        save_final=False,
-        report_to=["none"],
-        progress=False,
+        **vs_trl.train_only(),
         seed=args.seed,
         out=out,
         flush_denormals=args.flush == "on",
@@ -82,9 +79,6 @@ def main() -> None:
         return run_child(args)
     model = args.model
     if args.model == "tiny":  # a random 2-layer model (vs_trl.py's), for a quick harness check
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import vs_trl
-
         args.model = vs_trl.model_dir("tiny", Path(tempfile.mkdtemp(prefix="gpo-denormals-")))
     results: dict[str, Any] = {}
     for loss, beta in CASES:

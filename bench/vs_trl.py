@@ -148,6 +148,23 @@ LOSS_TOL = 1e-4  # "same work": per-step losses of the two tools agree within th
 #: default timed steps per model (a tiny step takes milliseconds, a SmolLM2 step seconds)
 DEFAULT_STEPS = {"tiny": 30, "smollm2": 5}
 QUICK = {"steps": 10, "warmup": 2, "repeats": 1}
+
+
+def train_only() -> dict[str, Any]:
+    """gpo options of a benchmarked run: every step logged; no evaluation, checkpoint, final
+    save, tracker or progress bar."""
+    return {
+        "logging_steps": 1,
+        "eval_steps": 0,
+        "kl_prompts": 0,
+        "gold_eval_prompts": 0,
+        "save_steps": 0,
+        "save_final": False,
+        "report_to": ["none"],
+        "progress": False,
+    }
+
+
 LORA_R, LORA_ALPHA, LORA_DROPOUT, LORA_TARGETS = 16, 32, 0.0, "all-linear"
 CHILD_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -258,13 +275,7 @@ def run_gpo_child(spec: ChildSpec) -> dict[str, Any]:
         max_grad_norm=1.0,
         seed=SEED,
         out=str(Path(spec.work_dir) / "run"),
-        logging_steps=1,
-        eval_steps=0,
-        kl_prompts=0,
-        gold_eval_prompts=0,
-        save_steps=0,
-        report_to=["none"],
-        progress=False,
+        **train_only(),
         ref_cache="none",  # TRL computes pi_ref every step; --gpo-option ref_cache=DIR to cache
         mixed_precision="bf16" if spec.precision == "bf16" else "no",
     )

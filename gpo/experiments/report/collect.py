@@ -190,17 +190,18 @@ def side_by_side(runs: list[RunData], beta: float, judge_spec: str) -> dict[str,
         chosen = by_seed[str(r.config.get("seed"))]
         if r.key[1] == beta and samples and r.key[0] not in chosen:
             chosen[r.key[0]] = samples
-    first = next((c for c in by_seed.values() if c), {})
-    losses = list(first)
+    losses = list(next((c for c in by_seed.values() if c), {}))
     if len(losses) < 2:
         return None
     judge = _judge_for_report(judge_spec)
-    rate, se = _matrix(judge, first, losses)
+    # The first seed is complete by construction: its matrix is judged once, here.
+    complete = {s: c for s, c in by_seed.items() if set(c) == set(losses)}
+    matrices = {s: _matrix(judge, c, losses) for s, c in complete.items()}
+    rate, se = next(iter(matrices.values()))
     spec = redact_urls(judge_spec)
     out = {"beta": beta, "judge": spec, "losses": losses, "win_rate": rate, "se": se}
-    complete = {s: c for s, c in by_seed.items() if set(c) == set(losses)}
-    if len(complete) > 1:
-        out["by_seed"] = {s: _matrix(judge, c, losses)[0] for s, c in complete.items()}
+    if len(matrices) > 1:
+        out["by_seed"] = {s: m[0] for s, m in matrices.items()}
     return out
 
 

@@ -101,7 +101,6 @@ def strength_markdown(section: dict[str, Any]) -> str:
     """report.md's beta-vs-KL and strength-ratio tables (empty without two betas of a loss)."""
     if not section:
         return ""
-    f = _f
     targets = [f"{t:g}" for t in section["kl_targets"]]
     betas = sorted({float(b) for e in section["losses"].values() for b in e["final_kl_by_beta"]})
     lines = [
@@ -116,9 +115,9 @@ def strength_markdown(section: dict[str, Any]) -> str:
         "|---" * (2 + len(betas) + len(targets)) + "|",
     ]
     for loss, e in section["losses"].items():
-        kls = [f(e["final_kl_by_beta"].get(f"{b:g}")) for b in betas]
-        at = [f(e["beta_at_kl"][t]) for t in targets]
-        lines.append(f"| {loss} | {f(e['strength'])} | " + " | ".join(kls + at) + " |")
+        kls = [_f(e["final_kl_by_beta"].get(f"{b:g}")) for b in betas]
+        at = [_f(e["beta_at_kl"][t]) for t in targets]
+        lines.append(f"| {loss} | {_f(e['strength'])} | " + " | ".join(kls + at) + " |")
     if section["ratios"]:
         a = section["anchor"]
         lines += [
@@ -130,7 +129,7 @@ def strength_markdown(section: dict[str, Any]) -> str:
             "|---|---|---|---|",
         ]
         lines += [
-            f"| {r['loss']} | {r['kl']:g} | {f(r['predicted'])} | {f(r['measured'])} |"
+            f"| {r['loss']} | {r['kl']:g} | {_f(r['predicted'])} | {_f(r['measured'])} |"
             for r in section["ratios"]
         ]
     return "\n".join(lines) + "\n"
