@@ -11,6 +11,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
@@ -84,12 +85,16 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as strict, indented JSON atomically (temp file, fsync, rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(_jsonable(obj), f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written temp file is litter, never a result
+        raise
     return path
 
 
@@ -99,21 +104,24 @@ def print_config(config: Any, title: str = "resolved config") -> None:
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write rows as JSON lines (gzip if the name ends in .gz), atomically."""
+    """Write rows as JSON lines (gzip if the name ends in .gz) atomically (temp file, fsync,
+    rename); on any error the temp file is removed and an existing ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    # mtime=0: the same rows give the same bytes.
-    raw = open(tmp, "wb")  # noqa: SIM115 - closed below, after the gzip wrapper
     try:
-        f = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.suffix == ".gz" else raw
-        for row in rows:
-            f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
-        if f is not raw:
-            f.close()
-    finally:
-        raw.close()
-    os.replace(tmp, path)
+        with open(tmp, "wb") as raw:
+            # mtime=0: the same rows give the same bytes. Closing the gzip writer leaves raw open.
+            gz = path.suffix == ".gz"
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if gz else nullcontext(raw) as f:
+                for row in rows:
+                    f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+            raw.flush()
+            os.fsync(raw.fileno())  # the rename must not land before the bytes (power loss)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written temp file is litter, never a result
+        raise
     return path
 
 
