@@ -87,3 +87,34 @@ def test_gpo_and_python_m_resolve_a_user_loss_alike(tmp_path: Path) -> None:
         assert "cwd at [-1]; colorsys from stdlib" in d.stderr  # last, once; never shadowing
     assert done[0].stdout == done[1].stdout
     assert "mymod:f" in [r["name"] for r in json.loads(done[0].stdout)]
+
+
+def test_the_working_directory_is_on_sys_path_only_for_the_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to stay appended for good, so later imports anywhere in the process (a trainer,
+    a notebook) could pick up modules from wherever the loss happened to be resolved."""
+    from gpo.losses.family import resolve_loss
+
+    monkeypatch.chdir(tmp_path)
+    # a private copy without "" (which would stand for the working directory already)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    (tmp_path / "gpo_test_okloss.py").write_text(
+        "import sys\nSEEN = sys.path[-1]\n\n\ndef f(v):\n    return -v\n"
+    )
+    (tmp_path / "gpo_test_badloss.py").write_text("raise RuntimeError('broken at import')\n")
+    try:
+        loss = resolve_loss("gpo_test_okloss:f")
+        seen = sys.modules["gpo_test_okloss"].SEEN
+        assert seen == str(tmp_path)  # last on sys.path during the import
+        assert loss.name == "gpo_test_okloss:f" and sys.path == before
+        with pytest.raises(ValueError, match="cannot import module 'gpo_test_nomod'"):
+            resolve_loss("gpo_test_nomod:f")
+        assert sys.path == before
+        with pytest.raises(RuntimeError, match="broken at import"):  # not an ImportError
+            resolve_loss("gpo_test_badloss:f")
+        assert sys.path == before
+    finally:
+        for name in ("gpo_test_okloss", "gpo_test_badloss"):
+            sys.modules.pop(name, None)

@@ -121,8 +121,10 @@ def _import_path(path: str) -> object:
     # One rule under `gpo` and `python -m gpo.cli` (whose __main__ takes off the working
     # directory that `python -m` puts first): installed packages and PYTHONPATH win, then the
     # working directory, appended last, so a loss module next to the user's data imports.
+    # Only for this import: left on sys.path, it would shadow later imports of the process.
     cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
         sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
@@ -131,6 +133,9 @@ def _import_path(path: str) -> object:
             f"cannot import module {module_name!r} for loss {path!r}: {e} (searched the installed "
             f"packages, PYTHONPATH and the working directory {cwd})"
         ) from e
+    finally:
+        if added and cwd in sys.path:
+            del sys.path[len(sys.path) - 1 - sys.path[::-1].index(cwd)]  # ours: the last one
     try:
         obj: object = module
         for part in attr.split("."):
