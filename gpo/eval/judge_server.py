@@ -9,11 +9,15 @@ It answers ``POST /v1/chat/completions`` (and ``GET /v1/models``) on 127.0.0.1 w
 - ``mode="choice"`` (default): the next-token probabilities of "A" and "B" after the request's
   conversation (chat template when the tokenizer has one) decide; the reply is the likelier
   letter. This is the ``local`` judge's scoring turned into a reply, so it always answers A or B.
-- ``mode="generate"``: greedy decoding of up to ``max_tokens`` (at most 64) new tokens.
+- ``mode="generate"``: greedy decoding of up to ``max_tokens`` new tokens, capped at
+  ``max_new_tokens`` (64; a larger request is cut to the cap).
 
 With ``api_key_env`` set, requests must carry ``Authorization: Bearer <that variable's value>``
 (read once, at start).
-One request at a time reaches the model (a lock); the HTTP side is threaded.
+One request at a time reaches the model (a lock); the HTTP side is threaded, with at most
+``max_threads`` (32) connections served at once (more are answered 503 at once, which the ``http``
+judge retries) and a ``timeout`` (30 s) on every socket read and write, so a client that stops
+sending or reading frees its thread.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +36,9 @@ import torch
 from gpo.eval.judge_local import choice_probabilities, encode_messages, label_token_ids
 from gpo.eval.judges import LABELS
 
-MAX_NEW_TOKENS = 64
+MAX_NEW_TOKENS = 64  # default cap on generated tokens per request (a judge answers in a few)
+MAX_THREADS = 32  # default cap on connections served at once (one thread each)
+TIMEOUT = 30.0  # default seconds a socket read or write may wait for the client
 MAX_BODY = 1 << 20  # bytes: a judge question is a few kB
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -48,9 +55,14 @@ class JudgeServer:
         port: int = 0,
         api_key_env: str | None = None,
         served_model: str = "gpo-judge",
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        max_threads: int = MAX_THREADS,
+        timeout: float = TIMEOUT,
     ) -> None:
         if mode not in ("choice", "generate"):
             raise ValueError(f"judge server mode must be 'choice' or 'generate', got {mode!r}")
+        _check_limits(max_new_tokens, max_threads, timeout)
+        self.max_new_tokens, self.timeout = max_new_tokens, float(timeout)
         self.model, self.tokenizer, self.mode = model.eval(), tokenizer, mode
         self.served_model = served_model
         # Read once at start, so clients in the same process (tests) can change theirs.
@@ -60,8 +72,7 @@ class JudgeServer:
         self.label_ids = label_token_ids(tokenizer, LABELS) if mode == "choice" else None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.httpd = ThreadingHTTPServer((host, port), _handler(self))
-        self.httpd.daemon_threads = True
+        self.httpd = _BoundedHTTPServer((host, port), _handler(self), max_threads)
 
     @property
     def base_url(self) -> str:
@@ -80,7 +91,7 @@ class JudgeServer:
                 out = self.model.generate(
                     torch.tensor([ids]),
                     attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                    max_new_tokens=max(1, min(max_tokens, MAX_NEW_TOKENS)),
+                    max_new_tokens=max(1, min(max_tokens, self.max_new_tokens)),
                     do_sample=False,
                     pad_token_id=pad,
                 )
@@ -120,6 +131,72 @@ class JudgeServer:
         self.close()
 
 
+def _check_limits(max_new_tokens: int, max_threads: int, timeout: float) -> None:
+    for name, value in (("max_new_tokens", max_new_tokens), ("max_threads", max_threads)):
+        if type(value) is not int or value < 1:
+            raise ValueError(f"judge server {name} must be a positive integer, got {value!r}")
+    if not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
+        raise ValueError(
+            f"judge server timeout must be a positive number of seconds, got {timeout!r}"
+        )
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_threads`` at once. A connection beyond that is
+    answered 503 on the accept thread and closed, so a flood of (slow) clients cannot start
+    threads without bound; the ``http`` judge retries a 503 with backoff."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, max_threads: int) -> None:
+        self.max_threads = max_threads
+        self._slots = threading.BoundedSemaphore(max_threads)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            _refuse_busy(request, self.max_threads)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the thread
+        except BaseException:
+            self._slots.release()  # no thread started: nothing else will release its slot
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def _refuse_busy(conn: socket.socket, max_threads: int) -> None:
+    """A one-line 503 written straight to the socket (no thread for it)."""
+    message = (
+        f"the judge server is busy: all {max_threads} request threads are in use "
+        "(raise --max-threads, or send fewer requests at once); retry later"
+    )
+    data = json.dumps({"error": {"message": message, "type": "server_busy"}}).encode()
+    head = (
+        "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    deadline = time.monotonic() + 0.2  # short: this runs on the accept thread
+    try:
+        conn.settimeout(0.1)
+        conn.sendall(head.encode() + data)
+        conn.shutdown(socket.SHUT_WR)
+        # Read what the client sent until it closes (briefly): closing with unread data would
+        # reset the connection, and a reset can drop the 503 before the client reads it.
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            if not conn.recv(1 << 16):
+                break
+    except OSError:
+        pass
+
+
 def _valid_messages(messages: Any) -> bool:
     return (
         isinstance(messages, list)
@@ -147,6 +224,10 @@ def _content_length(header: str | None) -> int | tuple[int, str]:
 
 def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # Every socket read and write waits at most this long: a client that stops sending
+        # (half a request, half a body) or stops reading frees its thread.
+        timeout = server.timeout
+
         def log_message(self, format: str, *args: Any) -> None:  # quiet: no per-request lines
             pass
 
