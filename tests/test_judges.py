@@ -1,17 +1,28 @@
 """Pluggable judges: gold, local HF model (order-swapped), OpenAI-compatible HTTP endpoint."""
 
+import io
 import json
 import socket
 import threading
+import urllib.error
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 from torch import nn
 
 from gpo.eval.judge_http import HTTPJudge, JudgeError
 from gpo.eval.judge_local import LocalJudge
 from gpo.eval.judge_server import JudgeServer
-from gpo.eval.judges import JUDGES, GoldJudge, both_orders, parse_choice, resolve_judge
+from gpo.eval.judges import (
+    JUDGES,
+    GoldJudge,
+    both_orders,
+    judge_question,
+    parse_choice,
+    resolve_judge,
+)
 from gpo.eval.win_rate import win_rate
 from gpo.gold.reward import gold_probability
 from gpo.models.tiny import DEFAULT_WORDS, tiny_model_and_tokenizer
@@ -133,11 +144,50 @@ def test_local_judge_combines_orders(ab_model, monkeypatch):
     assert "Response A:\ngood one" in seen[0] and "Response B:\ngood one" in seen[2]
 
 
-def test_local_judge_real_model_symmetric_and_batch_invariant(ab_model):
-    model, tok = ab_model
+@pytest.fixture(scope="module")
+def decisive_model():
+    """``ab_model``'s twin with its output layer scaled 100x, so each question's P(A) is far from
+    1/2 (0.84 to 0.98 here; the random model's own are within 1e-4 of it) and a wrong
+    probability, a wrong pairing of the orders or a missing swap changes the scores visibly."""
+    model, tok = tiny_model_and_tokenizer(vocab_words=(*DEFAULT_WORDS, "A", "B"), seed=0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(100)
+    return model, tok
+
+
+def _reference_p_a(model, tok, question: str, chat: bool) -> float:
+    """P(A) computed directly: one unpadded row, sigmoid(logit A - logit B) at its last token."""
+    if chat:
+        messages = [{"role": "user", "content": question}]
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tok(question + "\nAnswer:")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    a, b = tok.convert_tokens_to_ids(["A", "B"])
+    return torch.sigmoid(logits[a] - logits[b]).item()
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_local_judge_real_model_exact_probabilities(decisive_model, chat):
+    """The judge's P(A) is the model's, and each score is (P(A | x first) + P(B | y first)) / 2."""
+    model, tok = decisive_model
+    judge = LocalJudge(model, tok, batch_size=4, chat_template=None if chat else False)
+    triples = list(zip(PROMPTS, FIRST, SECOND, strict=True))
+    x_first = [_reference_p_a(model, tok, judge_question(p, x, y), chat) for p, x, y in triples]
+    y_first = [_reference_p_a(model, tok, judge_question(p, y, x), chat) for p, x, y in triples]
+    assert all(abs(p - 0.5) > 0.3 for p in x_first + y_first)  # informative: far from 1/2
+    p_a = judge.prob_first_label(both_orders(PROMPTS, FIRST, SECOND))
+    assert p_a == pytest.approx(x_first + y_first, abs=1e-5)
+    expected = [0.5 * (u + 1.0 - v) for u, v in zip(x_first, y_first, strict=True)]
+    assert judge(PROMPTS, FIRST, SECOND) == pytest.approx(expected, abs=1e-5)
+
+
+def test_local_judge_real_model_symmetric_and_batch_invariant(decisive_model):
+    model, tok = decisive_model
     judge = LocalJudge(model, tok, batch_size=4)
     s = judge(PROMPTS, FIRST, SECOND)
-    assert all(0.0 < x < 1.0 for x in s)
     # the order swap makes the judge antisymmetric: score(x, y) + score(y, x) = 1
     assert [a + b for a, b in zip(s, judge(PROMPTS, SECOND, FIRST), strict=True)] == (
         pytest.approx([1.0] * 3, abs=1e-6)
@@ -146,8 +196,9 @@ def test_local_judge_real_model_symmetric_and_batch_invariant(ab_model):
     assert LocalJudge(model, tok, batch_size=1)(PROMPTS, FIRST, SECOND) == pytest.approx(
         s, abs=1e-5
     )
+    # without the chat template the model reads other tokens, so other scores
     plain = LocalJudge(model, tok, chat_template=False)(PROMPTS, FIRST, SECOND)
-    assert all(0.0 < x < 1.0 for x in plain)
+    assert all(abs(a - b) > 1e-4 for a, b in zip(plain, s, strict=True))
 
 
 def test_local_judge_loads_from_path_and_needs_answer_tokens(tiny_model_dir):
@@ -317,6 +368,96 @@ def test_http_judge_errors_mask_credentials_in_the_url():
     message = str(info.value)
     assert f"http://***@127.0.0.1:{port}/v1?api_key=***" in message
     assert "hunter2" not in message and "sk-in-url" not in message
+
+
+def test_http_judge_caps_the_reply_body():
+    """A reply body over max_reply_bytes (1 MiB) is a one-line error naming the limit, read no
+    further than one byte past it; it used to be read whole, whatever its size."""
+    big = json.dumps({"choices": [{"message": {"content": "A"}}], "pad": "x" * (2 << 20)})
+    with _Canned(200, big) as server:
+        with pytest.raises(JudgeError) as info:
+            HTTPJudge(base_url=server.url, model="m", retries=0).ask("A or B?")
+        raised = HTTPJudge(base_url=server.url, model="m", retries=0, max_reply_bytes=3 << 20)
+        assert raised.ask("A or B?") == 1.0  # the same reply under a raised cap
+    assert str(info.value) == (
+        f"the reply of the judge endpoint {server.url}/chat/completions is over 1 MiB, the most "
+        "the http judge reads (max_reply_bytes); a chat completion naming A or B is far smaller"
+    )
+    with pytest.raises(ValueError, match="max_reply_bytes must be a positive integer, got 0"):
+        HTTPJudge(base_url=server.url, model="m", max_reply_bytes=0)
+
+
+def test_http_judge_reads_only_the_start_of_an_error_reply(monkeypatch):
+    from gpo.eval import judge_http
+
+    read = []
+
+    class Body(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            data = super().read(n)
+            read.append(len(data))
+            return data
+
+    def refuse(request, timeout):
+        raise urllib.error.HTTPError(request.full_url, 400, "Bad Request", {}, Body(b"x" * 8**8))
+
+    monkeypatch.setattr(judge_http._OPENER, "open", refuse)
+    with pytest.raises(JudgeError, match=r"HTTP 400 after 1 attempts: x+\.\.\.$"):
+        HTTPJudge(base_url="http://127.0.0.1:9/v1", model="m", retries=0).ask("A or B?")
+    assert 0 < sum(read) <= 64 << 10  # of 16 MiB
+
+
+class _Reply:
+    """A canned urllib response (``with ... as r: r.read(n)``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._body = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._body.read(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def test_http_judge_warns_once_before_sending_a_key_over_plain_http(monkeypatch):
+    """A Bearer key over plain http to another host can be read on the way: one warning per base
+    URL names the host and suggests https; https, loopback and keyless requests are quiet."""
+    from gpo.eval import judge_http
+
+    sent = []
+
+    def answer(request, timeout):
+        sent.append(request.get_header("Authorization"))
+        return _Reply(json.dumps({"choices": [{"message": {"content": "A"}}]}).encode())
+
+    monkeypatch.setattr(judge_http._OPENER, "open", answer)
+    monkeypatch.setenv(KEY_ENV, SECRET)
+
+    def plain_http_warnings(*urls: str) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for url in urls:
+                judge = HTTPJudge(base_url=url, model="m", api_key_env=KEY_ENV)
+                judge(PROMPTS, FIRST, SECOND)
+                judge.ask("A or B?")
+        return [str(w.message) for w in caught if "plain http" in str(w.message)]
+
+    remote = "http://judge.example:8000/v1"
+    assert plain_http_warnings(remote, remote, "http://10.1.2.3/v1") == [
+        f"the http judge sends the API key in ${KEY_ENV} over plain http to {host}, not this "
+        f"machine: anyone on the network path can read it; use https://{host} if the endpoint "
+        "offers it"
+        for host in ("judge.example", "10.1.2.3")
+    ]
+    assert sent == [f"Bearer {SECRET}"] * 21  # warned, still sent (the user's choice)
+    quiet = ["https://judge.example/v1", "http://127.0.0.1:8000/v1", "http://localhost:8000/v1"]
+    assert plain_http_warnings(*quiet, "http://[::1]:8000/v1", "http://127.0.0.2/v1") == []
+    monkeypatch.delenv(KEY_ENV)
+    assert plain_http_warnings("http://judge.other/v1") == []  # no key, nothing to read
 
 
 def test_judge_server_validates_requests(ab_model, monkeypatch):

@@ -5,15 +5,19 @@ the first standalone "A" or "B" of the reply is the answer, and each pair is ask
 orders. The API key is read from the environment variable named by ``api_key_env`` (default
 ``GPO_JUDGE_API_KEY``) at each request and sent as ``Authorization: Bearer``; it is never stored
 on the judge, so it cannot leak into its repr, configs or logs, and it is masked out of errors.
+Sending it over plain http to a host other than this machine warns once per base URL (anyone on
+the way can read it). A reply body over ``max_reply_bytes`` (1 MiB) is an error, read no further.
 Standard library only (urllib).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +27,14 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from gpo.eval.judges import Prompt, average_orders, both_orders, parse_choice
-from gpo.io import redact_urls
+from gpo.io import redact_urls, size_text
+from gpo.losses.numerics import warn_once
 
 DEFAULT_KEY_ENV = "GPO_JUDGE_API_KEY"
+#: The largest reply body read, in bytes: a chat completion naming A or B is well under 1 kB.
+MAX_REPLY_BYTES = 1 << 20
+#: How much of an error reply is read (only its first line is shown).
+_ERROR_DETAIL_BYTES = 4096
 
 
 class JudgeError(RuntimeError):
@@ -41,6 +50,15 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 def _one_line(text: str, limit: int = 160) -> str:
@@ -65,6 +83,7 @@ class HTTPJudge:
     backoff: float = 1.0
     max_tokens: int = 4
     max_workers: int = 4
+    max_reply_bytes: int = MAX_REPLY_BYTES  # a longer reply body is an error, not read on
     unparsed: Literal["error", "tie"] = "error"
     progress: bool = False  # a progress bar over the questions
     name: str = "http"
@@ -81,6 +100,10 @@ class HTTPJudge:
             raise ValueError(f"unparsed must be 'error' or 'tie', got {self.unparsed!r}")
         if self.retries < 0 or self.max_workers < 1:
             raise ValueError("retries must be >= 0 and max_workers >= 1")
+        if type(self.max_reply_bytes) is not int or self.max_reply_bytes < 1:
+            raise ValueError(
+                f"max_reply_bytes must be a positive integer, got {self.max_reply_bytes!r}"
+            )
 
     @property
     def url(self) -> str:
@@ -88,6 +111,29 @@ class HTTPJudge:
 
     def _key(self) -> str | None:
         return os.environ.get(self.api_key_env) or None
+
+    def _warn_plain_http(self, key: str | None) -> None:
+        """Warn (once per base URL, per process) before a key goes unencrypted off this machine."""
+        parts = urllib.parse.urlsplit(self.base_url)
+        host = parts.hostname or ""
+        if key and parts.scheme == "http" and not _is_loopback(host):
+            warn_once(
+                f"judge-plain-http:{redact_urls(self.base_url)}",
+                f"the http judge sends the API key in ${self.api_key_env} over plain http to "
+                f"{host}, not this machine: anyone on the network path can read it; use "
+                f"https://{host} if the endpoint offers it",
+            )
+
+    def _read_reply(self, response: Any) -> bytes:
+        # One byte past the cap tells "exactly the cap" from "over it" without reading on.
+        raw = response.read(self.max_reply_bytes + 1)
+        if len(raw) > self.max_reply_bytes:
+            raise self._fail(
+                f"the reply of the judge endpoint {self.url} is over "
+                f"{size_text(self.max_reply_bytes)}, the most the http judge reads "
+                "(max_reply_bytes); a chat completion naming A or B is far smaller"
+            )
+        return raw
 
     def _fail(self, message: str) -> JudgeError:
         key = self._key()
@@ -105,6 +151,7 @@ class HTTPJudge:
         key = self._key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        self._warn_plain_http(key)
         request = urllib.request.Request(
             self.url, data=json.dumps(body).encode(), headers=headers, method="POST"
         )
@@ -112,9 +159,9 @@ class HTTPJudge:
             last = attempt == self.retries
             try:
                 with _OPENER.open(request, timeout=self.timeout) as response:
-                    return response.read()
+                    return self._read_reply(response)
             except urllib.error.HTTPError as e:
-                detail = _one_line(e.read().decode(errors="replace"))
+                detail = _one_line(e.read(_ERROR_DETAIL_BYTES).decode(errors="replace"))
                 if 300 <= e.code < 400:
                     raise self._redirect_error(e.code, e.headers.get("Location")) from None
                 if (e.code == 429 or e.code >= 500) and not last:
@@ -183,6 +230,7 @@ class HTTPJudge:
         self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]
     ) -> list[float]:
         questions = both_orders(prompts, first, second)
+        self._warn_plain_http(self._key())  # here, before the worker threads ask at once
         bar = tqdm(total=len(questions), desc="judging", disable=not self.progress, leave=False)
         with ThreadPoolExecutor(self.max_workers) as pool:
             answers: list[Any] = []
