@@ -294,7 +294,7 @@ def test_resume_a_run_saved_before_newer_settings_existed(tmp_path) -> None:
     import json
 
     from gpo.train.config import saved_config
-    from gpo.train.setup import check_resume
+    from gpo.train.resume import check_config as check_resume
 
     def saved_without(cfg: TrainConfig, *keys: str) -> None:
         old = {k: v for k, v in saved_config(cfg).items() if k not in keys}

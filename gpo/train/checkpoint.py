@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from gpo.train.faults import fault_point
+from gpo.train.run_record import make_dir, record
 
 STATE = "state.json"
 SCALER = "scaler.pt"
@@ -43,6 +45,8 @@ def save_final(run_dir: Path, model: nn.Module, tokenizer: Any) -> Path:
     """Write ``final/`` atomically: into a temporary folder, then renamed into place, so a
     ``final/`` folder is always whole (a kill leaves the old one, or none)."""
     final, tmp = run_dir / FINAL, run_dir / f".tmp-{FINAL}"
+    record(run_dir, tmp.name, "tree")
+    record(run_dir, final.name, "tree")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
@@ -101,7 +105,9 @@ def save_checkpoint(
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        make_dir(run_dir, root.name)
+        record(run_dir, tmp.relative_to(run_dir), "tree")
+        record(run_dir, final.relative_to(run_dir), "tree")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
@@ -151,11 +157,19 @@ def _read_weights(ckpt: Path) -> tuple[dict[str, torch.Tensor], bool]:
     return weights, False
 
 
-def _check_full_weights(model: nn.Module, ckpt: Path, weights: dict[str, torch.Tensor]) -> None:
+def _check_weights(
+    model: nn.Module, ckpt: Path, weights: dict[str, torch.Tensor], lora: bool
+) -> None:
     """Names and shapes must match before anything is copied (a mismatch would be found by
     ``load_state_dict`` only after it had copied the tensors that do match)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights and "lm_head" not in k]  # lm_head may be tied
+    if lora:
+        from peft import get_peft_model_state_dict
+
+        own = get_peft_model_state_dict(model)
+        missing = [k for k in own if k not in weights]
+    else:
+        own = model.state_dict()
+        missing = [k for k in own if k not in weights and "lm_head" not in k]  # may be tied
     unexpected = [k for k in weights if k not in own]
     shapes = [k for k in weights if k in own and weights[k].shape != own[k].shape]
     if missing or unexpected or shapes:
@@ -163,6 +177,32 @@ def _check_full_weights(model: nn.Module, ckpt: Path, weights: dict[str, torch.T
             f"{ckpt}: weights do not match the model ({missing[:3]}, {unexpected[:3]}, "
             f"shapes {shapes[:3]})"
         )
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer, ckpt: Path, saved: Any) -> None:
+    """The saved optimizer state must fit these parameters (group sizes, moment shapes)."""
+    mismatch = ValueError(f"{ckpt}: optimizer.pt does not match the trained parameters")
+    try:
+        groups = [list(g["params"]) for g in saved["param_groups"]]
+        ours = [list(g["params"]) for g in optimizer.param_groups]
+        if [len(g) for g in groups] != [len(g) for g in ours]:
+            raise mismatch
+        by_id = {i: p for g, o in zip(groups, ours, strict=True) for i, p in zip(g, o, strict=True)}
+        for i, moments in saved["state"].items():
+            shapes = {v.shape for k, v in moments.items() if k != "step" and torch.is_tensor(v)}
+            if not shapes <= {by_id[i].shape}:
+                raise mismatch
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{ckpt}: optimizer.pt is not an optimizer state ({e!r})") from None
+
+
+def _load_weights(model: nn.Module, weights: dict[str, torch.Tensor], lora: bool) -> None:
+    if lora:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+    else:
+        model.load_state_dict(weights, strict=False)
 
 
 def load_checkpoint(
@@ -174,7 +214,8 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore everything saved by :func:`save_checkpoint`; return its ``state.json``.
 
-    Every file is read and checked first; only then is anything changed, so a damaged
+    Every file is read and checked first, and the weights are loaded before the optimizer and
+    scheduler; a failure on the way puts back what was already changed, so a damaged
     checkpoint leaves the model, optimizer, scheduler and RNG as they were."""
     state = json.loads((ckpt / STATE).read_text())
     weights, lora = _read_weights(ckpt)
@@ -182,22 +223,21 @@ def load_checkpoint(
     sched = torch.load(ckpt / "scheduler.pt", weights_only=True)
     rng = torch.load(ckpt / "rng.pt", weights_only=True)
     scaled = torch.load(ckpt / SCALER, weights_only=True) if (ckpt / SCALER).is_file() else None
-    if not lora:
-        _check_full_weights(model, ckpt, weights)
+    _check_weights(model, ckpt, weights, lora)
+    _check_optimizer(optimizer, ckpt, optim)
+    # LoRA's adapters are small enough to keep aside; full weights were checked name by name
+    # and shape by shape, so their load_state_dict has nothing left to fail on.
+    kept = {n: p.detach().clone() for n, p in model.named_parameters() if lora and p.requires_grad}
     before = copy.deepcopy(optimizer.state_dict()), copy.deepcopy(scheduler.state_dict())
     try:
-        optimizer.load_state_dict(optim)  # checks group sizes and shapes itself
+        _load_weights(model, weights, lora)
+        optimizer.load_state_dict(optim)
         scheduler.load_state_dict(sched)
     except Exception:
+        model.load_state_dict(kept, strict=False)
         optimizer.load_state_dict(before[0])
         scheduler.load_state_dict(before[1])
         raise
-    if lora:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, weights)
-    else:
-        model.load_state_dict(weights, strict=False)
     if scaler is not None and scaled is not None:
         scaler.load_state_dict(scaled)
     _set_rng_state(rng)
@@ -207,6 +247,17 @@ def load_checkpoint(
 def _as_random_state(value: Any) -> tuple[Any, ...]:
     version, internal, gauss = value
     return (version, tuple(internal), gauss)
+
+
+def _is_damage(e: BaseException) -> bool:
+    """An error that says the checkpoint is damaged (missing, truncated, mismatched files), not
+    one that says the machine ran out of memory: an OOM while loading must stop the run."""
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return False
+    from safetensors import SafetensorError
+
+    damage = (OSError, ValueError, KeyError, EOFError, RuntimeError, pickle.UnpicklingError)
+    return isinstance(e, (*damage, SafetensorError))
 
 
 def latest_usable_checkpoint(
@@ -220,7 +271,9 @@ def latest_usable_checkpoint(
     for ckpt in reversed(checkpoint_dirs(run_dir)):
         try:
             return load_checkpoint(ckpt, model, optimizer, scheduler, scaler)
-        except Exception as e:  # a damaged checkpoint: say so and try the previous one
+        except Exception as e:
+            if not _is_damage(e):
+                raise
             print(
                 f"gpo: checkpoint {ckpt} is damaged ({type(e).__name__}: {e}); trying an older one"
             )

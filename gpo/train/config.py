@@ -99,6 +99,9 @@ class TrainConfig:
     overwrite: bool = False  # delete an earlier run's files in `out` and start again
     save_final: bool = True  # write final/ (the trained model or adapter)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # or wandb, none
+    run_name: str | None = None  # the W&B run's name; default: the run folder's name
+    wandb_project: str | None = None  # default: $WANDB_PROJECT, else 'gpo'
+    wandb_entity: str | None = None  # default: $WANDB_ENTITY, else your W&B default
     progress: bool = True  # a progress bar
 
     def __post_init__(self) -> None:

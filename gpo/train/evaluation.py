@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from gpo.data.formats import prompt_text
+from gpo.eval.judges import resolve_judge
 from gpo.eval.kl import on_policy_kl
 from gpo.eval.pairs import pair_metrics
-from gpo.eval.win_rate import WinRateEval, sample_opponent, step_samples_path
+from gpo.eval.win_rate import SAMPLES_DIR, WinRateEval, sample_opponent, step_samples_path
+from gpo.train.run_record import output
 
 
 class Evaluations:
@@ -68,13 +70,26 @@ class Evaluations:
             kl, se = self._kl(prompts, cfg.seed + step, cfg.progress)
             result.update({"eval/kl": kl, "eval/kl_se": se})
         if self.win_rate is not None:
-            samples = step_samples_path(self.run_dir, step)
+            path = step_samples_path(self.run_dir, step)
+            samples = output(self.run_dir, path.relative_to(self.run_dir))
             wr = self.win_rate.evaluate(
                 self.model, self.tokenizer, cfg.seed + step, samples, cfg.progress
             )
             result.update({f"eval/{k}": v for k, v in wr.items()})
         self.acc.wait_for_everyone()
         return result
+
+    def final_gold_win_rate(self) -> dict[str, float]:
+        """The gold win rate against pi_ref on ``gold_eval_prompts`` held-out prompts."""
+        cfg = self.cfg
+        gold = self._win_rate_eval(resolve_judge("gold"), cfg.gold_eval_prompts, None)
+        samples = output(self.run_dir, f"{SAMPLES_DIR}/final-gold.jsonl")
+        wr = gold.evaluate(self.model, self.tokenizer, cfg.seed, samples, cfg.progress)
+        print(
+            f"gold win rate vs reference: {wr['win_rate']:.3f} +- {wr['win_rate_se']:.3f} "
+            f"({len(gold.prompts)} held-out prompts)"
+        )
+        return {"gold_win_rate": wr["win_rate"], "gold_win_rate_se": wr["win_rate_se"]}
 
     def _kl(self, prompts: list[Any], seed: int, progress: bool = False) -> tuple[float, float]:
         """On-policy KL (+- SE) of the policy on ``prompts``, ``kl_samples`` completions each."""

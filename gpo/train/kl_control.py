@@ -248,6 +248,13 @@ class KLSteering:
         ramp = self.cfg.kl_ramp * self.cfg.max_steps
         return self.cfg.kl_target * (min(1.0, step / ramp) if ramp > 0 else 1.0)
 
+    def summary(self, last_eval: dict[str, float]) -> dict[str, float]:
+        """What ``summary.json`` gets: target, final beta and LR scale, the last measured KL."""
+        out = {"kl_target": self.cfg.kl_target, "final_beta": self.beta}
+        out["final_lr_scale"] = self.lr_scale
+        out.update({k: last_eval[f"eval/{k}"] for k in ("kl", "kl_se") if f"eval/{k}" in last_eval})
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "controller": self.controller.state_dict(),

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from gpo.io import pyplot
+from gpo.train.run_record import output
 from gpo.train.tracking import read_metrics
 
 
@@ -32,7 +33,7 @@ def plot_run(run_dir: Path) -> list[Path]:
         ax.set_ylabel(label)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(run_dir / "training.png", dpi=110)
+    fig.savefig(output(run_dir, "training.png"), dpi=110)
     plt.close(fig)
     written.append(run_dir / "training.png")
 
@@ -49,7 +50,7 @@ def plot_run(run_dir: Path) -> list[Path]:
         ax.set_ylabel("KL(pi_theta || pi_ref)  (nats, on-policy MC)")
         ax.set_title("KL vs offline regularizer (labels: step)")
         fig.tight_layout()
-        fig.savefig(run_dir / "kl_vs_mu_sq.png", dpi=110)
+        fig.savefig(output(run_dir, "kl_vs_mu_sq.png"), dpi=110)
         plt.close(fig)
         written.append(run_dir / "kl_vs_mu_sq.png")
     return written

@@ -3,10 +3,7 @@ Accelerator, the data order, and the resume check. The loop itself is :mod:`gpo.
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Iterator
-from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
@@ -15,46 +12,17 @@ import torch
 from gpo.data.prepare import PreparedData, prepare_data
 from gpo.data.sources import BUILTIN_NAMES
 from gpo.data.tokenize import Limits, TokenizedPair
-from gpo.io import redact_urls
+from gpo.io import redact_urls, write_json
 from gpo.models.embedded import cache_root
 from gpo.models.loading import add_lora, disable_dropout, frozen_copy, load_model_and_tokenizer
 from gpo.models.reference import Reference
 from gpo.train.config import TrainConfig, saved_config
 from gpo.train.guards import writable_run_dir
+from gpo.train.resume import DATA_FINGERPRINT, check_config, nothing_to_resume
+from gpo.train.run_record import RECORD, delete_recorded, output, recorded, recorded_outputs
 
-#: Config keys that may differ when resuming (they do not change the optimisation).
-RESUMABLE_CHANGES = {
-    "resume",
-    "progress",
-    "out",
-    "max_steps",
-    "save_steps",
-    "save_total_limit",
-    "report_to",
-    "logging_steps",
-    "eval_steps",
-    "eval_schedule",
-    "save_final",
-    "ref_cache",
-    "on_nonfinite",
-    "reuse_host_memory",
-    "flush_denormals",  # changes only values below 1.2e-38, which no AdamW step can see
-    "num_epochs",
-    "overwrite",
-    "max_padding",  # length groups change only the float summation order, not the step
-}
-
-
-def _as_saved_before(key: str, saved: dict[str, Any]) -> Any:
-    """The value a run saved before ``key`` existed ran with: its default, except where the
-    default changed the behaviour (the LR brake did not exist: gain 0)."""
-    if key == "kl_lr_gain" and saved.get("kl_target") is not None:
-        return 0.0
-    spec = TrainConfig.__dataclass_fields__[key]
-    return spec.default_factory() if spec.default is MISSING else spec.default  # type: ignore[misc]
-
-
-#: What ``gpo train`` writes into a run folder: any of them there means it already holds a run.
+#: Names ``gpo train`` writes into a run folder: in a folder without a run record
+#: (:mod:`gpo.train.run_record`) they are someone else's files, never written over or deleted.
 RUN_OUTPUTS = (
     "config.json",
     "metrics.jsonl",
@@ -111,69 +79,92 @@ def gather_uneven(accelerator: Any, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([padded[r * width : r * width + n] for r, n in enumerate(sizes)])
 
 
-def check_resume(run_dir: Path, cfg: TrainConfig) -> None:
-    saved = json.loads((run_dir / "config.json").read_text())
-    now = saved_config(cfg)  # compared as saved: secrets in URLs are redacted in both
-    saved = {k: saved[k] if k in saved else _as_saved_before(k, saved) for k in now}
-    differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved[k] != now[k])
-    if differ:
-        detail = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in differ)
-        raise ValueError(f"refusing to resume {run_dir}: config differs ({detail})")
-    old = saved.get("max_steps")
-    if old != cfg.max_steps and (cfg.lr_scheduler != "constant" or cfg.warmup_ratio > 0):
-        print(
-            f"gpo: max_steps changed from {old} to {cfg.max_steps} on resume: the "
-            f"{cfg.lr_scheduler} learning-rate schedule (and its warm-up) now spans "
-            f"{cfg.max_steps} steps, continued from the checkpoint's step"
-        )
+def _in_usual_order(names: list[str]) -> list[str]:
+    return sorted(names, key=lambda n: RUN_OUTPUTS.index(n) if n in RUN_OUTPUTS else 99)
 
 
-def previous_run(out: Path) -> list[str]:
-    """The run outputs (:data:`RUN_OUTPUTS`) already in folder ``out``."""
-    return [name for name in RUN_OUTPUTS if (out / name).exists()]
-
-
-def refuse_or_clear_old_run(cfg: TrainConfig) -> None:
+def check_old_run(cfg: TrainConfig) -> None:
     """A fresh run never writes over another run's files: those would mix with its own (old
     checkpoints rotate out the new ones, a later --resume loads another config's weights).
-    ``overwrite`` deletes them first; other files in the folder are left alone."""
+    ``overwrite`` deletes a gpo run's recorded files, later (:func:`clear_old_run`), once the new
+    run has passed every check; a folder with such names but no record is refused either way."""
     if cfg.out is None or cfg.resume:
         return
     out = Path(cfg.out)
-    found = previous_run(out)
-    if not found:
+    found = _in_usual_order(recorded_outputs(out))
+    if recorded(out) is not None:
+        if found and not cfg.overwrite:
+            raise ValueError(
+                f"run folder {out} already holds a run ({', '.join(found)}): continue it with "
+                "--resume, pass --overwrite to delete it and start again, or choose another --out"
+            )
         return
-    if not cfg.overwrite:
+    foreign = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if not foreign:
+        return
+    if (out / "config.json").is_file():
         raise ValueError(
-            f"run folder {out} already holds a run ({', '.join(found)}): continue it with "
-            "--resume, pass --overwrite to delete it and start again, or choose another --out"
+            f"run folder {out} holds a run without a record of its files ({', '.join(foreign)}; "
+            f"written before gpo kept {RECORD}): continue it with --resume, or choose another "
+            "--out (--overwrite deletes only files a run recorded)"
         )
-    for name in found:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    print(f"gpo: --overwrite: deleted the previous run's {', '.join(found)} in {out}")
+    raise ValueError(
+        f"run folder {out} has {', '.join(foreign)}, which no gpo run recorded writing "
+        f"(no {RECORD}): gpo neither writes into nor deletes them; choose another --out"
+    )
+
+
+def clear_old_run(cfg: TrainConfig, run_dir: Path) -> None:
+    """With ``overwrite``: delete what the earlier run recorded writing; other files stay."""
+    if cfg.resume or not cfg.overwrite or recorded(run_dir) is None:
+        return
+    deleted = _in_usual_order(delete_recorded(run_dir))
+    if deleted:
+        print(
+            f"gpo: --overwrite: deleted the previous run's {', '.join(deleted)} in {run_dir} "
+            "(files it did not write stay)"
+        )
+
+
+def start_writing(cfg: TrainConfig, run_dir: Path, fingerprint: str) -> None:
+    """Clear an earlier run (``--overwrite``), then record exactly what this run runs."""
+    clear_old_run(cfg, run_dir)
+    saved = {**saved_config(cfg), DATA_FINGERPRINT: fingerprint}
+    write_json(output(run_dir, "config.json"), saved)
 
 
 def open_run_dir(cfg: TrainConfig, main: bool) -> tuple[Path | None, bool]:
     """The run folder, on the main process (None elsewhere), made writable and checked against
-    an earlier run there; and whether this run created it. ``config.json`` comes later, once
-    setup succeeds."""
-    if cfg.resume and cfg.out is None:
-        raise ValueError("--resume needs --out: the run folder to continue")
-    resumable = cfg.resume and (Path(cfg.out or "") / "config.json").exists()
-    if cfg.resume and not resumable:  # e.g. a requeued job that died while starting
+    an earlier run there; and whether this run created it. Nothing is written into it until the
+    run passed every check (:meth:`gpo.train.trainer.Trainer._start_writing`)."""
+    if nothing_to_resume(cfg):
         cfg.resume = False
         if main:
             print(f"gpo: nothing to resume in {cfg.out}: starting the run from scratch")
     if not main:
         return None, False
-    refuse_or_clear_old_run(cfg)
+    check_old_run(cfg)
     created = cfg.out is None or not Path(cfg.out).exists()
     run_dir = writable_run_dir(cfg.out, "train")
     if cfg.resume:
-        check_resume(run_dir, cfg)
+        check_config(run_dir, cfg)
     print(startup_summary(cfg, run_dir))
     return run_dir, created
+
+
+def precision_warning(cfg: TrainConfig) -> str | None:
+    """Full fine-tuning in bf16/fp16 keeps half-precision master weights: an AdamW update below
+    half a weight's spacing (2^-9 |w| in bf16, 2^-12 |w| in fp16) rounds to nothing."""
+    if cfg.finetune != "full" or cfg.dtype == "float32":
+        return None
+    tiny = "2^-9" if cfg.dtype == "bfloat16" else "2^-12"
+    return (
+        f"gpo: warning: full fine-tuning with --dtype {cfg.dtype} keeps {cfg.dtype} weights: "
+        f"an update smaller than about {tiny} of a weight rounds to nothing (at learning rate "
+        f"{cfg.learning_rate:g} most AdamW updates are that small); for float32 weights with "
+        f"{cfg.dtype} compute use --dtype float32 --mixed-precision "
+        f"{'bf16' if cfg.dtype == 'bfloat16' else 'fp16'}"
+    )
 
 
 def build_model(cfg: TrainConfig) -> tuple[Any, Any, Reference]:

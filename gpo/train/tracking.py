@@ -4,43 +4,52 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
-from gpo.io import read_jsonl
+from gpo.io import read_jsonl, write_json
+from gpo.train.config import saved_config
+from gpo.train.run_record import make_dir, output, record
+
+#: Where a run keeps its W&B run id, so that a resumed run logs into the same W&B run.
+TRACKING = "tracking.json"
 
 
 class Tracker:
-    """Writes one JSON line per ``log`` call; no-op when ``enabled`` is False (non-main ranks)."""
+    """Writes one JSON line per ``log`` call; no-op when ``enabled`` is False (non-main ranks).
+
+    ``resume_step``: the checkpoint's step of a resumed run. ``metrics.jsonl`` keeps only the
+    lines up to it, TensorBoard purges the later events of the earlier process (as
+    ``SummaryWriter(purge_step=...)`` does), and W&B resumes the run's own W&B run."""
 
     def __init__(
-        self,
-        run_dir: Path,
-        report_to: list[str],
-        config: dict[str, Any],
-        enabled: bool = True,
-        truncate_after: int | None = None,
+        self, run_dir: Path, cfg: Any, enabled: bool = True, resume_step: int | None = None
     ) -> None:
         self.enabled = enabled
+        self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         self._tb: Any = None
         self._wandb: Any = None
         if not enabled:
             return
-        if truncate_after is not None and self.path.exists():
-            repair_metrics(self.path, truncate_after)
-        if "tensorboard" in report_to:
-            from torch.utils.tensorboard import SummaryWriter
+        if resume_step is not None and self.path.exists():
+            repair_metrics(self.path, resume_step)
+        record(run_dir, self.path.name)
+        if "tensorboard" in cfg.report_to:
+            self._tb = self._new_outputs("tensorboard", lambda: _tensorboard(run_dir, resume_step))
+        if "wandb" in cfg.report_to:
+            self._wandb = self._new_outputs("wandb", lambda: _wandb(run_dir, cfg))
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
-        if "wandb" in report_to:
-            try:
-                import wandb
-            except ImportError:
-                raise ValueError(
-                    "report_to includes 'wandb' but wandb is not installed (pip install wandb)"
-                ) from None
-            self._wandb = wandb.init(project="gpo", dir=str(run_dir), config=config)
+    def _new_outputs(self, folder: str, start: Any) -> Any:
+        """Start a tracker that writes into ``folder``; record the files it created there."""
+        make_dir(self.run_dir, folder)
+        before = set(os.listdir(self.run_dir / folder))
+        try:
+            return start()
+        finally:
+            for name in sorted(set(os.listdir(self.run_dir / folder)) - before):
+                record(self.run_dir, f"{folder}/{name}", "tree")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -61,6 +70,40 @@ class Tracker:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _tensorboard(run_dir: Path, resume_step: int | None) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step: events at or after it that an earlier process wrote are dropped by readers
+    purge = None if resume_step is None else resume_step + 1
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
+
+
+def _wandb(run_dir: Path, cfg: Any) -> Any:
+    """A W&B run named ``run_name`` (default: the run folder's name) in ``wandb_project`` /
+    ``wandb_entity`` (default: $WANDB_PROJECT or 'gpo', $WANDB_ENTITY); the same W&B run id for
+    the whole gpo run, kept in ``tracking.json``, so a resumed run goes on in it."""
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError(
+            "report_to includes 'wandb' but wandb is not installed (pip install wandb)"
+        ) from None
+    ids = run_dir / TRACKING
+    saved = json.loads(ids.read_text()) if ids.is_file() else {}
+    run_id = saved.get("wandb_run_id") or uuid.uuid4().hex[:12]
+    if not saved:
+        write_json(output(run_dir, TRACKING), {"wandb_run_id": run_id})
+    return wandb.init(
+        project=cfg.wandb_project or os.environ.get("WANDB_PROJECT") or "gpo",
+        entity=cfg.wandb_entity or os.environ.get("WANDB_ENTITY") or None,
+        name=cfg.run_name or Path(run_dir).resolve().name,
+        id=run_id,
+        resume="allow",
+        dir=str(run_dir),
+        config=saved_config(cfg),
+    )
 
 
 def _step(line: str) -> int | None:

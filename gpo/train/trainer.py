@@ -13,9 +13,9 @@ its checkpoint stopped.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +28,6 @@ from gpo.data.collate import collate_for_training
 from gpo.data.tokenize import TokenizedPair
 from gpo.eval.judges import resolve_judge
 from gpo.eval.pairs import concat_values, pair_values, reduce_metrics
-from gpo.eval.win_rate import SAMPLES_DIR
 from gpo.io import write_json
 from gpo.losses.objectives import resolve_objective
 from gpo.models.logps import PolicyLogps, SequenceLogps
@@ -47,19 +46,28 @@ from gpo.train.interrupt import Interrupted, StopRequests
 from gpo.train.kl_control import KLSteering
 from gpo.train.length_groups import length_groups, merge_groups
 from gpo.train.plots import plot_run
+from gpo.train.resume import (
+    PROCESSES,
+    check_data,
+    check_processes,
+    data_fingerprint,
+    finished_summary,
+)
+from gpo.train.run_record import delete_recorded, output
 from gpo.train.schedule import is_eval_step, segments_for
 from gpo.train.setup import (
     accelerator,
     attach_ref_cache,
     build_model,
-    check_resume,
     gather_uneven,
     is_gold,
     make_optimizer,
     micro_batches,
     open_run_dir,
     pair_tokens,
+    precision_warning,
     prepare,
+    start_writing,
 )
 from gpo.train.tracking import Tracker, eval_line
 
@@ -85,9 +93,12 @@ class Trainer(Evaluations):
         self.acc = acc = accelerator(cfg)
         self.main = acc.is_main_process
         self.run_dir, created = self._run_dir()
-        try:  # a model or data error leaves no half-made run folder behind
+        self._writing = False  # set once this run starts writing into its folder
+        try:  # a failed start leaves nothing behind: no half-made run, no config.json
             self._setup(set_seed, get_scheduler)
         except BaseException:
+            if self.main and self._writing and not cfg.resume:
+                delete_recorded(self.run_dir)
             if self.main and created and not any(self.run_dir.iterdir()):
                 self.run_dir.rmdir()
             raise
@@ -96,6 +107,8 @@ class Trainer(Evaluations):
         cfg, acc = self.cfg, self.acc
         set_seed(cfg.seed)
         model, self.tokenizer, self.reference = build_model(cfg)
+        if self.main and (warning := precision_warning(cfg)):
+            print(warning, file=sys.stderr)
         self.data = prepare(cfg, self.tokenizer)
         if self.main:
             for report in self.data.reports:
@@ -103,8 +116,6 @@ class Trainer(Evaluations):
         if cfg.num_epochs is not None:
             global_batch = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
             cfg.max_steps = max(1, math.ceil(cfg.num_epochs * len(self.data.train) / global_batch))
-        if self.main:  # the run can start: record exactly what it runs
-            write_json(self.run_dir / "config.json", saved_config(cfg))
         self.steering = None
         if cfg.kl_target is not None:
             if not self.data.eval:
@@ -128,14 +139,18 @@ class Trainer(Evaluations):
         # fp16's GradScaler already skips steps with inf gradients, so only losses are checked.
         self.guard = NonFiniteGuard(cfg.on_nonfinite, acc.device, acc.scaler is None)
 
-        self.start_step = self._resume() if cfg.resume else 0
-        self.tracker = Tracker(
-            self.run_dir,
-            cfg.report_to,
-            saved_config(cfg),
-            enabled=self.main,
-            truncate_after=self.start_step,
-        )
+        judge = None
+        if self.main and cfg.judge_prompts > 0 and self.data.eval:
+            judge = resolve_judge(cfg.judge)
+            if hasattr(judge, "progress"):  # model judges take a while: show a bar
+                judge.progress = cfg.progress
+        fingerprint = data_fingerprint(self.data.train, self.data.eval)
+        self.start_step = self._resume(fingerprint) if cfg.resume else 0
+        if self.main:  # every check passed: the run folder is this run's
+            self._writing = True
+            start_writing(cfg, self.run_dir, fingerprint)
+        resumed_at = self.start_step if cfg.resume else None
+        self.tracker = Tracker(self.run_dir, cfg, self.main, resumed_at)
         world, rank = acc.num_processes, acc.process_index
         self.eval_shard = self.data.eval[: cfg.eval_max_pairs][rank::world]
         # No held-out pairs (eval_fraction 0): no evaluation at all.
@@ -143,10 +158,7 @@ class Trainer(Evaluations):
             segments_for(cfg.eval_schedule, cfg.eval_steps) if self.data.eval else []
         )
         self.win_rate = None
-        if self.main and cfg.judge_prompts > 0 and self.data.eval:
-            judge = resolve_judge(cfg.judge)
-            if hasattr(judge, "progress"):  # model judges take a while: show a bar
-                judge.progress = cfg.progress
+        if judge is not None:
             self.win_rate = self._win_rate_eval(judge, cfg.judge_prompts, cfg.opponent)
 
     def _run_dir(self) -> tuple[Path, bool]:
@@ -155,14 +167,15 @@ class Trainer(Evaluations):
         shared = self.acc.gather_for_metrics([str(run_dir)], use_gather_object=True)[0]
         return Path(shared), created
 
-    def _resume(self) -> int:
+    def _resume(self, fingerprint: str) -> int:
+        """The step to continue from (:mod:`gpo.train.resume` refuses what it cannot continue)."""
+        check_data(self.run_dir, fingerprint)
+        check_processes(self.run_dir, self.acc.num_processes)
         state = latest_usable_checkpoint(
             self.run_dir, self.model, self.optimizer, self.scheduler, self.acc.scaler
         )
         if self.main:
-            print(
-                f"resuming at step {state['step']}" if state else "no usable checkpoint: starting"
-            )
+            print(f"resuming at step {state['step']}" if state else "no usable checkpoint: start")
         if state and self.steering is not None:
             self.steering.load_state_dict(state["kl_control"])
         return state["step"] if state else 0
@@ -219,7 +232,10 @@ class Trainer(Evaluations):
         if self.reference.cache is not None:
             self.reference.cache.flush()
         if self.main:
-            state: dict[str, Any] = {"config": saved_config(self.cfg)}
+            state: dict[str, Any] = {
+                "config": saved_config(self.cfg),
+                PROCESSES: self.acc.num_processes,
+            }
             if self.steering is not None:
                 state["kl_control"] = self.steering.state_dict()
             save_checkpoint(
@@ -267,14 +283,7 @@ class Trainer(Evaluations):
             "run_dir": str(self.run_dir),
         }
         if self.steering is not None:
-            summary.update(
-                kl_target=cfg.kl_target,
-                final_beta=self.steering.beta,
-                final_lr_scale=self.steering.lr_scale,
-            )
-            summary.update(
-                {k: last_eval[f"eval/{k}"] for k in ("kl", "kl_se") if f"eval/{k}" in last_eval}
-            )
+            summary.update(self.steering.summary(last_eval))
         return self.finish(summary)
 
     def _steer(self, step: int, values: list[dict[str, torch.Tensor]]) -> None:
@@ -346,14 +355,7 @@ class Trainer(Evaluations):
         """Gold win rate (gold data), final model, summary and plots; main process only."""
         cfg = self.cfg
         if self.main and is_gold(cfg) and cfg.gold_eval_prompts > 0:
-            gold = self._win_rate_eval(resolve_judge("gold"), cfg.gold_eval_prompts, None)
-            samples = self.run_dir / SAMPLES_DIR / "final-gold.jsonl"
-            wr = gold.evaluate(self.model, self.tokenizer, cfg.seed, samples, cfg.progress)
-            summary.update(gold_win_rate=wr["win_rate"], gold_win_rate_se=wr["win_rate_se"])
-            print(
-                f"gold win rate vs reference: {wr['win_rate']:.3f} +- {wr['win_rate_se']:.3f} "
-                f"({len(gold.prompts)} held-out prompts)"
-            )
+            summary.update(self.final_gold_win_rate())
         cache = self.reference.cache
         if cache is not None and self.main:
             print(
@@ -363,7 +365,7 @@ class Trainer(Evaluations):
         if self.main and cfg.save_final:
             save_final(self.run_dir, self.model, self.tokenizer)
         if self.main:
-            write_json(self.run_dir / "summary.json", summary)
+            write_json(output(self.run_dir, "summary.json"), summary)
             self.tracker.close()
             plot_run(self.run_dir)
         self.acc.wait_for_everyone()
@@ -381,13 +383,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     Resuming a run that already finished its ``max_steps`` does nothing and returns its summary.
     """
-    done = Path(cfg.out or "") / "summary.json"
-    if cfg.resume and cfg.out is not None and done.is_file():
-        check_resume(Path(cfg.out), cfg)  # a changed optimisation is refused here too
-        summary = json.loads(done.read_text())
-        if summary.get("steps", 0) >= cfg.max_steps:
-            print(f"gpo: {cfg.out} already finished {summary['steps']} steps: nothing to resume")
-            return summary
+    summary = finished_summary(cfg)
+    if summary is not None:
+        print(f"gpo: {cfg.out} already finished {summary['steps']} steps: nothing to resume")
+        return summary
     return Trainer(cfg).run()
 
 
