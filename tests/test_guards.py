@@ -1,10 +1,14 @@
 """Numeric guards (non-finite loss / gradients: stop or skip, agreed across ranks) and disk faults
 (unwritable run folder, too little free space, ENOSPC while writing a checkpoint)."""
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import socket
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,18 +228,40 @@ def test_out_under_a_file_fails_before_loading_anything(
     assert f"run folder {blocker / 'run'}: cannot write there" in err and "--out" in err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
+@contextlib.contextmanager
+def _read_only_folder(path: Path) -> Iterator[str]:
+    """``path`` made unwritable, even for root (the tests run as root: mode bits do not stop
+    it); yields the reason a write gets. Root: a read-only tmpfs mounted there, else the
+    immutable attribute."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o500)
+        try:
+            yield "Permission denied"
+        finally:
+            path.chmod(0o700)
+        return
+    for on, off, reason in (
+        (["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], ["umount", str(path)],
+         "Read-only file system"),
+        (["chattr", "+i", str(path)], ["chattr", "-i", str(path)], "Operation not permitted"),
+    ):  # fmt: skip
+        if shutil.which(on[0]) and subprocess.run(on, capture_output=True).returncode == 0:
+            try:
+                yield reason
+            finally:
+                subprocess.run(off, check=True)
+            return
+    pytest.skip("as root, neither a read-only mount nor chattr +i is allowed here")
+
+
 def test_read_only_out_fails_before_loading_anything(
     tiny_model_dir: Path, tiny_data_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "ro"
-    out.mkdir()
-    out.chmod(0o500)
-    try:
+    with _read_only_folder(out) as reason:
         assert main(_train_args(tiny_model_dir, tiny_data_file, out)) == 2
-    finally:
-        out.chmod(0o700)
-    assert "cannot write there (Permission denied)" in _one_line_error(capsys)
+    assert f"cannot write there ({reason})" in _one_line_error(capsys)
 
 
 def test_huge_beta_gives_a_one_line_error_at_step_1(
