@@ -391,6 +391,19 @@ CASES = [
             (tmp / "run").mkdir(),
             (tmp / "run" / "config.json").write_text("{}"),
             (tmp / "run" / "metrics.jsonl").write_text(""),
+            (tmp / "run" / ".gpo-run.jsonl").write_text(
+                '{"path": "config.json", "kind": "file"}\n'
+                '{"path": "metrics.jsonl", "kind": "file"}\n'
+            ),
+        ),
+    ),
+    Case(
+        "out_holds_files_no_run_wrote",
+        ["run folder {out} has checkpoints, which no gpo run recorded writing", "choose another"],
+        args=["--overwrite"],
+        setup=lambda tmp, argv: (
+            (tmp / "run" / "checkpoints").mkdir(parents=True),
+            (tmp / "run" / "checkpoints" / "my.bin").write_text("y"),
         ),
     ),
     Case(

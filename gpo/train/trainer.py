@@ -71,6 +71,7 @@ from gpo.train.setup import (
 )
 from gpo.train.tracking import Tracker, eval_line
 
+NO_CHECKPOINT = "no usable checkpoint: starting"
 #: Called after every optimizer step with ``(step, seconds since the loop started)``.
 StepCallback = Callable[[int, float], None]
 
@@ -175,7 +176,7 @@ class Trainer(Evaluations):
             self.run_dir, self.model, self.optimizer, self.scheduler, self.acc.scaler
         )
         if self.main:
-            print(f"resuming at step {state['step']}" if state else "no usable checkpoint: start")
+            print(f"resuming at step {state['step']}" if state else NO_CHECKPOINT)
         if state and self.steering is not None:
             self.steering.load_state_dict(state["kl_control"])
         return state["step"] if state else 0
