@@ -351,3 +351,46 @@ def test_sigterm_stops_the_running_run_too(tmp_path, monkeypatch) -> None:
     with pytest.raises(ProcessLookupError):  # stopped and reaped
         os.kill(int(pid_file.read_text()), 0)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+SECRET = "hunter2-s3cret"
+JUDGE = f"http:base_url=https://bob:{SECRET}@judge.example/v1,model=m"
+MASKED = "http:base_url=https://***@judge.example/v1,model=m"
+
+
+def test_sweep_passes_judge_credentials_in_the_environment_not_argv(tmp_path, monkeypatch) -> None:
+    """Issue 27: /proc/PID/cmdline is world-readable, so a run's argv must not hold the judge's
+    key; it travels in the run's environment (/proc/PID/environ: its owner only)."""
+    from gpo.experiments import sweep as sweep_mod
+
+    runs = plan(
+        SweepConfig(base={"judge": JUDGE, "judge_prompts": 2}, grid={"beta": [0.1]}), tmp_path
+    )
+    started: list[tuple[list[str], dict[str, str]]] = []
+
+    class Done:  # a run that ends at once
+        returncode = 0
+
+        def __init__(self, cmd: list[str], env: dict[str, str], **_: object) -> None:
+            started.append((cmd, env))
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr(sweep_mod.subprocess, "Popen", Done)
+    sweep_mod.execute(runs, jobs=1)
+    ((cmd, env),) = started
+    assert not any(SECRET in arg for arg in cmd), cmd
+    assert MASKED in cmd
+    assert json.loads(env.get("GPO_TRAIN_SECRET_OPTIONS", "{}")) == {"judge": JUDGE}
+
+
+def test_gpo_train_takes_the_sweeps_options_from_the_environment(monkeypatch, tmp_path) -> None:
+    import gpo.train.trainer as trainer
+
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(trainer, "train", lambda cfg: seen.append(cfg) or {"run_dir": "x"})
+    monkeypatch.setenv("GPO_TRAIN_SECRET_OPTIONS", json.dumps({"judge": JUDGE}))
+    assert main(["train", "--judge", MASKED, "--out", str(tmp_path / "r")]) == 0
+    assert seen[0].judge == JUDGE
+    assert "GPO_TRAIN_SECRET_OPTIONS" not in os.environ  # not inherited by what the run starts

@@ -15,7 +15,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = load_sweep_config(args.config, args.preset)
     kind = args.preset or (Path(args.config).stem if args.config else "sweep")
     out = args.out or f"runs/sweep-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return run_sweep(cfg, out, jobs=args.jobs, print_commands=args.print_commands)
+    return run_sweep(
+        cfg,
+        out,
+        jobs=args.jobs,
+        print_commands=args.print_commands,
+        executor=args.executor,
+        ray_address=args.ray_address,
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -33,7 +40,9 @@ def add_sweep_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Run every combination of a sweep config's grid as a `gpo train` run. "
         "Finished runs are skipped; interrupted ones resume from their checkpoint.",
     )
-    p.add_argument("--config", metavar="YAML", help="sweep config (base, grid, sft, jobs)")
+    p.add_argument(
+        "--config", metavar="YAML", help="sweep config (base, grid, sft, jobs, executor, ...)"
+    )
     p.add_argument(
         "--preset",
         choices=list(PRESETS),
@@ -44,7 +53,20 @@ def add_sweep_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--print-commands",
         action="store_true",
-        help="print one self-contained `gpo train` command per run instead of running them",
+        help="print one self-contained `gpo train` command per run instead of running them "
+        "(with --executor slurm: the sbatch script of the job array)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray", "slurm"],
+        help="where the runs run: this machine (default), a Ray cluster, a Slurm job array "
+        "(docs/distributed.md; also the config's `executor`)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, "
+        "else a local Ray instance on this machine)",
     )
     p.set_defaults(func=cmd_sweep)
 

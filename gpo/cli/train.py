@@ -12,10 +12,13 @@ from gpo.train.config import TrainConfig, load_config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from gpo.experiments.executors.secrets import apply_secret_options  # `gpo sweep`'s
     from gpo.train.interrupt import Interrupted
     from gpo.train.trainer import train  # torch, transformers: only when training
 
-    cfg = load_config(args.config, values_from_args(args, TrainConfig))
+    cfg = load_config(
+        args.config, {**values_from_args(args, TrainConfig), **apply_secret_options()}
+    )
     try:
         summary = train(cfg)
     except Interrupted as e:  # a checkpoint was written: say how to go on, no traceback

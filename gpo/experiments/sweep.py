@@ -6,36 +6,57 @@ A sweep config (YAML, or a preset of :mod:`gpo.experiments.presets`) has::
     grid:  {TrainConfig key: [values], ...}    # one run per combination, in key order
     sft:   {SftConfig key: value, ...} | null  # optional: build a tiny pi_sft first (gpo/sft.py)
     jobs: 1                                    # runs at once (--jobs overrides)
+    executor: local                            # local | ray | slurm (docs/distributed.md)
 
 The sweep folder holds ``sweep.json`` (the resolved config), ``commands.sh``, ``pi_sft/`` when
 built, and ``runs/<name>/``, one `gpo train` run folder per combination. A run with a
 ``summary.json`` is finished and skipped; a run with a ``config.json`` only was interrupted and
 is restarted with ``--resume`` (from its newest checkpoint). Each run is a subprocess with its
 output in ``runs/<name>/train.log``. Ctrl-C or SIGTERM stops the running runs too (a run left
-running would race the resumed sweep for the same folder and cores).
+running would race the resumed sweep for the same folder and cores). Options that hold
+credentials (a judge URL's ``user:key@``) reach each run in its environment, never its argv.
+
+The ``ray`` and ``slurm`` executors (:mod:`gpo.experiments.executors`) run the same command
+per run on a cluster, after pre-building pi_ref's log-probs and opponents once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpo.experiments.executors.common import (
+    SweepInterrupted,
+    check_writable,
+    describe,
+    on_signals,
+    run_tasks,
+    stop,
+    tail,
+)
+from gpo.experiments.executors.prebuild import prebuild_tasks
+from gpo.experiments.executors.secrets import (
+    SECRET_OPTIONS_ENV,
+    masked_config,
+    masked_runs,
+    secret_options,
+)
 from gpo.experiments.sft import SftConfig
 from gpo.io import print_config, read_yaml_mapping, redact_urls, redacted, write_json
 from gpo.train.config import TrainConfig, suggest_field
 
 RUNS_DIR = "runs"
 SFT_DIR = "pi_sft"
+EXECUTORS = ("local", "ray", "slurm")
 
 
 @dataclass
@@ -43,7 +64,16 @@ class SweepConfig:
     base: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     sft: SftConfig | None = None
-    jobs: int = 1
+    jobs: int | None = None  # runs at once: local default 1; ray: at most this many (default: all)
+    executor: str = "local"  # local | ray | slurm
+    cpus_per_run: int = 1  # ray, slurm: CPU cores of each run (its OMP_NUM_THREADS)
+    gpus_per_run: float = 0  # ray, slurm: GPUs of each run (ray allows a fraction)
+    slurm_partition: str | None = None  # slurm: the partition (default: the cluster's)
+    slurm_time: int = 240  # slurm: minutes per job; a longer run is requeued from its checkpoint
+    slurm_array_parallelism: int = 64  # slurm: array tasks running at once
+    slurm_mem_gb: float | None = None  # slurm: memory per job (default: the cluster's)
+    slurm_extra: dict[str, Any] = field(default_factory=dict)  # more sbatch options (account...)
+    slurm_cluster: str = "slurm"  # 'local': submitit's local executor (tests, a dry run here)
 
     def __post_init__(self) -> None:
         if isinstance(self.sft, dict):
@@ -64,8 +94,25 @@ class SweepConfig:
         for key in ("out", "resume"):
             if key in self.base or key in self.grid:
                 raise ValueError(f"sweep config: {key!r} is set by the sweep, not the config")
-        if self.jobs < 1:
+        if self.jobs is not None and self.jobs < 1:
             raise ValueError(f"sweep config: jobs must be >= 1, got {self.jobs}")
+        _check_executor(self)
+
+
+def _check_executor(cfg: SweepConfig) -> None:
+    if cfg.executor not in EXECUTORS:
+        raise ValueError(f"sweep config: executor must be one of {', '.join(EXECUTORS)}")
+    if cfg.slurm_cluster not in ("slurm", "local"):
+        raise ValueError("sweep config: slurm_cluster must be 'slurm' or 'local'")
+    checks = {
+        "cpus_per_run": cfg.cpus_per_run >= 1,
+        "gpus_per_run": cfg.gpus_per_run >= 0,
+        "slurm_time": cfg.slurm_time >= 1,
+        "slurm_array_parallelism": cfg.slurm_array_parallelism >= 1,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise ValueError(f"sweep config: {key} out of range: {getattr(cfg, key)}")
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -167,58 +214,19 @@ def command(run: Run, prefix: list[str] | None = None) -> list[str]:
     return [*cmd, "--resume"] if run.started and not run.done else cmd
 
 
+def child_command(run: Run, prefix: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The command that trains ``run`` and the environment variables it needs on top of the
+    sweep's: options with credentials are masked in argv and travel in the environment
+    (:mod:`gpo.experiments.executors.secrets`)."""
+    secret = secret_options(run.config)
+    if not secret:
+        return command(run, prefix), {}
+    cmd = command(dataclasses.replace(run, config=masked_config(run.config, secret)), prefix)
+    return cmd, {SECRET_OPTIONS_ENV: json.dumps(secret)}
+
+
 def _threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
-
-
-def _describe(run: Run, seconds: float) -> str:
-    import json
-
-    summary = json.loads((run.dir / "summary.json").read_text())
-    ev = summary.get("eval", {})
-    parts = [f"done in {seconds:.0f} s"]
-    if "eval/win_rate" in ev:
-        parts.append(f"win rate {ev['eval/win_rate']:.3f} +- {ev['eval/win_rate_se']:.3f}")
-    if "eval/kl" in ev:
-        parts.append(f"KL {ev['eval/kl']:.3g} +- {ev['eval/kl_se']:.2g}")
-    if "eval/loss" in ev:
-        parts.append(f"eval loss {ev['eval/loss']:.4g}")
-    return ", ".join(parts)
-
-
-def _tail(path: Path) -> str:
-    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "(no output)"
-
-
-class SweepInterrupted(Exception):
-    """Ctrl-C or SIGTERM reached the sweep; its running runs were stopped."""
-
-    def __init__(self, message: str, exit_code: int = 130) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code  # 130 for SIGINT, 143 for SIGTERM, as `gpo train`
-
-
-#: Seconds a stopped run gets to finish its step and write a checkpoint before it is killed
-#: (`gpo train` checkpoints on SIGTERM; a kill loses at most ``save_steps`` steps).
-STOP_GRACE_S = 60.0
-
-
-def _raise_interrupted(signum: int, _frame: Any) -> None:
-    raise SweepInterrupted(signal.Signals(signum).name, 128 + signum)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + STOP_GRACE_S
-    for proc in procs:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def execute(runs: list[Run], jobs: int) -> list[Run]:
@@ -226,21 +234,19 @@ def execute(runs: list[Run], jobs: int) -> list[Run]:
 
     On SIGTERM (or Ctrl-C) the running runs are stopped before :class:`SweepInterrupted` is raised.
     """
-    main = threading.current_thread() is threading.main_thread()  # handlers need the main thread
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main else None
+    restore = on_signals()
     running: list[tuple[Run, subprocess.Popen[bytes], float, Any]] = []
     try:
         return _execute(runs, jobs, running)
     except (KeyboardInterrupt, SweepInterrupted) as e:
-        _stop([proc for _, proc, _, _ in running])
+        stop([proc for _, proc, _, _ in running])
         for *_, log in running:
             log.close()
         code = e.exit_code if isinstance(e, SweepInterrupted) else 130
         stopped = ", ".join(r.name for r, *_ in running) or "no run"
         raise SweepInterrupted(stopped, code) from None
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        restore()
 
 
 def _execute(
@@ -259,10 +265,10 @@ def _execute(
     while todo or running:
         while todo and len(running) < jobs:
             run = todo.pop(0)
-            cmd = command(run, prefix)
+            cmd, extra = child_command(run, prefix)
             run.dir.mkdir(parents=True, exist_ok=True)
             log = open(run.dir / "train.log", "ab")  # noqa: SIM115 - closed when the run ends
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**env, **extra})
             how = "resuming" if "--resume" in cmd else "started"
             print(f"[{index[run.name]}/{n}] {run.name}: {how}", flush=True)
             running.append((run, proc, time.perf_counter(), log))
@@ -275,37 +281,87 @@ def _execute(
             log.close()
             k = index[run.name]
             if proc.returncode == 0 and run.done:
-                print(
-                    f"[{k}/{n}] {run.name}: {_describe(run, time.perf_counter() - t0)}", flush=True
-                )
+                done = describe(run.dir, time.perf_counter() - t0)
+                print(f"[{k}/{n}] {run.name}: {done}", flush=True)
             else:
                 failed.append(run)
                 print(
                     f"[{k}/{n}] {run.name}: FAILED (exit {proc.returncode}): "
-                    f"{_tail(run.dir / 'train.log')} (log: {run.dir / 'train.log'})",
+                    f"{tail(run.dir / 'train.log')} (log: {run.dir / 'train.log'})",
                     flush=True,
                 )
     return failed
 
 
+def run_command(run: Run, python: str) -> tuple[list[str], dict[str, str]]:
+    """:func:`child_command` on a cluster worker, with that worker's Python."""
+    return child_command(run, [python, "-m", "gpo.cli"])
+
+
+def _backend(executor: str, cfg: SweepConfig, ray_address: str | None) -> Any:
+    """The cluster executor (its optional dependency checked now: one line without it)."""
+    if ray_address is not None and executor != "ray":
+        raise ValueError("--ray-address needs --executor ray")
+    if executor == "ray":
+        from gpo.experiments.executors.ray_sweep import RayExecutor
+
+        return RayExecutor(cfg, ray_address or os.environ.get("RAY_ADDRESS") or None)
+    if executor == "slurm":
+        from gpo.experiments.executors.slurm_sweep import SlurmExecutor
+
+        return SlurmExecutor(cfg)
+    if executor != "local":
+        raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    return None
+
+
 def run_sweep(
-    cfg: SweepConfig, sweep_dir: str | Path, jobs: int | None = None, print_commands: bool = False
+    cfg: SweepConfig,
+    sweep_dir: str | Path,
+    jobs: int | None = None,
+    print_commands: bool = False,
+    executor: str | None = None,
+    ray_address: str | None = None,
 ) -> int:
     """Set up and run (or, with ``print_commands``, only print) the sweep; the exit status."""
     sweep_dir = Path(sweep_dir).resolve()  # absolute: printed commands run from anywhere
     runs = plan(cfg, sweep_dir)
-    jobs = jobs or cfg.jobs
+    executor = executor or cfg.executor
+    backend = _backend(executor, cfg, ray_address)
+    check_writable(sweep_dir)
+    try:
+        return _run(cfg, sweep_dir, runs, jobs, print_commands, executor, backend)
+    finally:
+        if backend is not None:
+            backend.close()
+
+
+def _run(
+    cfg: SweepConfig,
+    sweep_dir: Path,
+    runs: list[Run],
+    jobs: int | None,
+    print_commands: bool,
+    executor: str,
+    backend: Any,
+) -> int:
+    masked, env = masked_runs(runs)
+    if backend is not None and not print_commands:
+        backend.connect(sweep_dir, env)  # bad setups fail here, before anything is built
     if cfg.sft is not None:  # the runs start from it, so it is built even for --print-commands
         from gpo.experiments.sft import train_tiny_sft
 
         train_tiny_sft(cfg.sft, sweep_dir / SFT_DIR, progress=not print_commands)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     # Credentials in a URL (a judge's base_url) are masked in what is written and printed.
     lines = [redact_urls(shlex.join(command(r))) for r in runs]
     (sweep_dir / "commands.sh").write_text("".join(line + "\n" for line in lines))
     if print_commands:
-        print("\n".join(lines))
+        slurm = executor == "slurm"
+        print(backend.script(sweep_dir, len(runs)) if slurm else "\n".join(lines))
         return 0
+    jobs = jobs or cfg.jobs
+    if backend is None:
+        jobs = jobs or 1
     resolved = redacted(
         {"sweep": cfg, "sweep_dir": str(sweep_dir), "jobs": jobs, "runs": len(runs)}
     )
@@ -313,7 +369,15 @@ def run_sweep(
     write_json(sweep_dir / "sweep.json", resolved)
     t0 = time.perf_counter()
     try:
-        failed = execute(runs, jobs)
+        if backend is None:
+            failed = execute(runs, jobs)
+        else:
+            if any(not r.done for r in runs):
+                configs = [r.config for r in masked]
+                backend.prebuild(prebuild_tasks(configs, sweep_dir, cfg.cpus_per_run))
+            failed = backend.execute(
+                masked, run_tasks(masked, sweep_dir, cfg.cpus_per_run, run_command), jobs
+            )
     except SweepInterrupted as e:
         print(
             f"sweep: interrupted; stopped {e}. Resume with the same command "

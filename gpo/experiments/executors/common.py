@@ -1,0 +1,340 @@
+"""What the cluster executors share: one task per run on a worker, the checks before the fan-out,
+the interrupt handling and the progress lines.
+
+A task runs the same ``gpo train`` command as the local executor, as a child process of the
+worker, with its output appended to ``runs/<name>/train.log``. It decides ``--resume`` when it
+starts, so a retried task (its worker died) or a requeued job continues from the run's newest
+checkpoint. While it runs it holds ``locks/<name>.lock`` (``flock``), and so does its child:
+a retry waits until the previous attempt's process has really gone, so no run folder ever has
+two writers. The child is killed with its worker (``PR_SET_PDEATHSIG``), never left behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+LOCKS_DIR = "locks"
+#: Seconds a stopped run gets to finish its step and write a checkpoint before it is killed
+#: (`gpo train` checkpoints on SIGTERM; a kill loses at most ``save_steps`` steps).
+STOP_GRACE_S = 60.0
+#: Seconds a task waits for an earlier attempt at its run (a killed worker's child) to exit.
+LOCK_WAIT_S = 600.0
+
+#: Execs the command with SIGKILL as its parent-death signal (Linux), so that a worker killed
+#: with ``kill -9`` takes its `gpo train` with it. (``preexec_fn`` would do it without an extra
+#: exec, but it is unsafe in a threaded process, and Ray workers are threaded.)
+_DIE_WITH_PARENT = (
+    "import ctypes, os, sys\n"
+    "if sys.platform == 'linux': ctypes.CDLL(None).prctl(1, 9)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(137)\n"  # the parent died before prctl
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C or SIGTERM reached the sweep; its running runs were stopped."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # 130 for SIGINT, 143 for SIGTERM, as `gpo train`
+
+
+def raise_interrupted(signum: int, _frame: Any) -> None:
+    raise SweepInterrupted(signal.Signals(signum).name, 128 + signum)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM (`gpo train` checkpoints and exits), then SIGKILL after :data:`STOP_GRACE_S`."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in procs:
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # poll, not wait(): this also runs inside a signal handler
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import an optional dependency, or fail in one line that names the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(
+            f"--executor {extra} needs {module}: pip install 'gpo[{extra}]' "
+            f"(in a checkout: pip install -e '.[{extra}]')"
+        ) from None
+
+
+def check_writable(folder: Path) -> None:
+    """Fail in one line, before anything runs, when ``folder`` cannot be created or written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{uuid.uuid4().hex}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"sweep folder {folder} is not writable: {e.strerror or e}") from None
+
+
+def probe_folder(folder: str, token: str) -> str:
+    """On a worker: '' if it sees the driver's ``token`` file in ``folder`` and can write there,
+    else what is wrong (the sweep folder must be storage that every node shares)."""
+    host = socket.gethostname()
+    if not (Path(folder) / token).is_file():
+        return f"worker {host} does not see the sweep folder {folder} (not shared storage?)"
+    try:
+        mine = Path(folder) / f"{token}.{host}.{os.getpid()}"
+        mine.write_text(host)
+        mine.unlink()
+    except OSError as e:
+        return f"worker {host} cannot write to the sweep folder {folder}: {e.strerror or e}"
+    return ""
+
+
+@dataclass
+class Task:
+    """One command for a worker: a run, or the pre-build before the fan-out."""
+
+    name: str
+    log: Path  # the command's output (appended)
+    lock: Path  # held while it runs: one writer per run folder
+    #: Called on the worker with its Python: the argv and extra environment (decided when the
+    #: task starts, so a retried or requeued task resumes).
+    build: Callable[[str], tuple[list[str], dict[str, str]]]
+    done_file: Path | None = None  # exists: the task has nothing to do
+    env: dict[str, str] = field(default_factory=dict)  # on top of the worker's environment
+    session: str = ""  # the driver's id, written into the lock (progress: "running")
+
+
+@dataclass
+class Outcome:
+    name: str
+    code: int
+    seconds: float
+    host: str
+    skipped: bool = False
+
+
+class ChildKilled(RuntimeError):
+    """The task's `gpo train` was killed (SIGKILL, e.g. the OOM killer): retried."""
+
+
+#: The children of the task running in this process (Slurm's checkpoint signal stops them).
+RUNNING: list[subprocess.Popen[bytes]] = []
+
+
+def _acquire(task: Task) -> int:
+    task.lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(task.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RuntimeError(
+                    f"{task.name}: an earlier attempt still holds {task.lock}"
+                ) from None
+            time.sleep(0.5)
+    note = {"session": task.session, "host": socket.gethostname(), "pid": os.getpid()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({**note, "started": time.time()}).encode(), 0)
+    return fd
+
+
+def run_task(task: Task) -> Outcome:
+    """Run ``task`` on this worker (a Ray task, a Slurm job) and wait for its command."""
+    t0, host = time.monotonic(), socket.gethostname()
+    fd = _acquire(task)
+    try:
+        if task.done_file is not None and task.done_file.is_file():
+            return Outcome(task.name, 0, 0.0, host, skipped=True)
+        cmd, extra = task.build(sys.executable)
+        env = {**os.environ, **task.env, **extra}
+        task.log.parent.mkdir(parents=True, exist_ok=True)
+        wrapped = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+        with open(task.log, "ab") as log:
+            proc = subprocess.Popen(
+                wrapped, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(fd,)
+            )
+            RUNNING.append(proc)
+            try:
+                while proc.poll() is None:
+                    time.sleep(0.2)
+            except BaseException:  # Ray's cancel (KeyboardInterrupt), a requeue's SystemExit
+                stop([proc])
+                raise
+            finally:
+                RUNNING.remove(proc)
+    finally:
+        os.close(fd)
+    if proc.returncode == -signal.SIGKILL:
+        raise ChildKilled(f"{task.name}: gpo train was killed (SIGKILL) on {host}")
+    return Outcome(task.name, proc.returncode, time.monotonic() - t0, host)
+
+
+def run_tasks(runs: list[Any], sweep_dir: Path, cpus: int, build: Callable[..., Any]) -> list[Task]:
+    """A task per run (``build(run, python)``: its command), each with ``cpus`` threads."""
+    return [
+        Task(
+            name=run.name,
+            log=run.dir / "train.log",
+            lock=sweep_dir / LOCKS_DIR / f"{run.name}.lock",
+            build=partial(build, run),
+            done_file=run.dir / "summary.json",
+            env=threads_env(cpus),
+        )
+        for run in runs
+    ]
+
+
+def threads_env(cpus: int) -> dict[str, str]:
+    """A run's threads: its cores (as ``--jobs`` gives each local run its share), or ours."""
+    return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(cpus)}
+
+
+def lock_note(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_unlocked(paths: list[Path], timeout: float) -> list[Path]:
+    """Wait until no process holds any of ``paths``; the ones still held at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    held = list(paths)
+    while held:
+        for path in list(held):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                held.remove(path)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                held.remove(path)
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+        if not held or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return held
+
+
+def on_signals() -> Callable[[], None]:
+    """SIGTERM raises :class:`SweepInterrupted` (Ctrl-C raises KeyboardInterrupt); returns the
+    function that puts the previous handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, raise_interrupted)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's variables a remote worker needs: gpo's (``GPO_CACHE_DIR``, a judge key),
+    Hugging Face's and the thread settings. (A local instance's workers inherit them anyway.)"""
+    prefixes = ("GPO_", "HF_", "TRANSFORMERS_", "OMP_", "MKL_")
+    return {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
+
+
+def describe(run_dir: Path, seconds: float) -> str:
+    """A finished run in one line: its time, final win rate, KL and eval loss."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ev = summary.get("eval", {})
+    parts = [f"done in {seconds:.0f} s"]
+    if "eval/win_rate" in ev:
+        parts.append(f"win rate {ev['eval/win_rate']:.3f} +- {ev['eval/win_rate_se']:.3f}")
+    if "eval/kl" in ev:
+        parts.append(f"KL {ev['eval/kl']:.3g} +- {ev['eval/kl_se']:.2g}")
+    if "eval/loss" in ev:
+        parts.append(f"eval loss {ev['eval/loss']:.4g}")
+    return ", ".join(parts)
+
+
+def tail(path: Path) -> str:
+    """The last non-empty line of a log (what a failed run said last)."""
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return "(no log)"
+    return lines[-1] if lines else "(no output)"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+class Progress:
+    """The local executor's per-run lines, and a status line whenever the counts change (at
+    least every ``every`` seconds): done, running, failed, waiting, and the time left at the
+    mean duration of the runs finished so far."""
+
+    def __init__(self, names: list[str], every: float = 60.0) -> None:
+        self.n = len(names)
+        self.index = {name: k + 1 for k, name in enumerate(names)}
+        self.done = self.failed = 0
+        self.running: dict[str, float] = {}  # name -> when it was seen running
+        self.seconds: list[float] = []
+        self.every, self._last, self._said = every, 0.0, ""
+
+    def line(self, name: str, text: str) -> None:
+        print(f"[{self.index[name]}/{self.n}] {name}: {text}", flush=True)
+
+    def skipped(self, name: str) -> None:
+        self.done += 1
+        self.line(name, "finished before, skipped")
+
+    def started(self, name: str, where: str) -> None:
+        if name not in self.running:
+            self.running[name] = time.monotonic()
+            self.line(name, f"started on {where}" if where else "started")
+
+    def finished(self, name: str, ok: bool, seconds: float, text: str) -> None:
+        self.running.pop(name, None)
+        if ok:
+            self.done += 1
+            self.seconds.append(seconds)
+        else:
+            self.failed += 1
+        self.line(name, text)
+
+    def status(self, waiting: int) -> None:
+        counts = (
+            f"{self.done}/{self.n} done, {len(self.running)} running, {self.failed} failed, "
+            f"{waiting} waiting"
+        )
+        now = time.monotonic()
+        if counts == self._said and now - self._last < self.every:
+            return
+        text = f"sweep: {counts}"
+        if self.seconds and (waiting or self.running):
+            mean = sum(self.seconds) / len(self.seconds)
+            at_once = max(1, len(self.running))
+            busy = sum(max(0.0, mean - (now - t)) for t in self.running.values())
+            text += f"; about {_minutes((mean * waiting + busy) / at_once)} left"
+        print(text, flush=True)
+        self._said, self._last = counts, now

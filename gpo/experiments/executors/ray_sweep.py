@@ -1,0 +1,219 @@
+"""``gpo sweep --executor ray``: one Ray task per run, on a local Ray instance or a cluster.
+
+Each task runs the run's `gpo train` command on a worker (:func:`common.run_task`) with
+``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs. A worker that dies is retried by Ray, and the
+retry resumes from the run's newest checkpoint. The sweep folder must be storage that every
+node sees; a probe task checks it before any run starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gpo.experiments.executors.common import (
+    STOP_GRACE_S,
+    ChildKilled,
+    Outcome,
+    Progress,
+    SweepInterrupted,
+    Task,
+    describe,
+    forwarded_env,
+    lock_note,
+    on_signals,
+    probe_folder,
+    require,
+    run_task,
+    tail,
+    wait_unlocked,
+)
+
+#: Times Ray restarts a run whose worker died (each retry resumes from its checkpoint).
+MAX_RETRIES = 3
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """One line, at once, for an address nothing listens on (Ray itself retries for a minute)."""
+    if address == "auto":
+        return
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    default = 10001 if parts.scheme == "ray" else 6379
+    try:
+        host, port = parts.hostname, parts.port or default
+    except ValueError as e:
+        raise ValueError(f"--ray-address {address}: {e}") from None
+    if not host:
+        raise ValueError(f"--ray-address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ValueError(
+            f"--ray-address {address}: cannot reach {host}:{port} ({reason})"
+        ) from None
+
+
+class RayExecutor:
+    """Connects (or starts a local instance), checks, pre-builds, fans out, reports progress."""
+
+    def __init__(self, cfg: Any, address: str | None) -> None:
+        self.ray = require("ray", "ray")
+        self.cfg, self.address = cfg, address
+        self.session = uuid.uuid4().hex[:12]
+        self.connected = False
+
+    def connect(self, sweep_dir: Path, env: dict[str, str]) -> None:
+        """Everything that can fail before a run starts: the address, the resources, whether a
+        worker sees and can write the sweep folder. ``env``: what the workers need from ours."""
+        ray, cfg = self.ray, self.cfg
+        t0 = time.perf_counter()
+        if self.address is not None:
+            check_reachable(self.address)
+        try:
+            with warnings.catch_warnings():  # Ray Client warns, then raises: one line is enough
+                warnings.simplefilter("ignore")
+                ray.init(
+                    address=self.address or "local",
+                    include_dashboard=False,
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                    runtime_env={"env_vars": {**forwarded_env(), **env}},
+                )
+        except (ConnectionError, RuntimeError) as e:
+            raise ValueError(f"--ray-address {self.address}: {e}") from None
+        self.connected = True
+        started = time.perf_counter() - t0
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+        gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+        if cfg.gpus_per_run > gpus:
+            raise ValueError(
+                f"gpus_per_run {cfg.gpus_per_run:g}: no node of the Ray cluster has that many "
+                f"GPUs (most on one node: {gpus:g})"
+            )
+        if cfg.cpus_per_run > cpus:
+            raise ValueError(
+                f"cpus_per_run {cfg.cpus_per_run}: no node of the Ray cluster has that many CPUs "
+                f"(most on one node: {cpus:g})"
+            )
+        self._probe(sweep_dir)
+        where = f"connected to {self.address}" if self.address else "started a local instance"
+        total = ray.cluster_resources()
+        print(
+            f"ray: {where} in {started:.1f} s: {len(nodes)} node(s), {total.get('CPU', 0):g} "
+            f"CPUs, {total.get('GPU', 0):g} GPUs",
+            flush=True,
+        )
+
+    def _probe(self, sweep_dir: Path) -> None:
+        token = f".probe-{self.session}"
+        (sweep_dir / token).write_text("gpo sweep")
+        try:
+            probe = self.ray.remote(probe_folder).options(num_cpus=0)
+            problem = self.ray.get(probe.remote(str(sweep_dir), token), timeout=300)
+        finally:
+            (sweep_dir / token).unlink(missing_ok=True)
+        if problem:
+            raise ValueError(problem)
+
+    def close(self) -> None:
+        if self.connected:
+            self.ray.shutdown()
+            self.connected = False
+
+    def _remote(self, retries: int = MAX_RETRIES) -> Any:
+        return self.ray.remote(run_task).options(
+            num_cpus=self.cfg.cpus_per_run,
+            num_gpus=self.cfg.gpus_per_run,
+            max_retries=retries,
+            retry_exceptions=[ChildKilled],
+        )
+
+    def prebuild(self, tasks: list[Task]) -> None:
+        """The pre-build tasks, all at once; a failure is a warning (the runs compute it)."""
+        if not tasks:
+            return
+        t0 = time.perf_counter()
+        refs = [self._remote().remote(t) for t in tasks]
+        for task, ref in zip(tasks, refs, strict=True):
+            try:
+                out: Outcome = self.ray.get(ref)
+                ok = out.code == 0
+            except Exception:
+                ok = False
+            if not ok:
+                print(f"sweep: {task.name} failed (see {task.log}); the runs compute it")
+        print(
+            f"sweep: pi_ref's log-probs and opponents pre-built for {len(tasks)} group(s) in "
+            f"{time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+
+    def execute(self, runs: list[Any], tasks: list[Task], jobs: int | None) -> list[Any]:
+        """Run the unfinished runs (``jobs``: at most this many at once; default: as many as
+        the cluster fits); print progress; return the failed ones."""
+        progress = Progress([r.name for r in runs])
+        for run in runs:
+            if run.done:
+                progress.skipped(run.name)
+        todo = [(r, t) for r, t in zip(runs, tasks, strict=True) if not r.done]
+        pending: dict[Any, tuple[Any, Task, float]] = {}
+        failed: list[Any] = []
+        restore = on_signals()
+        try:
+            while todo or pending:
+                while todo and len(pending) < (jobs or len(runs)):
+                    run, task = todo.pop(0)
+                    task.session = self.session
+                    pending[self._remote().remote(task)] = (run, task, time.monotonic())
+                ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    run, task, t0 = pending.pop(ref)
+                    if not self._finished(ref, run, task, t0, progress):
+                        failed.append(run)
+                for run, task, _ in pending.values():
+                    note = lock_note(task.lock)
+                    if note.get("session") == self.session:
+                        progress.started(run.name, note.get("host", ""))
+                progress.status(waiting=len(todo) + len(pending) - len(progress.running))
+        except (KeyboardInterrupt, SweepInterrupted) as e:
+            self._cancel(pending)
+            code = e.exit_code if isinstance(e, SweepInterrupted) else 130
+            stopped = ", ".join(progress.running) or "no run"
+            raise SweepInterrupted(stopped, code) from None
+        finally:
+            restore()
+        return failed
+
+    def _finished(self, ref: Any, run: Any, task: Task, t0: float, progress: Progress) -> bool:
+        log = run.dir / "train.log"
+        try:
+            out: Outcome = self.ray.get(ref)
+        except Exception as e:  # retries used up, or the task itself failed
+            reason = " ".join(str(e).split())[-300:]
+            progress.finished(run.name, False, 0.0, f"FAILED: {reason} (log: {log})")
+            return False
+        progress.started(run.name, out.host)
+        if out.code == 0 and run.done:
+            progress.finished(run.name, True, out.seconds, describe(run.dir, out.seconds))
+            return True
+        text = f"FAILED (exit {out.code}): {tail(log)} (log: {log})"
+        progress.finished(run.name, False, out.seconds, text)
+        return False
+
+    def _cancel(self, pending: dict[Any, tuple[Any, Task, float]]) -> None:
+        """Stop the running runs (each gets SIGTERM: a checkpoint) and wait until their
+        processes are gone, so that a restarted sweep never meets a leftover writer."""
+        for ref in pending:
+            self.ray.cancel(ref)
+        locks = [task.lock for _, task, _ in pending.values()]
+        held = wait_unlocked(locks, STOP_GRACE_S + 30)
+        if held:
+            print(f"sweep: still running after the grace period: {[p.stem for p in held]}")

@@ -1,0 +1,507 @@
+"""`gpo sweep --executor ray|slurm` (issue 29) and credentials out of argv (issue 27, item 8).
+
+The same 4-run tiny sweep runs three ways: local (2 jobs), ray (a local Ray instance with this
+machine's 2 CPUs) and slurm (submitit's local executor). Every run's summary, metrics and final
+weights must be bitwise equal across the three, also for the runs that were disturbed on the
+way: in the Ray sweep a worker is killed with ``kill -9`` mid-run and then the driver is
+stopped with SIGINT and started again; in the Slurm sweep a job gets Slurm's preemption signal
+(USR2) mid-run and is requeued. Bad setups fail before any run starts, in one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gpo.cli import main
+from gpo.experiments import sweep as sweep_mod
+from gpo.experiments.executors.common import Task, probe_folder, run_task
+from gpo.experiments.executors.secrets import (
+    SECRET_OPTIONS_ENV,
+    SWEEP_SECRETS_ENV,
+    masked_runs,
+)
+from gpo.experiments.sweep import SweepConfig, plan
+from gpo.train.tracking import read_metrics
+
+GRID = {"loss": ["logistic", "hinge"], "beta": [0.1, 1.0]}
+SECRET = "hunter2-s3cret"
+JUDGE = f"http:base_url=https://bob:{SECRET}@judge.example/v1,model=m"
+MASKED = "http:base_url=https://***@judge.example/v1,model=m"
+
+
+def _base(model_dir: Path, data_file: Path) -> dict[str, Any]:
+    return {
+        "model": str(model_dir),
+        "data": str(data_file),
+        "eval_fraction": 0.1,
+        "finetune": "full",
+        "batch_size": 4,
+        "learning_rate": 3e-3,
+        "lr_scheduler": "constant",
+        "warmup_ratio": 0.0,
+        "max_steps": 6,
+        "logging_steps": 1,  # a run stopped mid-window (SIGTERM) logs a shorter one on resume
+        "eval_schedule": "2:4,3",
+        "save_steps": 2,
+        "kl_prompts": 3,
+        "kl_samples": 2,
+        "max_new_tokens": 6,
+        "judge_prompts": 4,
+        "gold_eval_prompts": 0,
+        "save_final": True,  # the final weights are compared too
+        "report_to": ["none"],
+        "progress": False,
+    }
+
+
+def _config(path: Path, model_dir: Path, data_file: Path, **extra: Any) -> Path:
+    cfg = {"base": _base(model_dir, data_file), "grid": GRID, **extra}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _sweep_cmd(config: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "gpo.cli", "sweep", "--config", str(config), "--out", str(out)]
+
+
+def _env(cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Its own reference cache: what a run reads there, the pre-build put there.
+    return {**env, "HF_HUB_OFFLINE": "1", "GPO_CACHE_DIR": str(cache)}
+
+
+def _wait_for(
+    what: str, cond: Callable[[], Any], proc: subprocess.Popen, limit: float = 240
+) -> Any:
+    deadline = time.monotonic() + limit
+    while not (found := cond()):
+        assert proc.poll() is None, f"the sweep ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.003)
+    return found
+
+
+def _checkpointed(out: Path, skip: set[str]) -> Path | None:
+    """A run past its step-2 checkpoint, not finished, not in ``skip``."""
+    for run in sorted((out / "runs").glob("*")):
+        if run.name in skip or (run / "summary.json").exists():
+            continue
+        if (run / "checkpoints" / "step-000002" / "state.json").exists():
+            return run
+    return None
+
+
+def _train_pids(folder: Path) -> list[int]:
+    """The `gpo train` processes whose --out is inside ``folder``."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = any(a.startswith(str(folder).encode()) for a in args)
+        if ours and b"train" in args and b"sweep" not in args:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _numbers(run: Path) -> dict[str, Any]:
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("train_seconds", "run_dir"):  # time, and where the sweep was
+        summary.pop(key)
+    return summary
+
+
+def _weights(run: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "final" / "model.safetensors")
+
+
+def _assert_same_runs(out: Path, reference: Path) -> None:
+    import torch
+
+    names = sorted(p.name for p in (reference / "runs").iterdir())
+    assert sorted(p.name for p in (out / "runs").iterdir()) == names and len(names) == 4
+    for name in names:
+        a, b = out / "runs" / name, reference / "runs" / name
+        assert _numbers(a) == _numbers(b), name
+        assert read_metrics(a) == read_metrics(b), name  # bitwise: losses, evals, KL, win rate
+        wa, wb = _weights(a), _weights(b)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+
+
+# --- the three executors on one sweep -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory, tiny_model_dir, tiny_data_file) -> Path:
+    root = tmp_path_factory.mktemp("executors")
+    _config(root / "local.yaml", tiny_model_dir, tiny_data_file, jobs=2)
+    _config(root / "ray.yaml", tiny_model_dir, tiny_data_file, executor="ray", cpus_per_run=1)
+    _config(
+        root / "slurm.yaml",
+        tiny_model_dir,
+        tiny_data_file,
+        executor="slurm",
+        slurm_cluster="local",
+        slurm_array_parallelism=2,
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_sweep(sweeps) -> Path:
+    out = sweeps / "local"
+    env = _env(sweeps / "cache-local")
+    cmd = _sweep_cmd(sweeps / "local.yaml", out)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_sweep(sweeps) -> dict[str, Any]:
+    """The Ray sweep: a worker killed with kill -9 mid-run, then the driver stopped (SIGINT) while
+    another run is mid-run, then started again. What was seen on the way."""
+    out, env = sweeps / "ray", _env(sweeps / "cache-ray")
+    cmd = _sweep_cmd(sweeps / "ray.yaml", out)
+    with open(sweeps / "ray-1.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            killed = _wait_for("a checkpoint", lambda: _checkpointed(out, set()), proc)
+            child = _train_pids(killed)[0]
+            os.kill(child, signal.SIGSTOP)  # holds it mid-run (SIGKILL still reaches it)
+            worker = _ppid(child)
+            os.kill(worker, signal.SIGKILL)
+            seen = {killed.name}
+            stopped = _wait_for("a second checkpoint", lambda: _checkpointed(out, seen), proc)
+            child = _train_pids(stopped)[0]
+            os.kill(child, signal.SIGSTOP)  # it is mid-run when the driver is stopped
+            os.kill(proc.pid, signal.SIGINT)
+            time.sleep(2)
+            os.kill(child, signal.SIGCONT)  # now it gets the SIGTERM its task sent it
+            first_rc = proc.wait(timeout=240)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    leftovers = _train_pids(out)
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return {
+        "out": out,
+        "first": (sweeps / "ray-1.log").read_text(),
+        "first_rc": first_rc,
+        "worker": worker,
+        "killed": killed,
+        "stopped": stopped,
+        "leftovers": leftovers,
+        "finished": finished,
+        "again": again,
+    }
+
+
+@pytest.fixture(scope="module")
+def slurm_sweep(sweeps) -> dict[str, Any]:
+    """The Slurm sweep (submitit's local executor); one job gets USR2 (preemption) mid-run."""
+    out, env = sweeps / "slurm", _env(sweeps / "cache-slurm")
+    cmd = _sweep_cmd(sweeps / "slurm.yaml", out)
+    with open(sweeps / "slurm.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            run = _wait_for("a checkpoint", lambda: _checkpointed(out, set()), proc)
+            child = _train_pids(run)[0]
+            os.kill(child, signal.SIGSTOP)
+            os.kill(_ppid(child), signal.SIGUSR2)  # what Slurm sends before preempting
+            time.sleep(2)
+            os.kill(child, signal.SIGCONT)
+            rc = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return {"out": out, "rc": rc, "log": (sweeps / "slurm.log").read_text(), "preempted": run}
+
+
+@pytest.mark.slow
+def test_ray_gives_the_local_numbers_despite_a_kill_9_and_a_driver_restart(
+    ray_sweep, local_sweep
+) -> None:
+    r = ray_sweep
+    assert r["again"].returncode == 0, r["again"].stdout[-3000:] + r["again"].stderr[-3000:]
+    _assert_same_runs(r["out"], local_sweep)
+    # The pre-build filled the cache: no run computed a reference log-prob itself.
+    for log in r["out"].glob("runs/*/train.log"):
+        assert ", 0 computed (" in log.read_text(), log
+    first = r["first"]
+    assert "ray: started a local instance" in first and "pre-built for 1 group(s)" in first
+    assert "sweep: 0/4 done, 1 running, 0 failed, 3 waiting" in first  # the status line
+
+
+@pytest.mark.slow
+def test_a_killed_ray_worker_does_not_stop_the_sweep_and_its_run_resumes(ray_sweep) -> None:
+    r, killed = ray_sweep, ray_sweep["killed"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(r["worker"], 0)
+    log = (killed / "train.log").read_text()
+    assert "resuming at step " in log, log[-2000:]  # Ray's retry, from the newest checkpoint
+    assert "FAILED" not in r["first"]
+
+
+@pytest.mark.slow
+def test_a_stopped_ray_driver_restarts_without_training_a_run_twice(ray_sweep) -> None:
+    r = ray_sweep
+    assert r["first_rc"] == 130, r["first"][-3000:]
+    assert "sweep: interrupted; stopped" in r["first"]
+    assert r["leftovers"] == []  # no run process outlived the driver: no second writer
+    again = r["again"].stdout
+    for name, mtime in r["finished"].items():  # finished before: skipped, not retrained
+        assert f"{name}: finished before, skipped" in again
+        assert (r["out"] / "runs" / name / "summary.json").stat().st_mtime_ns == mtime
+    stopped = r["stopped"].name
+    assert stopped not in r["finished"]
+    log = (r["stopped"] / "train.log").read_text()
+    assert log.count("resuming at step ") >= 1 and f"{stopped}: started" in again
+
+
+@pytest.mark.slow
+def test_slurm_gives_the_local_numbers_and_a_preempted_job_resumes(slurm_sweep, local_sweep):
+    s = slurm_sweep
+    assert s["rc"] == 0, s["log"][-3000:]
+    _assert_same_runs(s["out"], local_sweep)
+    log = (s["preempted"] / "train.log").read_text()
+    assert "resuming at step " in log, log[-2000:]
+    assert "slurm: submitted 4 job(s)" in s["log"]
+    requeued = [p for p in (s["out"] / "slurm").rglob("*_log.*") if "Requeued" in p.read_text()]
+    assert requeued, "no job was requeued"
+
+
+def test_progress_counts_runs_and_estimates_the_time_left(capsys, monkeypatch) -> None:
+    from gpo.experiments.executors import common
+
+    now = [0.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
+    progress = common.Progress(["a", "b", "c", "d"])
+    progress.skipped("a")
+    progress.started("b", "node1")
+    progress.started("c", "node2")
+    progress.status(waiting=1)
+    now[0] = 100.0
+    progress.finished("b", True, 100.0, "done in 100 s")
+    progress.started("d", "node1")
+    now[0] = 130.0
+    progress.status(waiting=0)
+    progress.status(waiting=0)  # nothing changed: said once
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "[1/4] a: finished before, skipped",
+        "[2/4] b: started on node1",
+        "[3/4] c: started on node2",
+        "sweep: 1/4 done, 2 running, 0 failed, 1 waiting",
+        "[2/4] b: done in 100 s",
+        "[4/4] d: started on node1",
+        # c has run 130 s of 100 (0 left), d 30 s (70 left); two at once
+        "sweep: 2/4 done, 2 running, 0 failed, 0 waiting; about 35 s left",
+    ]
+
+
+# --- bad setups: one line, exit 2, before any run -------------------------------------------------
+
+
+def _one_line_error(capfd: Any) -> str:
+    err = capfd.readouterr().err
+    assert err.startswith("gpo: error: ") and err.count("\n") == 1, err
+    return err.strip()
+
+
+def test_bad_setups_fail_in_one_line_before_any_run(
+    tmp_path, tiny_model_dir, tiny_data_file, capfd, monkeypatch
+) -> None:
+    cfg = _config(tmp_path / "ray.yaml", tiny_model_dir, tiny_data_file, executor="ray")
+    out = tmp_path / "out"
+    args = ["sweep", "--config", str(cfg), "--out", str(out)]
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        assert main([*args, "--ray-address", address]) == 2
+        assert f"cannot reach 127.0.0.1:{port}" in _one_line_error(capfd)
+    (tmp_path / "file").write_text("x")
+    assert main(["sweep", "--config", str(cfg), "--out", str(tmp_path / "file" / "s")]) == 2
+    assert "is not writable: Not a directory" in _one_line_error(capfd)
+    for module, extra in (("ray", "ray"), ("submitit", "slurm")):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+        assert main([*args, "--executor", extra]) == 2
+        assert f"pip install 'gpo[{extra}]'" in _one_line_error(capfd)
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert main([*args, "--executor", "slurm"]) == 2
+    assert "sbatch is not on PATH" in _one_line_error(capfd)
+    assert not (out / "runs").exists()
+
+
+def test_gpus_per_run_without_a_gpu_fails_before_any_run(
+    tmp_path, tiny_model_dir, tiny_data_file
+) -> None:
+    cfg = _config(
+        tmp_path / "gpu.yaml", tiny_model_dir, tiny_data_file, executor="ray", gpus_per_run=1
+    )
+    env = {**_env(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        _sweep_cmd(cfg, tmp_path / "out"), capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "gpo: error: gpus_per_run 1: no node of the Ray cluster has that many GPUs "
+        "(most on one node: 0)\n"
+    )
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_a_worker_that_cannot_see_or_write_the_sweep_folder_says_so(tmp_path) -> None:
+    assert "does not see the sweep folder" in probe_folder(str(tmp_path), ".probe-x")
+    (tmp_path / ".probe-x").write_text("gpo sweep")
+    assert probe_folder(str(tmp_path), ".probe-x") == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".probe-x"]
+
+
+def test_slurm_print_commands_shows_the_sbatch_script(
+    tmp_path, tiny_model_dir, tiny_data_file, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no Slurm needed to print
+    cfg = _config(
+        tmp_path / "s.yaml",
+        tiny_model_dir,
+        tiny_data_file,
+        executor="slurm",
+        slurm_partition="gpu",
+        slurm_time=90,
+        slurm_array_parallelism=3,
+        cpus_per_run=4,
+        gpus_per_run=1,
+        slurm_extra={"account": "lab"},
+    )
+    assert (
+        main(["sweep", "--config", str(cfg), "--out", str(tmp_path / "s"), "--print-commands"]) == 0
+    )
+    script = capsys.readouterr().out
+    for line in (
+        "#SBATCH --array=0-3%3",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=90",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --account=lab",
+        "#SBATCH --signal=USR2@90",
+    ):
+        assert line in script.splitlines(), line
+    assert "-m submitit.core._submit" in script
+    assert len((tmp_path / "s" / "commands.sh").read_text().splitlines()) == 4
+
+
+# --- one writer per run; the run dies with its worker ---------------------------------------------
+
+
+def _task(tmp_path: Path, code: str) -> Task:
+    def build(python: str) -> tuple[list[str], dict[str, str]]:
+        return [python, "-c", code], {}
+
+    return Task("t", tmp_path / "t.log", tmp_path / "locks" / "t.lock", build)
+
+
+def test_a_task_waits_for_an_earlier_attempt_at_its_run(tmp_path) -> None:
+    import fcntl
+
+    task = _task(tmp_path, "print('ran')")
+    task.lock.parent.mkdir()
+    fd = os.open(task.lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # an earlier attempt's process still holds the run
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(run_task(task)))
+    thread.start()
+    time.sleep(1.5)
+    assert not result and not task.log.exists()
+    os.close(fd)
+    thread.join(60)
+    assert result[0].code == 0 and task.log.read_text() == "ran\n"
+    (tmp_path / "done").write_text("")
+    task.done_file = tmp_path / "done"
+    assert run_task(task).skipped
+
+
+def test_the_run_dies_with_its_worker(tmp_path) -> None:
+    """kill -9 of the process running a task takes its command with it (no orphan writer)."""
+    pid_file = tmp_path / "child.pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(99)"
+    task = Task("t", tmp_path / "t.log", tmp_path / "locks" / "t.lock", _Sleeper(code))
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import pickle, sys; from gpo.experiments.executors.common "
+         "import run_task; run_task(pickle.loads(sys.stdin.buffer.read()))"],
+        stdin=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},  # _Sleeper's module
+    )  # fmt: skip
+    worker.stdin.write(pickle.dumps(task))  # type: ignore[union-attr]
+    worker.stdin.close()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert _ppid(child) == worker.pid
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and "Z" not in _state(child):
+        assert time.monotonic() < deadline, "the child outlived its worker"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+class _Sleeper:
+    """A picklable build function (the task goes to another process)."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __call__(self, python: str) -> tuple[list[str], dict[str, str]]:
+        return [python, "-c", self.code], {}
+
+
+# --- issue 27: judge credentials travel in the environment (and see tests/test_sweep.py) ----------
+
+
+def test_cluster_runs_travel_masked_and_get_their_credentials_on_the_worker(
+    tmp_path, monkeypatch
+) -> None:
+    cfg = SweepConfig(base={"judge": JUDGE, "judge_prompts": 2}, grid={"beta": [0.1, 1.0]})
+    masked, env = masked_runs(plan(cfg, tmp_path))
+    assert SECRET.encode() not in pickle.dumps(masked)  # what submitit writes to the folder
+    assert SECRET in env[SWEEP_SECRETS_ENV]
+    monkeypatch.setenv(SWEEP_SECRETS_ENV, env[SWEEP_SECRETS_ENV])  # on the worker
+    cmd, extra = sweep_mod.run_command(masked[0], sys.executable)
+    assert not any(SECRET in arg for arg in cmd) and MASKED in cmd
+    assert json.loads(extra[SECRET_OPTIONS_ENV]) == {"judge": JUDGE}
