@@ -49,7 +49,13 @@ def add_sweep_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"a built-in sweep ({presets}); --config keys override it",
     )
     p.add_argument("--out", metavar="DIR", help="sweep folder (default runs/sweep-<name>-<time>)")
-    p.add_argument("--jobs", type=int, metavar="N", help="runs at once (default: the config's)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="runs at once (default: the config's; with --executor ray: as many as the "
+        "cluster fits)",
+    )
     p.add_argument(
         "--print-commands",
         action="store_true",

@@ -64,7 +64,7 @@ class SweepConfig:
     base: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     sft: SftConfig | None = None
-    jobs: int | None = None  # runs at once: local default 1; ray: at most this many (default: all)
+    jobs: int | None = None  # local: runs at once (default 1); ignored by ray and slurm
     executor: str = "local"  # local | ray | slurm
     cpus_per_run: int = 1  # ray, slurm: CPU cores of each run (its OMP_NUM_THREADS)
     gpus_per_run: float = 0  # ray, slurm: GPUs of each run (ray allows a fraction)
@@ -359,9 +359,9 @@ def _run(
         slurm = executor == "slurm"
         print(backend.script(sweep_dir, len(runs)) if slurm else "\n".join(lines))
         return 0
-    jobs = jobs or cfg.jobs
-    if backend is None:
-        jobs = jobs or 1
+    # The config's `jobs` is this machine's (presets set it for 2 cores); on a cluster the
+    # resources per run decide, and only --jobs caps them.
+    jobs = (jobs or cfg.jobs or 1) if backend is None else jobs
     resolved = redacted(
         {"sweep": cfg, "sweep_dir": str(sweep_dir), "jobs": jobs, "runs": len(runs)}
     )

@@ -9,6 +9,7 @@ node sees; a probe task checks it before any run starts.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 import uuid
@@ -76,6 +77,11 @@ class RayExecutor:
         t0 = time.perf_counter()
         if self.address is not None:
             check_reachable(self.address)
+        extra: dict[str, Any] = {}
+        if self.address is None:  # a local instance's workers inherit our environment
+            os.environ.update(env)
+        else:  # a cluster's workers get it from the job (a runtime env: ~1 s per worker)
+            extra["runtime_env"] = {"env_vars": {**forwarded_env(), **env}}
         try:
             with warnings.catch_warnings():  # Ray Client warns, then raises: one line is enough
                 warnings.simplefilter("ignore")
@@ -84,7 +90,7 @@ class RayExecutor:
                     include_dashboard=False,
                     logging_level=logging.ERROR,
                     log_to_driver=False,
-                    runtime_env={"env_vars": {**forwarded_env(), **env}},
+                    **extra,
                 )
         except (ConnectionError, RuntimeError) as e:
             raise ValueError(f"--ray-address {self.address}: {e}") from None
