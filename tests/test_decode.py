@@ -8,10 +8,11 @@ import warnings
 
 import pytest
 import torch
+from draws import chi_square_pvalue
 from scipy import stats
 
 from gpo.models.decode import decode, decode_with_logps, pick_tokens
-from gpo.models.sampling import _generate, cut_at_eos, eos_ids, pad_id, sample
+from gpo.models.sampling import _generate, cut_at_eos, eos_ids, fast_decode_ok, pad_id, sample
 from gpo.models.tiny import tiny_model_and_tokenizer
 
 
@@ -52,13 +53,8 @@ def test_draws_follow_the_models_distribution(tiny, temperature):
     probs = _first_token_probs(model, prompts[0], temperature)
     g = torch.Generator().manual_seed(0)
     out = decode(model, [prompts[0]], 6000, 1, set(), 0, temperature, 1.0, g)
-    counts = torch.bincount(torch.tensor([ids[0] for ids in out]), minlength=len(probs)).double()
-    keep = probs * 6000 >= 5  # the chi-square approximation needs expected counts >= 5
-    expected, observed = probs[keep] * 6000, counts[keep]
-    if not keep.all():  # the rare tokens pooled into one bin
-        expected = torch.cat([expected, probs[~keep].sum(0, keepdim=True) * 6000])
-        observed = torch.cat([observed, counts[~keep].sum(0, keepdim=True)])
-    p = stats.chisquare(observed.numpy(), expected.numpy() * observed.sum().item() / 6000).pvalue
+    counts = torch.bincount(torch.tensor([ids[0] for ids in out]), minlength=len(probs))
+    p = chi_square_pvalue(counts, probs)
     assert p > 1e-3, p
 
 
@@ -70,11 +66,21 @@ def test_top_p_keeps_the_nucleus_as_transformers_defines_it():
     expected = torch.softmax(warped, -1)
     g = torch.Generator().manual_seed(2)
     draws = torch.stack([pick_tokens(logits, 1.0, 0.7, g) for _ in range(4000)])
-    for row in range(4):
-        outside = (expected[row] == 0).nonzero().squeeze(1)
-        assert not torch.isin(draws[:, row], outside).any()
-        freq = torch.bincount(draws[:, row], minlength=50).double() / 4000
-        assert torch.allclose(freq, expected[row].double(), atol=0.03)
+    for row in range(4):  # a draw outside the nucleus gives p = 0
+        p = chi_square_pvalue(torch.bincount(draws[:, row], minlength=50), expected[row])
+        assert p > 1e-3, (row, p)
+
+
+@pytest.mark.parametrize("u", [0.0, 1.0])
+def test_no_token_of_probability_zero_at_either_end_of_the_uniform_draw(monkeypatch, u):
+    """rand's lowest value, 0, and the total that ``rand * total`` can round up to (1.0 here):
+    neither may pick a token that has probability 0, whether a -inf logit or cut by top-p."""
+    inf = float("inf")
+    masked = torch.tensor([[-inf, 0.0, 0.5, -inf], [-inf, -inf, 1.0, -inf]])
+    cut = torch.tensor([[0.0, 4.0, 1.0, 0.0], [-2.0, 3.0, 3.0, -2.0]])  # top-p 0.6 cuts 0 and 3
+    monkeypatch.setattr(torch, "rand", lambda *shape, **_: torch.full(shape, u))
+    assert torch.isin(pick_tokens(masked, 1.0, 1.0, None), torch.tensor([1, 2])).all()
+    assert torch.isin(pick_tokens(cut, 1.0, 0.6, None), torch.tensor([1, 2])).all()
 
 
 def test_samples_have_generates_distribution_of_sequence_logprobs(tiny):
@@ -108,7 +114,7 @@ def test_a_model_the_loop_cannot_drive_falls_back_to_generate(tiny, monkeypatch)
     from transformers import StaticCache
 
     def no_static_cache(*args, **kwargs):  # as a model whose attention cannot use it
-        if isinstance(kwargs.get("cache"), StaticCache):
+        if any(isinstance(kwargs.get(k), StaticCache) for k in ("cache", "past_key_values")):
             raise TypeError("this model does not support a static cache")
         return forward(*args, **kwargs)
 
@@ -119,6 +125,107 @@ def test_a_model_the_loop_cannot_drive_falls_back_to_generate(tiny, monkeypatch)
     assert any("model.generate instead" in str(w.message) for w in seen)
     greedy = sample(model, tok, prompts[:3], 2, 5, temperature=0, seed=0)
     assert out.completion_ids == greedy.completion_ids
+
+
+def test_the_decode_loop_drives_the_installed_transformers(tiny):
+    """On every transformers version the package allows (CI runs this file on the oldest too),
+    gpo's loop passes its self-check: its cache goes in under the name the model's forward
+    takes (``cache`` from 5.2x, ``past_key_values`` before), so sampling keeps the fast path."""
+    _, tok, prompts = tiny
+    fresh, _ = tiny_model_and_tokenizer(seed=3)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert fast_decode_ok(fresh, prompts, eos_ids(fresh, tok), pad_id(fresh, tok))
+        out = sample(fresh, tok, prompts, 2, 6, seed=0)
+    assert out.logps is not None
+    assert not any("model.generate instead" in str(w.message) for w in seen)
+
+
+def _spied(model, calls: list[int]):
+    """``model`` whose forward records the number of rows of every call."""
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    model.forward = counting
+    return model
+
+
+def test_self_check_runs_the_cache_row_repeat_and_the_compaction(tiny):
+    """The check must drive the loop as sampling does: 3 prompts, each prompt's cache rows
+    repeated (6 rows), then fewer rows once one prompt's rows have ended (compaction)."""
+    _, tok, prompts = tiny
+    calls: list[int] = []
+    spied = _spied(tiny_model_and_tokenizer(seed=3)[0], calls)
+    by_length = prompts[:5]  # lengths 2 to 6, sorted as sample() passes them
+    assert fast_decode_ok(spied, by_length, eos_ids(spied, tok), pad_id(spied, tok))
+    assert max(calls) == 6, calls  # 3 prompts x 2 rows from one prefill each
+    assert any(3 < n < 6 for n in calls), calls  # compacted to the rows still running
+
+
+def test_a_model_whose_rows_the_loop_puts_out_of_step_falls_back_to_generate(tiny):
+    """A model with per-row state beside its KV cache (as recurrent layers keep): the loop's
+    cache-row repeat puts that state out of step with the rows. Its greedy tokens would be
+    silently wrong; the self-check must see that and sample with ``generate``."""
+    _, tok, prompts = tiny
+    model2, _ = tiny_model_and_tokenizer(seed=3)
+    forward, vocab, state = model2.forward, model2.config.vocab_size, {}
+
+    def with_row_state(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        rows = kwargs["input_ids"].shape[0]
+        if kwargs["input_ids"].shape[1] > 1:  # a prompt pass: each row's state, kept in order
+            length = kwargs["attention_mask"].sum(1)
+            state["bias"] = torch.nn.functional.one_hot(10 + length, vocab) * 10.0
+        out.logits = out.logits + state["bias"][torch.arange(rows) % len(state["bias"])][:, None]
+        return out
+
+    model2.forward = with_row_state
+    pad, eos = pad_id(model2, tok), eos_ids(model2, tok)
+    greedy = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": pad}
+    expected = _generate(model2, prompts[:3], 2, {**greedy, "eos_token_id": sorted(eos)}, pad, 0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = sample(model2, tok, prompts[:3], 2, 5, temperature=0)
+    assert out.completion_ids == [cut_at_eos(ids, eos)[0] for ids in expected]
+    assert any("model.generate instead" in str(w.message) for w in seen)
+
+
+#: ``generation_config.json`` settings that change what ``generate`` draws: none may reach the
+#: fallback's samples or the self-check's reference tokens.
+FOREIGN_SETTINGS = {
+    "repetition_penalty": 5.0,
+    "no_repeat_ngram_size": 1,
+    "min_new_tokens": 8,
+    "min_p": 0.5,
+    "typical_p": 0.3,
+    "top_k": 3,
+    "temperature": 0.3,
+}
+
+
+def test_generate_ignores_the_models_generation_config(tiny, monkeypatch):
+    """Greedy: the model's own settings (and a suppressed token) change nothing, in the
+    self-check or the fallback; sampled: the fallback's first tokens are softmax(logits)."""
+    model, tok, prompts = tiny
+    foreign, _ = tiny_model_and_tokenizer(seed=3)  # model's weights, its own generation config
+    plain = sample(model, tok, prompts, 2, 8, temperature=0)
+    foreign.generation_config.update(
+        **FOREIGN_SETTINGS, suppress_tokens=[plain.completion_ids[0][0]]
+    )
+    kept = sample(foreign, tok, prompts, 2, 8, temperature=0)
+    assert kept.logps is not None  # the self-check passed: gpo's loop sampled
+    monkeypatch.setattr("gpo.models.sampling.fast_decode_ok", lambda *a, **k: False)
+    fallback = sample(foreign, tok, prompts, 2, 8, temperature=0)
+    assert fallback.completion_ids == kept.completion_ids == plain.completion_ids
+    out = sample(foreign, tok, [prompts[0]], 3000, 1, batch_size=3000, seed=0)
+    counts = torch.bincount(torch.tensor([ids[0] for ids in out.completion_ids]))
+    probs = _first_token_probs(model, prompts[0], 1.0)
+    p = chi_square_pvalue(torch.cat([counts, counts.new_zeros(len(probs) - len(counts))]), probs)
+    assert p > 1e-3, p
+    assert foreign.generation_config.repetition_penalty == 5.0  # the model's config is restored
 
 
 def test_lora_policy_is_sampled_through_a_merged_copy_and_left_untouched(tiny, active_lora):

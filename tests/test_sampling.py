@@ -1,5 +1,6 @@
 import pytest
 import torch
+from draws import chi_square_pvalue
 
 from gpo.models.sampling import Samples, cut_at_eos, encode_chat_prompts, sample
 from gpo.models.tiny import tiny_model_and_tokenizer
@@ -79,16 +80,18 @@ def test_left_padding_matches_one_at_a_time(tiny, prompt_ids):
 
 
 def test_sampling_distribution_is_the_models(tiny):
-    # temperature 1, top_p 1 must sample the full softmax (no hidden top-k): compare the first
-    # token's empirical frequencies with the model's next-token probabilities.
+    # temperature 1, top_p 1 must sample the full softmax (no hidden top-k): a chi-square test of
+    # the first token's counts against the model's next-token probabilities. 20000 draws: over
+    # 100+ bins the test then sees a shift of 2 points in one token's probability (EOS's 0.072
+    # at temperature 0.9 is 0.091), which a max-abs frequency error below 0.03 let pass.
     model, tok = tiny
     ids = encode_chat_prompts(tok, ["hello"])
     with torch.no_grad():
-        probs = model(torch.tensor(ids)).logits[0, -1].softmax(-1)
-    s = sample(model, tok, ids, num_samples=3000, max_new_tokens=1, batch_size=1000, seed=0)
+        probs = model(torch.tensor(ids)).logits[0, -1].double().softmax(-1)
+    s = sample(model, tok, ids, num_samples=20000, max_new_tokens=1, seed=0)
     counts = torch.bincount(torch.tensor([c[0] for c in s.completion_ids]), minlength=len(probs))
-    freq = counts.double() / counts.sum()
-    assert (freq - probs.double()).abs().max() < 0.03
+    p = chi_square_pvalue(counts, probs)
+    assert p > 1e-3, p
     assert (counts > 0).sum() > 50  # far more than a top-k would allow with this vocabulary
 
 

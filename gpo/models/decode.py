@@ -11,6 +11,9 @@ Compared with ``model.generate`` on CPU (docs/performance.md has the numbers):
 - **Sampling by inverse CDF**: one uniform number per row and a ``searchsorted`` over the
   cumulative probabilities, the same distribution as ``torch.multinomial`` at a tenth of its
   cost on CPU (which draws over the whole 49k vocabulary per row).
+- **Either cache argument**: the cache goes in as ``cache`` (transformers >= 5.2x) or
+  ``past_key_values`` (older), whichever the model's forward names
+  (:func:`gpo.models.logps.cache_argument`).
 - **Log-probs for free**: :func:`decode_with_logps` also sums each completion's log-probability
   from the logits it already has, so a KL estimate need not score the policy's samples again.
 
@@ -28,6 +31,7 @@ import torch
 from torch import Tensor
 
 from gpo.data.collate import pad_rows
+from gpo.models.logps import cache_argument
 
 #: Compact the batch once at least this share of its rows has finished.
 COMPACT_AT = 0.25
@@ -43,8 +47,13 @@ def pick_tokens(
     if top_p < 1.0:
         probs = _nucleus(probs, top_p)
     cdf = probs.cumsum(-1)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).clamp_(max=cdf.shape[1] - 1).squeeze(1)
+    total = cdf[:, -1:]
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * total
+    # Token i owns [cdf[i-1], cdf[i]): ``right=True`` gives the first cdf above u, so a token of
+    # probability 0 (cut by top-p, or a -inf logit) is never drawn, not even at u = 0; u stays
+    # below the total, which rand * total can round up to.
+    u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1).squeeze(1)
 
 
 def _nucleus(probs: Tensor, top_p: float) -> Tensor:
@@ -62,15 +71,22 @@ class _Batch:
         self.cache, self.mask, self.positions, self.rows = cache, mask, positions, rows
 
     def select(self, keep: Tensor) -> None:
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, keep)
-            layer.values = layer.values.index_select(0, keep)
-            layer.batch_size = len(keep)
+        take_cache_rows(self.cache, keep)
         self.mask, self.positions, self.rows = (
             self.mask[keep],
             self.positions[keep],
             self.rows[keep],
         )
+
+
+def take_cache_rows(cache: Any, index: Tensor) -> None:
+    """Keep (or repeat) the cache rows ``index``, in that order, in every layer."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, index)
+        layer.values = layer.values.index_select(0, index)
+        for name in ("batch_size", "max_batch_size"):  # the row count: transformers 5.x, 4.5x
+            if hasattr(layer, name):
+                setattr(layer, name, len(index))
 
 
 def can_compact(cache: Any) -> bool:
@@ -116,14 +132,15 @@ def decode_with_logps(
     ids, mask = ids.to(device), mask.to(device)
     width = ids.shape[1]
     cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+    cache_arg = cache_argument(model)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     out = model(
         input_ids=ids,
         attention_mask=mask,
         position_ids=positions,
-        cache=cache,
         use_cache=True,
         logits_to_keep=1,
+        **{cache_arg: cache},
     )
     logits = out.logits[:, -1].float()
     rows = torch.arange(len(prompts) * num_samples, device=device)
@@ -133,9 +150,7 @@ def decode_with_logps(
     if num_samples > 1:  # one prompt pass, its cache rows repeated for every sample
         repeat = torch.arange(len(prompts), device=device).repeat_interleave(num_samples)
         logits, batch.positions = logits[repeat], batch.positions[repeat]
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys[repeat], layer.values[repeat]
-            layer.batch_size = len(repeat)
+        take_cache_rows(cache, repeat)
     eos_t = torch.tensor(sorted(eos), device=device)
     tokens = torch.full((len(rows), max_new_tokens), pad, dtype=torch.long, device=device)
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
@@ -161,9 +176,9 @@ def decode_with_logps(
             input_ids=nxt[:, None],
             attention_mask=batch.mask[:, : width + t + 1],
             position_ids=batch.positions[:, None],
-            cache=batch.cache,
             cache_position=torch.tensor([width + t], device=device),
             use_cache=True,
+            **{cache_arg: batch.cache},
         )
         logits = out.logits[:, -1].float()
         batch.positions = batch.positions + 1

@@ -226,10 +226,25 @@ def sequence_logps(
     return _reduce(per_token, mask.nonzero()[:, 0], mask.sum(1), reduction)
 
 
-def _cache_argument(decoder: nn.Module) -> str:
-    """The KV-cache argument's name: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    params = inspect.signature(decoder.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+def cache_argument(model: nn.Module) -> str:
+    """The KV-cache argument's name: ``cache`` (transformers >= 5.2x) or ``past_key_values``.
+
+    Read from ``model.forward``'s signature; a wrapper that takes only ``**kwargs`` (a PEFT model,
+    a patched forward) is answered by its decoder, which the same transformers version defines.
+    """
+    for module in (model, _decoder_of(model)):
+        params = inspect.signature(module.forward).parameters if module is not None else {}
+        for name in ("cache", "past_key_values"):
+            if name in params:
+                return name
+    return "past_key_values"
+
+
+def _decoder_of(model: nn.Module) -> nn.Module | None:
+    try:
+        return model.get_decoder()  # type: ignore[operator]
+    except (AttributeError, NotImplementedError):
+        return None
 
 
 def _shared_prompt_logps(
@@ -245,7 +260,7 @@ def _shared_prompt_logps(
         position_ids=(batch.prompt_mask.cumsum(1) - 1).clamp(min=0),
         use_cache=True,
     )
-    cache_arg = _cache_argument(decoder)
+    cache_arg = cache_argument(decoder)
     cache = prompt[cache_arg]
     cache.batch_repeat_interleave(2)  # prompt i's cache for responses 2i and 2i + 1
     width = batch.completion_ids.shape[1]

@@ -7,7 +7,9 @@ which is used instead where the check fails). Each completion is cut after its f
 that its log-probability includes ending the turn) or left as is when ``max_new_tokens`` ran
 out. Sampling is ancestral at the given temperature over the FULL vocabulary (``top_k=0``:
 transformers otherwise silently applies top-50), so ``temperature=1, top_p=1`` draws from the
-model's own distribution. ``temperature=0`` means greedy decoding.
+model's own distribution. ``temperature=0`` means greedy decoding. ``generate`` gets a generation
+config built from these settings alone: nothing of the model's ``generation_config.json``
+(repetition penalty, ``min_p``, suppressed tokens, ...) applies, in the fallback or the check.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from gpo.data.collate import pad_rows
@@ -120,41 +123,98 @@ def _seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _no_model_generation_config(model: Any) -> Iterator[None]:
+    """Hide the model's own ``generation_config`` (every module's, a PEFT wrapper's included):
+    ``generate`` fills each setting not passed from it (transformers 5.x: every unset one; 4.5x:
+    every one left at the global default), so a passed config alone cannot keep a
+    ``repetition_penalty`` or ``min_p`` of the model's ``generation_config.json`` out."""
+    from transformers import GenerationConfig
+
+    saved = [(m, m.generation_config) for m in model.modules() if "generation_config" in vars(m)]
+    try:
+        for m, _ in saved:
+            m.generation_config = GenerationConfig()
+        yield
+    finally:
+        for m, config in saved:
+            m.generation_config = config
+
+
 def _generate(
     model: Any,
     prompts: Sequence[Sequence[int]],
     num_samples: int,
-    gen_kwargs: dict[str, Any],
+    settings: dict[str, Any],
     pad: int,
     seed: int | None,
 ) -> list[list[int]]:
-    """The same contract as :func:`gpo.models.decode.decode`, through ``model.generate``."""
+    """The same contract as :func:`gpo.models.decode.decode`, through ``model.generate`` with a
+    generation config of ``settings`` alone (see :func:`_no_model_generation_config`)."""
+    from transformers import GenerationConfig
+
     device = next(model.parameters()).device
     rows = [p for p in prompts for _ in range(num_samples)]
     input_ids, mask = pad_rows(rows, pad, "left")
     input_ids, mask = input_ids.to(device), mask.to(device)
-    with _seeded(seed):
-        generated = model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
+    config = GenerationConfig(**settings)
+    with _seeded(seed), _no_model_generation_config(model):
+        generated = model.generate(
+            input_ids=input_ids, attention_mask=mask, generation_config=config
+        )
     return generated[:, input_ids.shape[1] :].tolist()
+
+
+#: The self-check: greedy tokens, samples per prompt (the prompt's cache rows repeated), and the
+#: longest prompt suffix it uses (a one-time cost, whatever the prompts' length).
+_CHECK_TOKENS, _CHECK_SAMPLES, _CHECK_PROMPT_LEN = 6, 2, 64
+
+
+def _decode_matches_generate(
+    model: Any, prompts: Sequence[Sequence[int]], eos: set[int], pad: int
+) -> bool:
+    """gpo's loop against ``generate``, greedy, on the shortest, a middle and the longest prompt
+    (left padding), two rows per prompt from one prefill (the cache-row repeat), with one
+    prompt's rows also ended early (:func:`_token_of_one_row`) so that the batch is compacted
+    while the other rows go on: every path of the loop that sampling takes."""
+    picks = sorted({0, len(prompts) // 2, len(prompts) - 1})
+    few = [list(prompts[i])[-_CHECK_PROMPT_LEN:] for i in picks]
+    greedy = {"max_new_tokens": _CHECK_TOKENS, "do_sample": False, "pad_token_id": pad}
+    theirs = _generate(model, few, 1, {**greedy, "eos_token_id": sorted(eos)}, pad, None)
+    theirs = [cut_at_eos(ids, eos)[0] for ids in theirs]
+    # Greedy tokens do not depend on where rows stop: theirs, cut at the extra end token too,
+    # is the answer with it.
+    stop = eos | _token_of_one_row(theirs)
+    ours = decode(model, few, _CHECK_SAMPLES, _CHECK_TOKENS, stop, pad, temperature=0)
+    return ours == [cut_at_eos(ids, stop)[0] for ids in theirs for _ in range(_CHECK_SAMPLES)]
+
+
+def _token_of_one_row(rows: list[list[int]]) -> set[int]:
+    """A token that only one row has, before its last position (as an end token, it stops that
+    row while the others go on), preferably not its first, so that a step runs on all rows
+    before the compaction; empty when there is none."""
+    for first in (1, 0):
+        for i, row in enumerate(rows):
+            others = {t for j, other in enumerate(rows) if j != i for t in other}
+            for t in row[first:-1]:
+                if t not in others:
+                    return {t}
+    return set()
 
 
 def fast_decode_ok(
     model: Any, prompts: Sequence[Sequence[int]], eos: set[int], pad: int, holder: Any = None
 ) -> bool:
     """Whether gpo's decode loop gives ``generate``'s greedy tokens on this model (checked once
-    per model on two prompts, 4 tokens; the verdict is kept on the model object). A model whose
-    forward refuses the static cache falls back to ``generate`` with one notice."""
+    per model, :func:`_decode_matches_generate`, on ``prompts`` sorted by length; the verdict is
+    kept on the model object). A model whose forward refuses the static cache, or whose rows the
+    loop cannot repeat or drop, falls back to ``generate`` with one notice."""
     holder = model if holder is None else holder  # a merged copy's verdict is its source's
     ok = getattr(holder, _FAST_OK, None)
     if ok is None:
-        few = [list(p) for p in prompts[:2]]
-        greedy = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": pad}
-        greedy["eos_token_id"] = sorted(eos)
         try:
             with torch.inference_mode():
-                ours = decode(model, few, 1, 4, eos, pad, temperature=0)
-                theirs = _generate(model, few, 1, greedy, pad, None)
-            ok = ours == [cut_at_eos(ids, eos)[0] for ids in theirs]
+                ok = _decode_matches_generate(model, prompts, eos, pad)
         except (TypeError, ValueError, RuntimeError, AttributeError, NotImplementedError):
             ok = False
         if not ok:
@@ -176,12 +236,19 @@ def _adapters_active(model: Any) -> bool:
     return any(not m.disable_adapters for m in layers)
 
 
+def _all_float32(model: nn.Module) -> bool:
+    return all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
+
+
 @contextmanager
 def _sampling_view(model: Any) -> Iterator[Any]:
-    """The network to decode with: for a PEFT model with active adapters, a merged copy
-    (``W + s B A`` computed afresh, so the trained model is untouched), which runs each layer as
-    one matmul instead of three; otherwise the model itself."""
-    if not _adapters_active(model):
+    """The network to decode with: for a PEFT model with active adapters and float32 weights, a
+    merged copy (``W + s B A`` computed afresh, so the trained model is untouched), which runs
+    each layer as one matmul instead of three; otherwise the model itself. Half-precision base
+    weights are not merged: PEFT adds ``s B A`` into the bf16/fp16 weight, where an update below
+    about 2^-9 of an entry (early LoRA training's) rounds away, and the copy would be a different,
+    rounded policy. Unmerged, the adapters run in float32 beside the base layer, as in training."""
+    if not _adapters_active(model) or not _all_float32(model):
         yield model
         return
     merged = copy.deepcopy(model).merge_and_unload()
@@ -243,7 +310,7 @@ def sample(
         leave=False,
     )
     with _eval_mode(model), torch.inference_mode(), _sampling_view(model) as net:
-        fast = fast_decode_ok(net, [prompt_ids[i] for i in order[:2]], eos, pad, model)
+        fast = fast_decode_ok(net, [prompt_ids[i] for i in order], eos, pad, model)
         for batch, bseed in zip(batches, batch_seeds, strict=True):
             prompts = [prompt_ids[i] for i in batch]
             if fast:
