@@ -52,11 +52,33 @@ def _train_losses(run):
 
 @pytest.mark.parametrize("loss", ["logistic", "fdpo:js", "iupo:js"])
 def test_each_family_learns(tiny_model_dir, tiny_data_file, tmp_path, loss):
-    summary = train(_cfg(tiny_model_dir, tiny_data_file, tmp_path / loss, loss=loss, beta=0.5))
+    # One-token completions for the on-policy KL: then KL(pi_theta || pi_ref) is a finite sum
+    # over the vocabulary, computed exactly below from the saved policy and the initial model.
+    one_token = {"kl_samples": 4000, "max_new_tokens": 1}
+    cfg = _cfg(tiny_model_dir, tiny_data_file, tmp_path / loss, loss=loss, beta=0.5, **one_token)
+    summary = train(cfg)
     rows = [m for m in _metrics(tmp_path / loss) if "loss" in m]
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert rows[-1]["rewards/accuracies"] > max(0.6, rows[0]["rewards/accuracies"])
-    assert summary["eval"]["eval/kl"] >= -3 * summary["eval"]["eval/kl_se"] - 1e-6
+
+    import torch
+
+    from gpo.models.loading import load_model_and_tokenizer
+    from gpo.train.setup import prepare
+
+    policy, tok = load_model_and_tokenizer(str(tmp_path / loss / "final"))
+    ref, _ = load_model_and_tokenizer(str(tiny_model_dir))
+    exact = []
+    for p in prepare(cfg, tok).eval[: cfg.kl_prompts]:  # the prompts the evaluation sampled
+        x = torch.tensor([p.prompt_ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(policy(input_ids=x).logits[0, -1].double(), -1)
+            lq = torch.log_softmax(ref(input_ids=x).logits[0, -1].double(), -1)
+        exact.append((lp.exp() * (lp - lq)).sum().item())
+    truth = sum(exact) / len(exact)
+    kl, se = summary["eval"]["eval/kl"], summary["eval"]["eval/kl_se"]
+    assert truth > 6 * se, (truth, se)  # the policy moved: an estimate of 0 cannot pass below
+    assert abs(kl - truth) < 4 * se, (kl, se, truth)
     for name in ("summary.json", "config.json", "training.png", "kl_vs_mu_sq.png"):
         assert (tmp_path / loss / name).exists()
     assert (tmp_path / loss / "final" / "model.safetensors").exists()
