@@ -18,12 +18,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from test_sweep import JUDGE, MASKED, SECRET
+from test_sweep import _base as sweep_base
 
 from gpo.cli import main
 from gpo.experiments import sweep as sweep_mod
@@ -37,34 +40,12 @@ from gpo.experiments.sweep import SweepConfig, plan
 from gpo.train.tracking import read_metrics
 
 GRID = {"loss": ["logistic", "hinge"], "beta": [0.1, 1.0]}
-SECRET = "hunter2-s3cret"
-JUDGE = f"http:base_url=https://bob:{SECRET}@judge.example/v1,model=m"
-MASKED = "http:base_url=https://***@judge.example/v1,model=m"
 
 
 def _base(model_dir: Path, data_file: Path) -> dict[str, Any]:
-    return {
-        "model": str(model_dir),
-        "data": str(data_file),
-        "eval_fraction": 0.1,
-        "finetune": "full",
-        "batch_size": 4,
-        "learning_rate": 3e-3,
-        "lr_scheduler": "constant",
-        "warmup_ratio": 0.0,
-        "max_steps": 6,
-        "logging_steps": 1,  # a run stopped mid-window (SIGTERM) logs a shorter one on resume
-        "eval_schedule": "2:4,3",
-        "save_steps": 2,
-        "kl_prompts": 3,
-        "kl_samples": 2,
-        "max_new_tokens": 6,
-        "judge_prompts": 4,
-        "gold_eval_prompts": 0,
-        "save_final": True,  # the final weights are compared too
-        "report_to": ["none"],
-        "progress": False,
-    }
+    """tests/test_sweep.py's tiny sweep, logging every step (a run stopped mid-window by SIGTERM
+    logs a shorter window when it resumes) and saving its final weights (compared too)."""
+    return {**sweep_base(model_dir, data_file), "logging_steps": 1, "save_final": True}
 
 
 def _config(path: Path, model_dir: Path, data_file: Path, **extra: Any) -> Path:
@@ -81,6 +62,18 @@ def _env(cache: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # Its own reference cache: what a run reads there, the pre-build put there.
     return {**env, "HF_HUB_OFFLINE": "1", "GPO_CACHE_DIR": str(cache)}
+
+
+@contextmanager
+def _started(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """`gpo sweep` in the background, its output in ``log``; killed if the test fails."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def _wait_for(
@@ -183,25 +176,20 @@ def ray_sweep(sweeps) -> dict[str, Any]:
     another run is mid-run, then started again. What was seen on the way."""
     out, env = sweeps / "ray", _env(sweeps / "cache-ray")
     cmd = _sweep_cmd(sweeps / "ray.yaml", out)
-    with open(sweeps / "ray-1.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            killed = _wait_for("a checkpoint", lambda: _checkpointed(out, set()), proc)
-            child = _train_pids(killed)[0]
-            os.kill(child, signal.SIGSTOP)  # holds it mid-run (SIGKILL still reaches it)
-            worker = _ppid(child)
-            os.kill(worker, signal.SIGKILL)
-            seen = {killed.name}
-            stopped = _wait_for("a second checkpoint", lambda: _checkpointed(out, seen), proc)
-            child = _train_pids(stopped)[0]
-            os.kill(child, signal.SIGSTOP)  # it is mid-run when the driver is stopped
-            os.kill(proc.pid, signal.SIGINT)
-            time.sleep(2)
-            os.kill(child, signal.SIGCONT)  # now it gets the SIGTERM its task sent it
-            first_rc = proc.wait(timeout=240)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with _started(cmd, sweeps / "ray-1.log", env) as proc:
+        killed = _wait_for("a checkpoint", lambda: _checkpointed(out, set()), proc)
+        child = _train_pids(killed)[0]
+        os.kill(child, signal.SIGSTOP)  # holds it mid-run (SIGKILL still reaches it)
+        worker = _ppid(child)
+        os.kill(worker, signal.SIGKILL)
+        seen = {killed.name}
+        stopped = _wait_for("a second checkpoint", lambda: _checkpointed(out, seen), proc)
+        child = _train_pids(stopped)[0]
+        os.kill(child, signal.SIGSTOP)  # it is mid-run when the driver is stopped
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(2)
+        os.kill(child, signal.SIGCONT)  # now it gets the SIGTERM its task sent it
+        first_rc = proc.wait(timeout=240)
     leftovers = _train_pids(out)
     finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -223,19 +211,14 @@ def slurm_sweep(sweeps) -> dict[str, Any]:
     """The Slurm sweep (submitit's local executor); one job gets USR2 (preemption) mid-run."""
     out, env = sweeps / "slurm", _env(sweeps / "cache-slurm")
     cmd = _sweep_cmd(sweeps / "slurm.yaml", out)
-    with open(sweeps / "slurm.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            run = _wait_for("a checkpoint", lambda: _checkpointed(out, set()), proc)
-            child = _train_pids(run)[0]
-            os.kill(child, signal.SIGSTOP)
-            os.kill(_ppid(child), signal.SIGUSR2)  # what Slurm sends before preempting
-            time.sleep(2)
-            os.kill(child, signal.SIGCONT)
-            rc = proc.wait(timeout=600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with _started(cmd, sweeps / "slurm.log", env) as proc:
+        run = _wait_for("a checkpoint", lambda: _checkpointed(out, set()), proc)
+        child = _train_pids(run)[0]
+        os.kill(child, signal.SIGSTOP)
+        os.kill(_ppid(child), signal.SIGUSR2)  # what Slurm sends before preempting
+        time.sleep(2)
+        os.kill(child, signal.SIGCONT)
+        rc = proc.wait(timeout=600)
     return {"out": out, "rc": rc, "log": (sweeps / "slurm.log").read_text(), "preempted": run}
 
 
@@ -293,11 +276,11 @@ def test_slurm_gives_the_local_numbers_and_a_preempted_job_resumes(slurm_sweep, 
 
 
 def test_progress_counts_runs_and_estimates_the_time_left(capsys, monkeypatch) -> None:
-    from gpo.experiments.executors import common
+    from gpo.experiments.executors import progress as module
 
     now = [0.0]
-    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
-    progress = common.Progress(["a", "b", "c", "d"])
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    progress = module.Progress(["a", "b", "c", "d"])
     progress.skipped("a")
     progress.started("b", "node1")
     progress.started("c", "node2")

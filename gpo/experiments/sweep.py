@@ -37,13 +37,12 @@ from typing import Any
 from gpo.experiments.executors.common import (
     SweepInterrupted,
     check_writable,
-    describe,
     on_signals,
     run_tasks,
     stop,
-    tail,
 )
 from gpo.experiments.executors.prebuild import prebuild_tasks
+from gpo.experiments.executors.progress import describe, tail
 from gpo.experiments.executors.secrets import (
     SECRET_OPTIONS_ENV,
     masked_config,

@@ -1,5 +1,5 @@
 """What the cluster executors share: one task per run on a worker, the checks before the fan-out,
-the interrupt handling and the progress lines.
+the interrupt handling.
 
 A task runs the same ``gpo train`` command as the local executor, as a child process of the
 worker, with its output appended to ``runs/<name>/train.log``. It decides ``--resume`` when it
@@ -259,82 +259,3 @@ def forwarded_env() -> dict[str, str]:
     Hugging Face's and the thread settings. (A local instance's workers inherit them anyway.)"""
     prefixes = ("GPO_", "HF_", "TRANSFORMERS_", "OMP_", "MKL_")
     return {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
-
-
-def describe(run_dir: Path, seconds: float) -> str:
-    """A finished run in one line: its time, final win rate, KL and eval loss."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    ev = summary.get("eval", {})
-    parts = [f"done in {seconds:.0f} s"]
-    if "eval/win_rate" in ev:
-        parts.append(f"win rate {ev['eval/win_rate']:.3f} +- {ev['eval/win_rate_se']:.3f}")
-    if "eval/kl" in ev:
-        parts.append(f"KL {ev['eval/kl']:.3g} +- {ev['eval/kl_se']:.2g}")
-    if "eval/loss" in ev:
-        parts.append(f"eval loss {ev['eval/loss']:.4g}")
-    return ", ".join(parts)
-
-
-def tail(path: Path) -> str:
-    """The last non-empty line of a log (what a failed run said last)."""
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        return "(no log)"
-    return lines[-1] if lines else "(no output)"
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-
-
-class Progress:
-    """The local executor's per-run lines, and a status line whenever the counts change (at
-    least every ``every`` seconds): done, running, failed, waiting, and the time left at the
-    mean duration of the runs finished so far."""
-
-    def __init__(self, names: list[str], every: float = 60.0) -> None:
-        self.n = len(names)
-        self.index = {name: k + 1 for k, name in enumerate(names)}
-        self.done = self.failed = 0
-        self.running: dict[str, float] = {}  # name -> when it was seen running
-        self.seconds: list[float] = []
-        self.every, self._last, self._said = every, 0.0, ""
-
-    def line(self, name: str, text: str) -> None:
-        print(f"[{self.index[name]}/{self.n}] {name}: {text}", flush=True)
-
-    def skipped(self, name: str) -> None:
-        self.done += 1
-        self.line(name, "finished before, skipped")
-
-    def started(self, name: str, where: str) -> None:
-        if name not in self.running:
-            self.running[name] = time.monotonic()
-            self.line(name, f"started on {where}" if where else "started")
-
-    def finished(self, name: str, ok: bool, seconds: float, text: str) -> None:
-        self.running.pop(name, None)
-        if ok:
-            self.done += 1
-            self.seconds.append(seconds)
-        else:
-            self.failed += 1
-        self.line(name, text)
-
-    def status(self, waiting: int) -> None:
-        counts = (
-            f"{self.done}/{self.n} done, {len(self.running)} running, {self.failed} failed, "
-            f"{waiting} waiting"
-        )
-        now = time.monotonic()
-        if counts == self._said and now - self._last < self.every:
-            return
-        text = f"sweep: {counts}"
-        if self.seconds and (waiting or self.running):
-            mean = sum(self.seconds) / len(self.seconds)
-            at_once = max(1, len(self.running))
-            busy = sum(max(0.0, mean - (now - t)) for t in self.running.values())
-            text += f"; about {_minutes((mean * waiting + busy) / at_once)} left"
-        print(text, flush=True)
-        self._said, self._last = counts, now

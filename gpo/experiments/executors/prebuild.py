@@ -15,6 +15,7 @@ failed pre-build costs only speed: the runs then compute what they miss.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import sys
@@ -58,12 +59,16 @@ def prebuild_tasks(configs: list[TrainConfig], sweep_dir: Path, cpus: int) -> li
         if tc.ref_cache != "none":
             groups.setdefault(_group_key(tc), []).append(tc)
     tasks = []
-    for k, members in enumerate(groups.values()):
-        folder = sweep_dir / PREBUILD_DIR
+    folder = sweep_dir / PREBUILD_DIR
+    for key, members in groups.items():
+        # Named by what it builds: a restarted sweep skips what it built before.
+        name = "group-" + hashlib.blake2b(key.encode(), digest_size=5).hexdigest()
+        if (folder / f"{name}.done").is_file():
+            continue
         first = dataclasses.replace(
             members[0],
             max_steps=max(m.max_steps for m in members),
-            out=str(folder / f"group-{k}"),
+            out=str(folder / name),
             judge="gold",
             report_to=["none"],
             progress=False,
@@ -74,13 +79,13 @@ def prebuild_tasks(configs: list[TrainConfig], sweep_dir: Path, cpus: int) -> li
         )
         spec = {"config": saved_config(first), "seeds": sorted({m.seed for m in members})}
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"group-{k}.json").write_text(json.dumps(spec, indent=2) + "\n")
+        (folder / f"{name}.json").write_text(json.dumps(spec, indent=2) + "\n")
         tasks.append(
             Task(
-                name=f"prebuild group {k}",
-                log=folder / f"group-{k}.log",
-                lock=sweep_dir / LOCKS_DIR / f"prebuild-{k}.lock",
-                build=partial(prebuild_command, str(folder / f"group-{k}.json")),
+                name=f"prebuild {name}",
+                log=folder / f"{name}.log",
+                lock=sweep_dir / LOCKS_DIR / f"prebuild-{name}.lock",
+                build=partial(prebuild_command, str(folder / f"{name}.json")),
                 env=threads_env(cpus),  # the runs' threads: bit-equal log-probs
             )
         )
@@ -142,6 +147,7 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(cfg.out, ignore_errors=True)
     print(f"prebuild: {json.dumps(done)}", flush=True)
+    Path(argv[0]).with_suffix(".done").write_text(json.dumps(done) + "\n")
     return 0
 
 

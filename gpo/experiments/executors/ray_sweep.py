@@ -14,6 +14,7 @@ import socket
 import time
 import uuid
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,20 +22,16 @@ from urllib.parse import urlsplit
 from gpo.experiments.executors.common import (
     STOP_GRACE_S,
     ChildKilled,
-    Outcome,
-    Progress,
     SweepInterrupted,
     Task,
-    describe,
     forwarded_env,
-    lock_note,
     on_signals,
     probe_folder,
     require,
     run_task,
-    tail,
     wait_unlocked,
 )
+from gpo.experiments.executors.progress import begin, ended, prebuilt, seen_running
 
 #: Times Ray restarts a run whose worker died (each retry resumes from its checkpoint).
 MAX_RETRIES = 3
@@ -69,6 +66,7 @@ class RayExecutor:
         self.cfg, self.address = cfg, address
         self.session = uuid.uuid4().hex[:12]
         self.connected = False
+        self._task: Any = None
 
     def connect(self, sweep_dir: Path, env: dict[str, str]) -> None:
         """Everything that can fail before a run starts: the address, the resources, whether a
@@ -134,60 +132,41 @@ class RayExecutor:
             self.ray.shutdown()
             self.connected = False
 
-    def _remote(self, retries: int = MAX_RETRIES) -> Any:
-        return self.ray.remote(run_task).options(
-            num_cpus=self.cfg.cpus_per_run,
-            num_gpus=self.cfg.gpus_per_run,
-            max_retries=retries,
-            retry_exceptions=[ChildKilled],
-        )
+    def _remote(self) -> Any:
+        if self._task is None:
+            self._task = self.ray.remote(run_task).options(
+                num_cpus=self.cfg.cpus_per_run,
+                num_gpus=self.cfg.gpus_per_run,
+                max_retries=MAX_RETRIES,  # a dead worker; each retry resumes
+                retry_exceptions=[ChildKilled],  # its `gpo train` killed, e.g. by the OOM killer
+            )
+        return self._task
 
     def prebuild(self, tasks: list[Task]) -> None:
-        """The pre-build tasks, all at once; a failure is a warning (the runs compute it)."""
-        if not tasks:
-            return
-        t0 = time.perf_counter()
-        refs = [self._remote().remote(t) for t in tasks]
-        for task, ref in zip(tasks, refs, strict=True):
-            try:
-                out: Outcome = self.ray.get(ref)
-                ok = out.code == 0
-            except Exception:
-                ok = False
-            if not ok:
-                print(f"sweep: {task.name} failed (see {task.log}); the runs compute it")
-        print(
-            f"sweep: pi_ref's log-probs and opponents pre-built for {len(tasks)} group(s) in "
-            f"{time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
+        """The pre-build tasks, all at once."""
+        if tasks:
+            t0 = time.perf_counter()
+            refs = [self._remote().remote(t) for t in tasks]
+            prebuilt(tasks, [partial(self.ray.get, ref) for ref in refs], t0)
 
     def execute(self, runs: list[Any], tasks: list[Task], jobs: int | None) -> list[Any]:
         """Run the unfinished runs (``jobs``: at most this many at once; default: as many as
         the cluster fits); print progress; return the failed ones."""
-        progress = Progress([r.name for r in runs])
-        for run in runs:
-            if run.done:
-                progress.skipped(run.name)
-        todo = [(r, t) for r, t in zip(runs, tasks, strict=True) if not r.done]
-        pending: dict[Any, tuple[Any, Task, float]] = {}
+        progress, todo = begin(runs, tasks, self.session)
+        pending: dict[Any, tuple[Any, Task]] = {}
         failed: list[Any] = []
         restore = on_signals()
         try:
             while todo or pending:
                 while todo and len(pending) < (jobs or len(runs)):
                     run, task = todo.pop(0)
-                    task.session = self.session
-                    pending[self._remote().remote(task)] = (run, task, time.monotonic())
+                    pending[self._remote().remote(task)] = (run, task)
                 ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    run, task, t0 = pending.pop(ref)
-                    if not self._finished(ref, run, task, t0, progress):
+                    run, _ = pending.pop(ref)
+                    if not ended(run, partial(self.ray.get, ref), progress):
                         failed.append(run)
-                for run, task, _ in pending.values():
-                    note = lock_note(task.lock)
-                    if note.get("session") == self.session:
-                        progress.started(run.name, note.get("host", ""))
+                seen_running(progress, pending.values(), self.session)
                 progress.status(waiting=len(todo) + len(pending) - len(progress.running))
         except (KeyboardInterrupt, SweepInterrupted) as e:
             self._cancel(pending)
@@ -198,28 +177,12 @@ class RayExecutor:
             restore()
         return failed
 
-    def _finished(self, ref: Any, run: Any, task: Task, t0: float, progress: Progress) -> bool:
-        log = run.dir / "train.log"
-        try:
-            out: Outcome = self.ray.get(ref)
-        except Exception as e:  # retries used up, or the task itself failed
-            reason = " ".join(str(e).split())[-300:]
-            progress.finished(run.name, False, 0.0, f"FAILED: {reason} (log: {log})")
-            return False
-        progress.started(run.name, out.host)
-        if out.code == 0 and run.done:
-            progress.finished(run.name, True, out.seconds, describe(run.dir, out.seconds))
-            return True
-        text = f"FAILED (exit {out.code}): {tail(log)} (log: {log})"
-        progress.finished(run.name, False, out.seconds, text)
-        return False
-
-    def _cancel(self, pending: dict[Any, tuple[Any, Task, float]]) -> None:
+    def _cancel(self, pending: dict[Any, tuple[Any, Task]]) -> None:
         """Stop the running runs (each gets SIGTERM: a checkpoint) and wait until their
         processes are gone, so that a restarted sweep never meets a leftover writer."""
         for ref in pending:
             self.ray.cancel(ref)
-        locks = [task.lock for _, task, _ in pending.values()]
+        locks = [task.lock for _, task in pending.values()]
         held = wait_unlocked(locks, STOP_GRACE_S + 30)
         if held:
             print(f"sweep: still running after the grace period: {[p.stem for p in held]}")

@@ -22,18 +22,15 @@ from gpo.experiments.executors.common import (
     RUNNING,
     STOP_GRACE_S,
     Outcome,
-    Progress,
     SweepInterrupted,
     Task,
-    describe,
-    lock_note,
     on_signals,
     require,
     run_task,
     stop,
-    tail,
     wait_unlocked,
 )
+from gpo.experiments.executors.progress import begin, ended, prebuilt, seen_running
 
 SLURM_DIR = "slurm"
 
@@ -56,6 +53,8 @@ class SlurmExecutor:
     def __init__(self, cfg: Any) -> None:
         self.submitit = require("submitit", "slurm")
         self.cfg = cfg
+        if cfg.gpus_per_run != int(cfg.gpus_per_run):
+            raise ValueError(f"gpus_per_run {cfg.gpus_per_run:g}: Slurm gives whole GPUs")
         self.session = uuid.uuid4().hex[:12]
 
     def parameters(self) -> dict[str, Any]:
@@ -116,79 +115,42 @@ class SlurmExecutor:
         pass
 
     def prebuild(self, tasks: list[Task]) -> None:
-        if not tasks:
-            return
-        t0 = time.perf_counter()
-        jobs = self.executor.map_array(SlurmRun(), tasks)
-        for task, job in zip(tasks, jobs, strict=True):
-            try:
-                ok = job.result().code == 0
-            except Exception:
-                ok = False
-            if not ok:
-                print(f"sweep: {task.name} failed (see {task.log}); the runs compute it")
-        print(
-            f"sweep: pi_ref's log-probs and opponents pre-built for {len(tasks)} group(s) in "
-            f"{time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
+        """The pre-build tasks as one array, before the runs' array."""
+        if tasks:
+            t0 = time.perf_counter()
+            jobs = self.executor.map_array(SlurmRun(), tasks)
+            prebuilt(tasks, [job.result for job in jobs], t0)
 
     def execute(self, runs: list[Any], tasks: list[Task], jobs: int | None) -> list[Any]:
         """Submit the unfinished runs as one array; print progress; return the failed ones."""
-        progress = Progress([r.name for r in runs])
-        for run in runs:
-            if run.done:
-                progress.skipped(run.name)
-        todo = [(r, t) for r, t in zip(runs, tasks, strict=True) if not r.done]
-        for _, task in todo:
-            task.session = self.session
+        progress, todo = begin(runs, tasks, self.session)
         submitted = self.executor.map_array(SlurmRun(), [t for _, t in todo]) if todo else []
         if submitted:
             print(f"slurm: submitted {len(submitted)} job(s), first {submitted[0].job_id}")
-        pending = {
-            job.job_id: (job, run, task) for job, (run, task) in zip(submitted, todo, strict=True)
-        }
+        pending = {job: item for job, item in zip(submitted, todo, strict=True)}
         failed: list[Any] = []
         restore = on_signals()
         poll = 1.0 if self.cfg.slurm_cluster == "local" else 15.0
         try:
             while pending:
-                for key, (job, run, task) in list(pending.items()):
-                    note = lock_note(task.lock)
-                    if note.get("session") == self.session:
-                        progress.started(run.name, note.get("host", ""))
-                    if job.done():
-                        del pending[key]
-                        if not _finished(job, run, progress):
-                            failed.append(run)
+                seen_running(progress, pending.values(), self.session)
+                for job in [j for j in pending if j.done()]:
+                    run, _ = pending.pop(job)
+                    if not ended(run, job.result, progress):
+                        failed.append(run)
                 progress.status(waiting=len(pending) - len(progress.running))
                 if pending:
                     time.sleep(poll)
         except (KeyboardInterrupt, SweepInterrupted) as e:
-            for job, _, _ in pending.values():
+            for job in pending:
                 job.cancel(check=False)
-            wait_unlocked([task.lock for _, _, task in pending.values()], STOP_GRACE_S + 30)
+            wait_unlocked([task.lock for _, task in pending.values()], STOP_GRACE_S + 30)
             code = e.exit_code if isinstance(e, SweepInterrupted) else 130
             stopped = ", ".join(progress.running) or "no run"
             raise SweepInterrupted(stopped, code) from None
         finally:
             restore()
         return failed
-
-
-def _finished(job: Any, run: Any, progress: Progress) -> bool:
-    log = run.dir / "train.log"
-    try:
-        out: Outcome = job.result()
-    except Exception as e:
-        reason = " ".join(str(e).split())[-300:]
-        progress.finished(run.name, False, 0.0, f"FAILED: {reason} (log: {log})")
-        return False
-    if out.code == 0 and run.done:
-        progress.finished(run.name, True, out.seconds, describe(run.dir, out.seconds))
-        return True
-    progress.finished(run.name, False, out.seconds, f"FAILED (exit {out.code}): {tail(log)}")
-    return False
 
 
 def _mem(gb: float | None) -> str | None:
