@@ -430,6 +430,29 @@ def test_a_task_waits_for_an_earlier_attempt_at_its_run(tmp_path) -> None:
     assert run_task(task).skipped
 
 
+def test_a_run_still_running_from_an_earlier_sweep_is_not_started_again(tmp_path, capsys) -> None:
+    """A driver whose login dropped leaves its Slurm jobs running: a restarted sweep must not
+    start their runs a second time (it would wait on, then race, the old job)."""
+    import fcntl
+
+    from gpo.experiments.executors.progress import begin
+
+    cfg = SweepConfig(grid={"beta": [0.1, 1.0]})
+    runs = plan(cfg, tmp_path)
+    tasks = [_task(tmp_path / r.name, "pass") for r in runs]
+    tasks[0].lock.parent.mkdir(parents=True)
+    fd = os.open(tasks[0].lock, os.O_RDWR | os.O_CREAT)
+    os.write(fd, b'{"host": "node7"}')
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as the old job's `gpo train` holds it
+    try:
+        _, todo, busy = begin(runs, tasks, "now")
+    finally:
+        os.close(fd)
+    assert busy == [runs[0]] and [r for r, _ in todo] == [runs[1]]
+    out = capsys.readouterr().out
+    assert "still running from an earlier sweep (node7): not started again" in out
+
+
 def test_the_run_dies_with_its_worker(tmp_path) -> None:
     """kill -9 of the process running a task takes its command with it (no orphan writer)."""
     pid_file = tmp_path / "child.pid"

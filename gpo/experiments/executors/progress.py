@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from gpo.experiments.executors.common import Outcome, Task, lock_note
+from gpo.experiments.executors.common import Outcome, Task, lock_note, wait_unlocked
 
 
 def describe(run_dir: Path, seconds: float) -> str:
@@ -91,17 +91,30 @@ class Progress:
         self._said, self._last = counts, now
 
 
-def begin(runs: list[Any], tasks: list[Task], session: str) -> tuple[Progress, list[Any]]:
-    """The progress (finished runs said skipped) and the ``(run, task)`` pairs still to do."""
+def begin(
+    runs: list[Any], tasks: list[Task], session: str
+) -> tuple[Progress, list[Any], list[Any]]:
+    """The progress (finished runs said skipped), the ``(run, task)`` pairs to start, and the
+    runs still running from an earlier sweep (their lock is held: e.g. a Slurm job of a driver
+    whose login session dropped), which are not started a second time."""
     progress = Progress([r.name for r in runs])
-    todo = []
+    todo, busy = [], []
     for run, task in zip(runs, tasks, strict=True):
         if run.done:
             progress.skipped(run.name)
+        elif task.lock.exists() and wait_unlocked([task.lock], 0):
+            progress.finished(
+                run.name,
+                False,
+                0.0,
+                "still running from an earlier sweep "
+                f"({lock_note(task.lock).get('host', '?')}): not started again",
+            )
+            busy.append(run)
         else:
             task.session = session
             todo.append((run, task))
-    return progress, todo
+    return progress, todo, busy
 
 
 def seen_running(progress: Progress, pending: Iterable[tuple[Any, Task]], session: str) -> None:

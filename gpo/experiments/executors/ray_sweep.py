@@ -152,9 +152,8 @@ class RayExecutor:
     def execute(self, runs: list[Any], tasks: list[Task], jobs: int | None) -> list[Any]:
         """Run the unfinished runs (``jobs``: at most this many at once; default: as many as
         the cluster fits); print progress; return the failed ones."""
-        progress, todo = begin(runs, tasks, self.session)
+        progress, todo, failed = begin(runs, tasks, self.session)
         pending: dict[Any, tuple[Any, Task]] = {}
-        failed: list[Any] = []
         restore = on_signals()
         try:
             while todo or pending:

@@ -123,12 +123,11 @@ class SlurmExecutor:
 
     def execute(self, runs: list[Any], tasks: list[Task], jobs: int | None) -> list[Any]:
         """Submit the unfinished runs as one array; print progress; return the failed ones."""
-        progress, todo = begin(runs, tasks, self.session)
+        progress, todo, failed = begin(runs, tasks, self.session)
         submitted = self.executor.map_array(SlurmRun(), [t for _, t in todo]) if todo else []
         if submitted:
             print(f"slurm: submitted {len(submitted)} job(s), first {submitted[0].job_id}")
         pending = {job: item for job, item in zip(submitted, todo, strict=True)}
-        failed: list[Any] = []
         restore = on_signals()
         poll = 1.0 if self.cfg.slurm_cluster == "local" else 15.0
         try:
