@@ -9,13 +9,8 @@ import random
 import pytest
 
 from gpo.train.config import TrainConfig
-from gpo.train.kl_control import (
-    MAX_ERROR,
-    BetaController,
-    LRBrake,
-    ProxyCalibration,
-    rotating_window,
-)
+from gpo.train.kl_control import MAX_ERROR, BetaController, KLTrend, LRBrake, ProxyCalibration
+from gpo.train.kl_steering import ROLLBACK, SNAPSHOT, KLSteering, rotating_window
 
 
 def _controller(target: float, beta: float = 0.1, **kw: float) -> BetaController:
@@ -24,22 +19,57 @@ def _controller(target: float, beta: float = 0.1, **kw: float) -> BetaController
     return BetaController(target=target, beta=beta, **gains)
 
 
-def test_error_is_the_clipped_log_ratio():
+def test_error_is_the_clipped_log_ratio_above_a_floor():
     c = _controller(2.0)
     assert c.error(2.0) == 0.0
     assert c.error(4.0) == pytest.approx(math.log(2))
-    assert c.error(1e6) == MAX_ERROR and c.error(1e-9) == -MAX_ERROR
-    assert c.error(0.0) == -MAX_ERROR and c.error(-0.3) == -MAX_ERROR  # MC noise near pi_ref
+    assert c.error(1e6) == MAX_ERROR and c.error(1e-9) == pytest.approx(math.log(0.1))
+    # below a tenth of the target (Monte Carlo noise near pi_ref): not told apart
+    assert c.error(0.0) == c.error(-0.3) == c.error(0.2) == pytest.approx(math.log(0.1))
+    assert c.error(0.05, target=0.1) == 0.0  # the ramp's first aimed-at KLs, likewise
 
 
 def test_update_by_hand():
-    """log beta <- log beta + gain_i * e + gain_p * (e - e_prev)."""
+    """log beta <- log beta + gain_i * e * (1 + |e| / 2) * dt + gain_p * (e - e_prev)."""
     c = _controller(1.0, beta=0.1)
     c.update(math.e**0.5)  # e = 0.5, no previous error
-    assert c.beta == pytest.approx(0.1 * math.exp(0.3 * 0.5))
-    c.update(math.e**0.2)  # e = 0.2, change -0.3
-    assert c.beta == pytest.approx(0.1 * math.exp(0.15 + 0.3 * 0.2 + 0.5 * (0.2 - 0.5)))
-    assert c.updates == 2 and c.last_error == pytest.approx(0.2)
+    first = 0.3 * 0.5 * 1.25
+    assert c.beta == pytest.approx(0.1 * math.exp(first))
+    c.update(math.e**-0.2, dt=0.5)  # e = -0.2, change -0.7
+    second = 0.3 * -0.2 * 1.1 * 0.5 + 0.5 * (-0.2 - 0.5)
+    assert c.beta == pytest.approx(0.1 * math.exp(first + second))
+    assert c.updates == 2 and c.last_error == pytest.approx(-0.2)
+
+
+def test_the_slew_grows_with_the_error():
+    """A KL 10x the target moves log beta ~20x as far as one 1.25x; a linear slew: 10x."""
+    changes = []
+    for kl in (1.25, 10.0):
+        c = _controller(1.0, beta=0.1, gain_p=0.0)
+        changes.append(math.log(c.update(kl) / 0.1))
+    assert changes[1] / changes[0] > 1.8 * math.log(10) / math.log(1.25)
+
+
+def test_damping_is_not_divided_over_the_steps_between_measurements():
+    """Proxy mode updates every step with dt = 1 / kl_control_steps. The proportional-on-change
+    term telescopes over those steps to gain_p x (the error's change): it used to be divided by
+    kl_control_steps with the rest of the update (10x too weak a damping at the default 10)."""
+    c = _controller(1.0, beta=1.0, gain_i=0.0, gain_p=0.5)
+    c.update(1.0, 0.1)  # e = 0
+    for e in [0.1 * k for k in range(1, 11)]:  # the error rises to 1 over 10 steps
+        c.update(math.exp(e), 0.1)
+    assert math.log(c.beta) == pytest.approx(0.5 * 1.0)
+
+
+def test_the_integral_runs_at_the_pace_of_the_braked_learning_rate():
+    """Anti-windup: a KL above its target with the learning rate braked to 1% hardly winds beta
+    up (it used to climb towards kl_beta_max while the brake held the KL)."""
+    braked, free = _controller(1.0, gain_p=0.0), _controller(1.0, gain_p=0.0)
+    for _ in range(20):
+        braked.update(2.0, pace=0.01)
+        free.update(2.0)
+    assert braked.beta < 0.11 and free.beta > 10
+    assert math.log(braked.beta / 0.1) == pytest.approx(0.01 * math.log(free.beta / 0.1))
 
 
 def test_a_policy_farther_than_the_target_raises_beta_and_nearer_lowers_it():
@@ -131,20 +161,18 @@ def test_lr_brake_slows_a_drift_that_beta_cannot_hold():
     assert all(scale < 0.5 for _, scale in braked)
 
 
-def test_lr_brake_waits_for_the_end_of_the_ramp():
-    """During the ramp the aimed-at KL is below the target and beta alone corrects early
-    transients (Adam's first steps overshoot): the brake must not freeze the run then."""
-    from gpo.train.kl_control import KLSteering
-
+def test_during_the_ramp_the_brake_acts_only_on_a_kl_on_course_past_the_target():
+    """Adam's first steps overshoot the ramp, and beta corrects that: a KL ahead of the ramp
+    but flat below the target leaves the learning rate alone until the ramp ends (a brake
+    there froze runs early). A KL rising to pass the target by the ramp's end is braked."""
     cfg = TrainConfig(kl_target=2.0, kl_control_steps=2, kl_ramp=0.5, max_steps=20)
-    steering = KLSteering(cfg, n_prompts=10)
-
-    def far(indices: list[int], step: int) -> tuple[float, float]:
-        return 8.0, 0.5  # 4x the target
-
-    scales = [steering.after_step(s, 1.0, far)["kl_control/lr_scale"] for s in range(1, 21)]
-    assert scales[:9] == [1.0] * 9  # steps 1-9: the aimed-at KL is still rising
-    assert scales[-1] < scales[10] < 1.0
+    flat, rising = KLSteering(cfg, n_prompts=10), KLSteering(cfg, n_prompts=10)
+    ahead = [flat.after_step(s, 1.0, lambda i, s: (1.5, 0.05))["kl_control/lr_scale"]
+             for s in range(1, 10)]  # fmt: skip
+    assert ahead == [1.0] * 9
+    course = [rising.after_step(s, 1.0, lambda i, s: (0.3 * s, 0.05))["kl_control/lr_scale"]
+              for s in range(1, 10)]  # fmt: skip
+    assert course[-1] < 1.0
 
 
 def test_proxy_calibration_scales_the_running_mu_weighted_loss():
@@ -237,8 +265,6 @@ def test_a_steered_run_logs_beta_every_step_and_the_result(tiny_config, tmp_path
 def test_the_proxy_signal_moves_beta_every_step_once_calibrated():
     """Steps 1-2: no calibration yet, beta waits; step 2 measures KL 1.0 against a running
     mu-weighted loss of 0.5 (ratio 2); from then on each step's estimate drives beta."""
-    from gpo.train.kl_control import KLSteering
-
     cfg = TrainConfig(kl_target=4.0, kl_control_steps=2, kl_control_signal="proxy", kl_ramp=0.0)
     steering = KLSteering(cfg, n_prompts=10)
     asked: list[tuple[list[int], int]] = []
@@ -251,11 +277,12 @@ def test_the_proxy_signal_moves_beta_every_step_once_calibrated():
     logged = steering.after_step(2, 0.5, measure)
     assert logged["kl_control/kl"] == 1.0 and logged["kl_control/kl_proxy"] == 1.0
     assert asked == [(list(range(10)), 2)]  # 16 prompts asked, 10 held out: all of them
-    # error log(1/4) clipped to -1: gain_i * e / kl_control_steps
-    assert logged["kl_control/beta"] == pytest.approx(0.1 * math.exp(0.3 * -1 / 2))
-    betas = [steering.after_step(s, 0.5 * 2**s, measure)["kl_control/beta"] for s in (3, 5)]
+    # One measurement, no slope yet: KL 1 aimed at 4, e = log(1/4), for half a period.
+    e = math.log(0.25)
+    assert logged["kl_control/beta"] == pytest.approx(0.1 * math.exp(0.3 * e * (1 - e / 2) / 2))
+    betas = [steering.after_step(s, 0.5 * 2**s, measure)["kl_control/beta"] for s in (3, 4)]
     assert betas[0] != logged["kl_control/beta"] and betas[1] != betas[0]
-    assert len(asked) == 1  # odd steps do not sample
+    assert [step for _, step in asked] == [2, 4]  # step 3 moved beta without sampling
 
 
 def test_a_steered_run_without_held_out_prompts_is_refused(tiny_config):
@@ -307,3 +334,115 @@ def test_bad_kl_settings_exit_2_with_one_line_before_any_model_loads(flags, frag
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("gpo: error: ") and "\n" not in err
     assert fragment in err and "nonexistent" not in err
+
+
+# ------------------------------------------------ the steering on simulated runs (issue 28)
+
+
+class _Optimizer:
+    """What a rollback needs of an optimizer: a state to copy and to load back."""
+
+    def __init__(self) -> None:
+        self.state = {"moment": 0.0}
+
+    def state_dict(self) -> dict:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = dict(state)
+
+
+def _simulate(rate, target: float, beta: float, signal: str, seed: int, steps: int = 120):
+    """A run as the controller sees it: each step the KL moves by ``lr_scale * rate(beta, kl)``
+    (the KL lives in a one-element tensor: the weights a rollback restores); the batch's
+    mu-weighted loss is KL / 2 with 30% log-normal noise; a measurement is the KL with 25%
+    log-normal and 0.05 absolute noise. Returns the true final KL and the steering."""
+    import torch
+
+    cfg = TrainConfig(kl_target=target, beta=beta, kl_control_signal=signal, max_steps=steps)
+    steering, rng = KLSteering(cfg, n_prompts=64), random.Random(seed)
+    kl, opt = torch.zeros(1, dtype=torch.float64), _Optimizer()
+
+    def measure(indices: list[int], step: int) -> tuple[float, float]:
+        true = float(kl)
+        return true * rng.lognormvariate(0, 0.25) + rng.gauss(0, 0.05), 0.25 * true + 0.05
+
+    for step in range(1, steps + 1):
+        kl += steering.lr_scale * rate(steering.beta, float(kl))
+        kl.clamp_(min=0.0)
+        steering.after_step(step, float(kl) / 2 * rng.lognormvariate(0, 0.3), measure)
+        steering.act([kl], opt)
+    return float(kl), steering
+
+
+def _one_sided(beta: float, kl: float) -> float:
+    """Adam at a high learning rate: 0.15 nats a step at beta 0.1, never back, and at least
+    0.02 a step whatever beta is (only the learning rate can stop it)."""
+    return 0.02 + 0.13 * min(1.0, (0.1 / beta) ** 0.5)
+
+
+def _two_sided(beta: float, kl: float) -> float:
+    """IPO-like: the KL relaxes towards 0.3 / beta^2, 10% of the way a step, at most 0.15 nats
+    a step either way (Adam's pace)."""
+    return max(-0.15, min(0.15, 0.1 * (0.3 / beta**2 - kl)))
+
+
+@pytest.mark.parametrize("signal", ["proxy", "sampled"])
+def test_the_steering_lands_simulated_runs_it_was_not_tuned_on(signal):
+    """Fast one-sided drift (1.5 nats per 10 steps at the start: past a 1-nat target before the
+    first default measurement) and a two-sided response, targets 1 and 3, start beta 100x too
+    small, right-ish and 100x too large, 4 noise seeds: >= 90% end within 25%."""
+    ends = []
+    for rate in (_one_sided, _two_sided):
+        for target in (1.0, 3.0):
+            for beta in (0.001, 0.1, 10.0):
+                for seed in range(4):
+                    kl, _ = _simulate(rate, target, beta, signal, seed)
+                    ends.append(abs(kl / target - 1) <= 0.25)
+    assert sum(ends) >= 0.9 * len(ends), f"{sum(ends)} / {len(ends)}"
+
+
+def test_a_clear_overshoot_goes_back_to_the_newest_state_below_the_target():
+    import torch
+
+    cfg = TrainConfig(kl_target=1.0, kl_control_signal="sampled", max_steps=100)
+    steering = KLSteering(cfg, n_prompts=64)
+    script = {2: (0.5, 0.05), 6: (3.0, 0.05)}  # 4 is not measured: the interval doubles
+    weights, opt = torch.zeros(1), _Optimizer()
+    for step in range(1, 7):
+        weights += 1.0
+        opt.state["moment"] = float(step)
+        logged = steering.after_step(step, 0.1, lambda idx, s: script[s])
+        steering.act([weights], opt)
+        if step == 2:
+            assert steering.action == SNAPSHOT and steering.next_measure == 6
+    assert steering.action == ROLLBACK and logged["kl_control/rollback_to"] == 2.0
+    assert float(weights) == 2.0 and opt.state == {"moment": 2.0}  # as after step 2
+    # the rate seen (0.6 nats a step) against the one allowed (0.5 nats over half of 94 steps)
+    assert 0.01 <= steering.lr_scale < 0.05 and steering.rollbacks == 1
+    assert steering.next_measure == 8  # measured again soon
+
+
+def test_measurements_come_often_while_the_kl_moves_and_rarely_once_settled():
+    cfg = TrainConfig(kl_target=2.0, kl_control_steps=10, kl_control_min_steps=2)
+    steering = KLSteering(cfg, n_prompts=64)
+    band = 0.5 * cfg.kl_tolerance * 2.0  # 0.25 nats
+    assert steering.interval(band / 3, last=10) == 3  # moves the band in 3 steps
+    assert steering.interval(10.0, last=10) == 2  # never more often than min_steps
+    assert steering.interval(0.0, last=2) == 4  # flat: the interval doubles ...
+    assert steering.interval(0.0, last=8) == 10  # ... up to kl_control_steps
+    sizes: list[int] = []
+    steering.after_step(2, 0.1, lambda idx, s: (sizes.append(len(idx)) or (0.0, 0.05)))
+    assert sizes == [8]  # 2 steps of a 16-prompt budget per 10 steps: the floor of 8
+
+
+def test_the_trend_is_a_weighted_line_through_the_recent_measurements():
+    trend = KLTrend(window=10)
+    assert trend.fit(0) is None
+    for step in (2, 4, 6, 8):
+        trend.add(step, 0.5 + 0.25 * step, 0.1)
+    level, slope, se = trend.fit(8)
+    assert level == pytest.approx(2.5) and slope == pytest.approx(0.25)
+    assert 0 < se < 0.1  # four measurements: tighter than one
+    trend.add(30, 1.0, 0.1)  # the window keeps the last 10 steps, and at least two points
+    assert trend.steps == [8, 30]

@@ -37,8 +37,11 @@ class TrainConfig:
     logp_reduction: Literal["sum", "mean"] = "sum"  # 'mean' = per-token mean (TRL's IPO)
     # KL-targeted training (docs/kl-control.md): beta is then the starting value
     kl_target: float | None = None  # nats of KL(pi_theta || pi_ref) to steer beta towards
-    kl_control_steps: int = 10  # optimizer steps between sampled KL measurements
-    kl_control_prompts: int = 16  # held-out prompts per measurement (x kl_samples each)
+    kl_control_steps: int = 10  # most optimizer steps between KL measurements (when settled)
+    kl_control_min_steps: int = 2  # fewest steps between KL measurements (while the KL moves)
+    kl_control_prompts: int = 16  # held-out prompts per kl_control_steps of measuring
+    kl_tolerance: float = 0.25  # relative band around kl_target that counts as met
+    kl_rollback: bool = True  # overshoot: back to the newest state below the target
     kl_control_signal: Literal["proxy", "sampled"] = "proxy"  # or only the sampled KLs
     kl_ramp: float = 0.5  # share of max_steps over which the aimed-at KL rises to kl_target
     kl_gain_i: float = 0.3  # integral gain on log beta per measurement
@@ -126,6 +129,8 @@ class TrainConfig:
             "max_padding": 0 <= self.max_padding <= 1,
             "kl_target": self.kl_target is None or 0 < self.kl_target < math.inf,
             "kl_control_steps": self.kl_control_steps > 0,
+            "kl_control_min_steps": 0 < self.kl_control_min_steps <= self.kl_control_steps,
+            "kl_tolerance": 0 < self.kl_tolerance < 1,
             "kl_control_prompts": self.kl_control_prompts > 0,
             "kl_ramp": 0 <= self.kl_ramp <= 1,
             "kl_gain_i": 0 <= self.kl_gain_i < math.inf,

@@ -3,41 +3,48 @@
 The GPO paper (Tang et al. 2024, §5, Figs. 5-7) reaches a given KL only by sweeping beta; its
 loss ``f(beta * rho)`` sets the regularization, so beta is the natural knob. This controller
 closes the loop, after the adaptive KL controller of Ziegler et al. (2019, §2.2) for PPO: it
-works on ``log beta`` with the clipped log-error ``e = clip(log(KL / target), -c, c)``:
+works on ``log beta`` with the log-error ``e = clip(log(KL / KL_ref), -3, 3)`` (KLs below a
+tenth of the target are not told apart: Monte Carlo noise near pi_ref):
 
-    log beta <- log beta + gain_i * e + gain_p * (e - e_prev)
+    log beta <- log beta + gain_i * e * (1 + |e| / 2) * dt + gain_p * (e - e_prev)
 
-- the integral term (``gain_i``) makes beta climb while the policy is farther than the target
-  and fall while it is nearer: the offline losses only ever push the policy away from pi_ref,
-  at a rate that beta sets, so KL integrates the training and beta must follow its error;
-- the proportional-on-change term (``gain_p``) damps that integrator (KL lags beta by many
-  steps);
+- the integral term (``gain_i``, per ``kl_control_steps`` steps: ``dt`` is the time since the
+  last update in those units) makes beta climb while the policy is farther than the target and
+  fall while it is nearer; its slew grows with the error (``1 + |e| / 2``): a KL 10x off
+  moves log beta 20x as far as one 25% off (a linear slew: 10x), so a start beta 100x off
+  is corrected within the ramp;
+- the proportional-on-change term (``gain_p``) damps that integrator; it is never divided over
+  the steps between measurements, so its damping is the same however often it updates;
+- ``KL`` is a feed-forward prediction: the KL expected at the next measurement, from a line
+  fitted to the recent measurements (:class:`KLTrend`): the controller aims at where the KL
+  will be, not where it was;
 - working on ``log beta`` makes the gains independent of the loss's beta scale (the six GPO
   losses need betas orders of magnitude apart for the same KL, see `gpo.equivalent_beta`).
 
-The signal is either the sampled on-policy KL (the same per-completion Monte Carlo estimate as
-the evaluations, on a small rotating set of held-out prompts every ``kl_control_steps`` steps),
-or the offline proxy the paper points to (its §5): the mu-weighted squared loss ``E[rho^2]/2``
-of each training batch, free to compute, scaled by a ratio that each sampled measurement
-recalibrates (the default: on the ``cpu-kl`` preset it ended nearer the target, 27 of 36 runs
-within 25% against 24 of 36 with the sampled KL alone; docs/kl-control.md).
-
 beta alone cannot hold the KL of the one-sided losses (all but square) once the training pairs
-come round again: with Adam at a constant learning rate, the parameters keep moving about one
-learning rate per step whatever beta is. So a second actuator, the :class:`LRBrake`, scales the
-learning rate down while the signal is above ``kl_target`` (and back up to 1 below it).
+come round again, nor stop a KL that rises faster than any measurement cadence: with Adam the
+parameters move about one learning rate per step whatever beta is. So the learning rate is a
+second actuator (:class:`LRBrake`), and :mod:`gpo.train.kl_steering` adds measurement cadence
+and overshoot protection (a rollback to the newest state below the target).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-#: The measured KL's log-error is clipped to +-this: one noisy or near-zero measurement moves
-#: log beta by at most ``gain * MAX_ERROR``.
-MAX_ERROR = 1.0
+#: The log-error is clipped to +-this (a KL 20x off the target): one wild measurement moves
+#: log beta by at most ``gain_i * MAX_ERROR * (1 + MAX_ERROR / 2)`` per ``kl_control_steps``.
+MAX_ERROR = 3.0
+
+#: The LR brake's log-error clip (its integral needs no fast slew: the rollback acts on big
+#: overshoots, :mod:`gpo.train.kl_steering`).
+BRAKE_ERROR = 1.0
+
+#: KLs below this share of the target are not told apart by the error: near pi_ref the Monte
+#: Carlo estimate is mostly noise, and the ramp's first aimed-at KLs are tiny.
+ERROR_FLOOR = 0.1
 
 #: The LR brake's floor (log of 1%): Adam barely moves at 1% of its rate, and a deeper integral
 #: would take that much longer to release the brake once the KL falls below the target.
@@ -62,12 +69,13 @@ class _PlainState:
             setattr(self, key, value)
 
 
-def log_error(kl: float, target: float) -> float:
-    """``clip(log(kl / target), -MAX_ERROR, MAX_ERROR)``; a KL estimate at or below 0 (Monte
-    Carlo noise near pi_ref) counts as the lowest error."""
+def log_error(kl: float, target: float, floor: float = 0.0, limit: float = MAX_ERROR) -> float:
+    """``clip(log(max(kl, floor) / max(target, floor)), -limit, limit)``; a KL estimate at or
+    below 0 (Monte Carlo noise near pi_ref) with no floor counts as the lowest error."""
+    kl, target = max(kl, floor), max(target, floor)
     if not kl > 0:
-        return -MAX_ERROR
-    return max(-MAX_ERROR, min(MAX_ERROR, math.log(kl / target)))
+        return -limit
+    return max(-limit, min(limit, math.log(kl / target)))
 
 
 @dataclass
@@ -85,20 +93,27 @@ class BetaController(_PlainState):
     updates: int = 0
 
     def error(self, kl: float, target: float | None = None) -> float:
-        return log_error(kl, target or self.target)
+        return log_error(kl, target or self.target, ERROR_FLOOR * self.target)
 
-    def update(self, kl: float, scale: float = 1.0, target: float | None = None) -> float:
-        """One control step from a KL measurement, towards ``target`` (default: the final one);
-        ``scale`` divides the gains of a controller updated more often than once per
-        measurement. Returns the new beta, within bounds."""
+    def update(
+        self,
+        kl: float,
+        dt: float = 1.0,
+        target: float | None = None,
+        pace: float = 1.0,
+    ) -> float:
+        """One control step towards ``target`` (default: the final one) from a KL measured or
+        predicted, ``dt`` measurement periods after the last step. ``pace`` (the LR brake's
+        scale) slows the integral: a braked policy barely moves, so a change of beta shows no
+        effect yet, and integrating the error at full speed would wind beta up towards its
+        bound. Returns the new beta."""
         if not math.isfinite(kl):
             return self.beta  # an unusable measurement leaves beta as it is
         e = self.error(kl, target)
-        change = self.gain_i * e
+        change = self.gain_i * e * (1 + abs(e) / 2) * dt * pace
         if self.last_error is not None:
             change += self.gain_p * (e - self.last_error)
-        log_beta = math.log(self.beta) + change * scale
-        self.beta = min(self.beta_max, max(self.beta_min, math.exp(log_beta)))
+        self.beta = min(self.beta_max, max(self.beta_min, self.beta * math.exp(change)))
         self.last_error = e
         self.updates += 1
         return self.beta
@@ -124,10 +139,19 @@ class LRBrake(_PlainState):
     def scale(self) -> float:
         return math.exp(self.log_scale)
 
+    @property
+    def engaged(self) -> bool:
+        return self.log_scale < 0
+
     def update(self, kl: float, scale: float = 1.0) -> float:
         if math.isfinite(kl) and self.gain > 0:
-            change = self.gain * log_error(kl, self.target) * scale
+            change = self.gain * log_error(kl, self.target, limit=BRAKE_ERROR) * scale
             self.log_scale = min(0.0, max(LOG_LR_SCALE_MIN, self.log_scale - change))
+        return self.scale
+
+    def cut(self, factor: float) -> float:
+        """Multiply the scale by ``factor`` (a rollback's correction), within the floor."""
+        self.log_scale = min(0.0, max(LOG_LR_SCALE_MIN, self.log_scale + math.log(factor)))
         return self.scale
 
 
@@ -148,16 +172,16 @@ class ProxyCalibration(_PlainState):
         else:
             self.mu_sq += PROXY_SMOOTHING * (mu_sq - self.mu_sq)
 
-    def calibrate(self, kl: float) -> None:
-        """Move the running log ratio towards this sampled KL's; skipped while either side is
-        still ~0."""
+    def calibrate(self, kl: float, weight: float = RATIO_SMOOTHING) -> None:
+        """Move the running log ratio towards this KL's by ``weight`` (1: set it); skipped while
+        either side is still ~0."""
         if self.mu_sq is None or not (self.mu_sq > 1e-6 and kl > 1e-3):
             return
         log_ratio = math.log(kl / self.mu_sq)
         if self.log_ratio is None:
             self.log_ratio = log_ratio
         else:
-            self.log_ratio += RATIO_SMOOTHING * (log_ratio - self.log_ratio)
+            self.log_ratio += weight * (log_ratio - self.log_ratio)
 
     def estimate(self) -> float | None:
         if self.log_ratio is None or self.mu_sq is None:
@@ -165,106 +189,45 @@ class ProxyCalibration(_PlainState):
         return math.exp(self.log_ratio) * self.mu_sq
 
 
-def rotating_window(n_total: int, size: int, index: int) -> list[int]:
-    """The ``index``-th window of ``size`` indices over ``range(n_total)``, wrapping around: each
-    measurement samples the next prompts, so the controller sees the whole held-out set in turn."""
-    size = min(size, n_total)
-    start = (index * size) % n_total
-    return [(start + k) % n_total for k in range(size)]
+@dataclass
+class KLTrend(_PlainState):
+    """The recent sampled KLs and the line through them: ``level`` (the KL now) and ``slope``
+    (nats per step), weighted by each measurement's standard error, over the measurements of the
+    last ``window`` steps (at least the last two). Its state is plain lists, checkpointed."""
 
+    window: int
+    steps: list[int] = field(default_factory=list)
+    kls: list[float] = field(default_factory=list)
+    ses: list[float] = field(default_factory=list)
 
-#: ``measure(indices, step)``: KL(pi_theta || pi_ref) on the held-out prompts with these indices
-#: after optimizer step ``step`` (which seeds the sampling); returns (mean, standard error).
-MeasureKL = Callable[[list[int], int], tuple[float, float]]
+    def add(self, step: int, kl: float, se: float) -> None:
+        if math.isfinite(kl):
+            self.steps.append(step)
+            self.kls.append(kl)
+            self.ses.append(se if math.isfinite(se) else 1.0)
+        keep = [i for i, s in enumerate(self.steps) if s >= step - self.window]
+        keep = sorted(set(keep) | set(range(max(0, len(self.steps) - 2), len(self.steps))))
+        self.steps = [self.steps[i] for i in keep]
+        self.kls = [self.kls[i] for i in keep]
+        self.ses = [self.ses[i] for i in keep]
 
+    def reset(self, step: int, kl: float, se: float) -> None:
+        self.steps, self.kls, self.ses = [step], [kl], [se]
 
-class KLSteering:
-    """The controller in a run: after each optimizer step it takes that step's ``rho`` values
-    and, every ``kl_control_steps`` steps, a sampled KL; it returns what to log and keeps
-    :attr:`beta` for the next step. Its state goes into every checkpoint."""
-
-    def __init__(self, cfg: Any, n_prompts: int) -> None:
-        self.cfg = cfg
-        self.n_prompts = n_prompts
-        self.controller = BetaController(
-            target=cfg.kl_target,
-            beta=cfg.beta,
-            gain_i=cfg.kl_gain_i,
-            gain_p=cfg.kl_gain_p,
-            beta_min=cfg.kl_beta_min,
-            beta_max=cfg.kl_beta_max,
-        )
-        self.brake = LRBrake(target=cfg.kl_target, gain=cfg.kl_lr_gain)
-        self.proxy = ProxyCalibration()
-        self.last_kl: tuple[float, float] | None = None
-
-    @property
-    def beta(self) -> float:
-        return self.controller.beta
-
-    @property
-    def lr_scale(self) -> float:
-        """The learning-rate multiplier for the next step (:class:`LRBrake`)."""
-        return self.brake.scale
-
-    def after_step(self, step: int, mu_sq: float, measure: MeasureKL | None) -> dict[str, float]:
-        """Update beta after optimizer step ``step`` whose batch had ``mean(rho^2)/2 = mu_sq``;
-        ``measure`` is None on processes that do not sample (they take beta from the main one)."""
-        cfg = self.cfg
-        self.proxy.observe_batch(mu_sq)
-        target = self.reference(step)
-        logged = {"kl_control/mu_sq_loss": mu_sq, "kl_control/target": target}
-        measuring = step % cfg.kl_control_steps == 0
-        # The brake holds the final KL; the ramp's early transients are beta's to correct.
-        braking = target >= cfg.kl_target
-        if measuring and measure is not None:
-            k = step // cfg.kl_control_steps - 1
-            kl, se = measure(rotating_window(self.n_prompts, cfg.kl_control_prompts, k), step)
-            self.last_kl = (kl, se)
-            self.proxy.calibrate(kl)
-            logged.update({"kl_control/kl": kl, "kl_control/kl_se": se})
-            if cfg.kl_control_signal == "sampled":
-                self.controller.update(kl, target=target)
-                if braking:
-                    self.brake.update(kl)
-        estimate = self.proxy.estimate()
-        if cfg.kl_control_signal == "proxy" and measure is not None:
-            signal = estimate if estimate is not None else (self.last_kl or (None,))[0]
-            if signal is not None:  # spread one measurement's gain over the steps between them
-                self.controller.update(signal, scale=1 / cfg.kl_control_steps, target=target)
-                if braking:
-                    self.brake.update(signal, scale=1 / cfg.kl_control_steps)
-        if estimate is not None:
-            logged["kl_control/kl_proxy"] = estimate
-        logged["kl_control/beta"] = self.controller.beta
-        logged["kl_control/lr_scale"] = self.brake.scale
-        return logged
-
-    def reference(self, step: int) -> float:
-        """The KL aimed at after ``step``: rising linearly over the first ``kl_ramp`` of the run,
-        then ``kl_target``. Training moves the policy away from pi_ref step by step: aimed at
-        the final KL from step 1, the controller would lower beta all the way up, and the
-        losses that cannot pull the policy back (all but square) would overshoot."""
-        ramp = self.cfg.kl_ramp * self.cfg.max_steps
-        return self.cfg.kl_target * (min(1.0, step / ramp) if ramp > 0 else 1.0)
-
-    def summary(self, last_eval: dict[str, float]) -> dict[str, float]:
-        """What ``summary.json`` gets: target, final beta and LR scale, the last measured KL."""
-        out = {"kl_target": self.cfg.kl_target, "final_beta": self.beta}
-        out["final_lr_scale"] = self.lr_scale
-        out.update({k: last_eval[f"eval/{k}"] for k in ("kl", "kl_se") if f"eval/{k}" in last_eval})
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "controller": self.controller.state_dict(),
-            "proxy": self.proxy.state_dict(),
-            "brake": self.brake.state_dict(),
-            "last_kl": list(self.last_kl) if self.last_kl else None,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.controller.load_state_dict(state["controller"])
-        self.proxy.load_state_dict(state["proxy"])
-        self.brake.load_state_dict(state.get("brake", {}))  # absent in checkpoints before it
-        self.last_kl = tuple(state["last_kl"]) if state["last_kl"] else None  # type: ignore[assignment]
+    def fit(self, now: int) -> tuple[float, float, float] | None:
+        """``(level, slope, level_se)`` at step ``now``; None before any measurement."""
+        if not self.steps:
+            return None
+        if len(self.steps) == 1:
+            return self.kls[0], 0.0, self.ses[0]
+        w = [1 / max(se, 1e-3) ** 2 for se in self.ses]
+        x = [s - now for s in self.steps]
+        sw, sx = sum(w), sum(wi * xi for wi, xi in zip(w, x, strict=True))
+        sxx = sum(wi * xi * xi for wi, xi in zip(w, x, strict=True))
+        sy = sum(wi * yi for wi, yi in zip(w, self.kls, strict=True))
+        sxy = sum(wi * xi * yi for wi, xi, yi in zip(w, x, self.kls, strict=True))
+        det = sw * sxx - sx * sx
+        if det <= 0:
+            return sy / sw, 0.0, sw**-0.5
+        slope = (sw * sxy - sx * sy) / det
+        return (sy - slope * sx) / sw, slope, math.sqrt(sxx / det)

@@ -43,7 +43,7 @@ from gpo.train.guards import (
 )
 from gpo.train.host_memory import reuse_freed_memory
 from gpo.train.interrupt import Interrupted, StopRequests
-from gpo.train.kl_control import KLSteering
+from gpo.train.kl_steering import KLSteering
 from gpo.train.length_groups import length_groups, merge_groups
 from gpo.train.plots import plot_run
 from gpo.train.resume import (
@@ -285,25 +285,29 @@ class Trainer(Evaluations):
         }
         if self.steering is not None:
             summary.update(self.steering.summary(last_eval))
+            if self.main and (warning := self.steering.miss_warning(summary)):
+                print(warning, file=sys.stderr)
         return self.finish(summary)
 
     def _steer(self, step: int, values: list[dict[str, torch.Tensor]]) -> None:
-        """KL-targeted training: beta for the next step (:mod:`gpo.train.kl_control`)."""
-        if self.steering is None:
+        """KL-targeted training: beta and LR scale for the next step (``kl_steering``)."""
+        steering = self.steering
+        if steering is None:
             return
         rho = torch.cat([v["rho"] for v in values]).double()
         measure = self._measure_kl if self.main else None
-        logged = self.steering.after_step(step, (rho.pow(2).mean() / 2).item(), measure)
+        logged = steering.after_step(step, (rho.pow(2).mean() / 2).item(), measure)
         if self.acc.num_processes > 1:  # every process steps with the main process's values
             from accelerate.utils import broadcast
 
-            steered = [self.steering.beta, self.steering.brake.log_scale]
+            steered = [steering.beta, steering.brake.log_scale, steering.action]
             shared = broadcast(torch.tensor(steered, dtype=torch.float64, device=self.acc.device))
-            self.steering.controller.beta, self.steering.brake.log_scale = shared.tolist()
-        for group, lr in zip(
-            self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True
-        ):
-            group["lr"] = lr * self.steering.lr_scale  # the scheduler's next step recomputes it
+            beta, steering.brake.log_scale, action = shared.tolist()
+            steering.controller.beta, steering.action = beta, int(action)
+        steering.act(self.params, self.optimizer)
+        groups = self.optimizer.param_groups
+        for group, lr in zip(groups, self.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr * steering.lr_scale  # the scheduler's next step recomputes it
         self.tracker.log(step, logged)
 
     def _check_stop(self, step: int) -> None:
