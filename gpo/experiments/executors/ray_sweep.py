@@ -107,12 +107,14 @@ class RayExecutor:
                 f"cpus_per_run {cfg.cpus_per_run}: no node of the Ray cluster has that many CPUs "
                 f"(most on one node: {cpus:g})"
             )
+        t1 = time.perf_counter()
         self._probe(sweep_dir)
         where = f"connected to {self.address}" if self.address else "started a local instance"
         total = ray.cluster_resources()
         print(
             f"ray: {where} in {started:.1f} s: {len(nodes)} node(s), {total.get('CPU', 0):g} "
-            f"CPUs, {total.get('GPU', 0):g} GPUs",
+            f"CPUs, {total.get('GPU', 0):g} GPUs; a worker checked the sweep folder in "
+            f"{time.perf_counter() - t1:.1f} s",
             flush=True,
         )
 
