@@ -104,13 +104,13 @@ class BetaController(_PlainState):
     ) -> float:
         """One control step towards ``target`` (default: the final one) from a KL measured or
         predicted, ``dt`` measurement periods after the last step. ``pace`` (the LR brake's
-        scale) slows the integral: a braked policy barely moves, so a change of beta shows no
-        effect yet, and integrating the error at full speed would wind beta up towards its
+        scale) slows the integral's rise: a braked policy barely moves, so a higher beta shows
+        no effect yet, and integrating the error at full speed would wind beta up towards its
         bound. Returns the new beta."""
         if not math.isfinite(kl):
             return self.beta  # an unusable measurement leaves beta as it is
         e = self.error(kl, target)
-        change = self.gain_i * e * (1 + abs(e) / 2) * dt * pace
+        change = self.gain_i * e * (1 + abs(e) / 2) * dt * (pace if e > 0 else 1.0)
         if self.last_error is not None:
             change += self.gain_p * (e - self.last_error)
         self.beta = min(self.beta_max, max(self.beta_min, self.beta * math.exp(change)))

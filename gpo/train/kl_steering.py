@@ -10,10 +10,10 @@ what each measurement changes, and the rollback that undoes an overshoot.
 - **Overshoot protection.** The one-sided losses (all but square) cannot pull a policy back.
   Each measurement whose fitted KL (:class:`~gpo.train.kl_control.KLTrend`: the line through
   the recent measurements, less noisy than one) is below the upper half of the tolerance band
-  keeps a copy of the trainable weights and the optimizer state, in host memory. When the
-  fitted KL exceeds the target by more than twice its standard error, the run returns to that
-  copy (the step count and data order go on) with the learning rate cut by the ratio of the
-  KL rate that the target allows to the one just seen.
+  by its standard error keeps a copy of the trainable weights and the optimizer state, in
+  host memory. When the fitted KL exceeds the target by more than twice its standard error,
+  the run returns to that copy (the step count and data order go on) with the learning rate
+  cut by the ratio of the KL rate that the target allows to the one just seen.
 - **Outcome.** ``summary.json`` gains ``kl_target_met``: the final KL within ``kl_tolerance``
   (25%) of the target; a miss ends with a one-line warning saying which way and what to try.
 """
@@ -177,25 +177,27 @@ class KLSteering:
     def _steer(self, step: int, kl_now: float, dt: float) -> None:
         """One update of beta and the brake from ``kl_now``, aimed at the next measurement: the
         KL predicted there (the trend's slope) against the KL aimed at there."""
+        cfg = self.cfg
         fit = self.trend.fit(step)
         slope = fit[1] if fit else 0.0
         ahead = max(0, self.next_measure - step)
         predicted = max(0.0, kl_now + slope * ahead)
         target = self.reference(step + ahead)
-        self.controller.update(predicted, dt, target, pace=self.brake.scale)
-        # The brake holds the final KL. During the ramp it brakes only on a KL on course to
-        # pass the target by the ramp's end (Adam's first steps overshoot the ramp, and beta
-        # corrects that), and it releases whenever the KL is below the KL aimed at.
-        cfg = self.cfg
         ramp_end = cfg.kl_ramp * cfg.max_steps
+        at_ramp_end = kl_now + max(0.0, slope) * max(0.0, ramp_end - step)
+        # During the ramp a KL ahead of it is not pushed back unless it is on course to pass
+        # the target by the ramp's end: Adam's first steps run ahead of the ramp at any beta.
+        on_course = step >= ramp_end or at_ramp_end > cfg.kl_target
+        if predicted <= target or on_course:
+            self.controller.update(predicted, dt, target, pace=self.brake.scale)
+        # The brake holds the final KL (on the same condition during the ramp), and releases
+        # whenever the KL is below the KL aimed at.
         if step >= ramp_end:
             self.brake.update(predicted, dt)
         elif predicted < target:
             self.brake.update(predicted * cfg.kl_target / target, dt)
-        else:
-            at_ramp_end = kl_now + max(0.0, slope) * (ramp_end - step)
-            if at_ramp_end > cfg.kl_target:
-                self.brake.update(at_ramp_end, dt)
+        elif on_course:
+            self.brake.update(at_ramp_end, dt)
 
     def _rollback(self, step: int, kl: float) -> None:
         """Back to the snapshot, with the learning rate cut so that the KL rises to the target
