@@ -364,6 +364,12 @@ def test_a_worker_that_cannot_see_or_write_the_sweep_folder_says_so(tmp_path) ->
     (tmp_path / ".probe-x").write_text("gpo sweep")
     assert probe_folder(str(tmp_path), ".probe-x") == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == [".probe-x"]
+    # Every task checks too (the probe ran on one worker): it creates nothing on its own disk.
+    task = _task(tmp_path / "elsewhere", "print('ran')")
+    task.shared = tmp_path / "elsewhere" / "sweep.json"
+    with pytest.raises(RuntimeError, match=r"does not see .*sweep\.json .*must be shared storage"):
+        run_task(task)
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_slurm_print_commands_shows_the_sbatch_script(

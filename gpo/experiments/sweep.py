@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gpo.experiments.executors.common import (
+    SWEEP_JSON,
     SweepInterrupted,
     check_writable,
     on_signals,
@@ -365,7 +366,7 @@ def _run(
         {"sweep": cfg, "sweep_dir": str(sweep_dir), "jobs": jobs, "runs": len(runs)}
     )
     print_config(resolved, "resolved sweep config")
-    write_json(sweep_dir / "sweep.json", resolved)
+    write_json(sweep_dir / SWEEP_JSON, resolved)  # also what workers look for
     t0 = time.perf_counter()
     try:
         if backend is None:

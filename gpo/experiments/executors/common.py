@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Any
 
 LOCKS_DIR = "locks"
+SWEEP_JSON = "sweep.json"  # written by the driver before the fan-out
 #: Seconds a stopped run gets to finish its step and write a checkpoint before it is killed
 #: (`gpo train` checkpoints on SIGTERM; a kill loses at most ``save_steps`` steps).
 STOP_GRACE_S = 60.0
@@ -121,6 +122,9 @@ class Task:
     #: task starts, so a retried or requeued task resumes).
     build: Callable[[str], tuple[list[str], dict[str, str]]]
     done_file: Path | None = None  # exists: the task has nothing to do
+    #: A file the driver wrote in the sweep folder: a worker that does not see it is not on the
+    #: shared storage, and must not create the folder on its own disk.
+    shared: Path | None = None
     env: dict[str, str] = field(default_factory=dict)  # on top of the worker's environment
     session: str = ""  # the driver's id, written into the lock (progress: "running")
 
@@ -166,6 +170,10 @@ def _acquire(task: Task) -> int:
 def run_task(task: Task) -> Outcome:
     """Run ``task`` on this worker (a Ray task, a Slurm job) and wait for its command."""
     t0, host = time.monotonic(), socket.gethostname()
+    if task.shared is not None and not task.shared.is_file():
+        raise RuntimeError(
+            f"worker {host} does not see {task.shared} (the sweep folder must be shared storage)"
+        )
     fd = _acquire(task)
     try:
         if task.done_file is not None and task.done_file.is_file():
@@ -203,6 +211,7 @@ def run_tasks(runs: list[Any], sweep_dir: Path, cpus: int, build: Callable[..., 
             lock=sweep_dir / LOCKS_DIR / f"{run.name}.lock",
             build=partial(build, run),
             done_file=run.dir / "summary.json",
+            shared=sweep_dir / SWEEP_JSON,
             env=threads_env(cpus),
         )
         for run in runs

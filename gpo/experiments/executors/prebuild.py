@@ -24,7 +24,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from gpo.experiments.executors.common import LOCKS_DIR, Task, threads_env
+from gpo.experiments.executors.common import LOCKS_DIR, SWEEP_JSON, Task, threads_env
 from gpo.train.config import TrainConfig, saved_config
 
 PREBUILD_DIR = "prebuild"
@@ -87,6 +87,7 @@ def prebuild_tasks(configs: list[TrainConfig], sweep_dir: Path, cpus: int) -> li
                 lock=sweep_dir / LOCKS_DIR / f"prebuild-{name}.lock",
                 build=partial(prebuild_command, str(folder / f"{name}.json")),
                 env=threads_env(cpus),  # the runs' threads: bit-equal log-probs
+                shared=sweep_dir / SWEEP_JSON,
             )
         )
     return tasks
