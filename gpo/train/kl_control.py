@@ -149,9 +149,9 @@ class LRBrake(_PlainState):
             self.log_scale = min(0.0, max(LOG_LR_SCALE_MIN, self.log_scale - change))
         return self.scale
 
-    def cut(self, factor: float) -> float:
-        """Multiply the scale by ``factor`` (a rollback's correction), within the floor."""
-        self.log_scale = min(0.0, max(LOG_LR_SCALE_MIN, self.log_scale + math.log(factor)))
+    def set(self, scale: float) -> float:
+        """Set the scale (a rollback's correction), within [1%, 1]."""
+        self.log_scale = min(0.0, max(LOG_LR_SCALE_MIN, math.log(max(scale, 1e-12))))
         return self.scale
 
 

@@ -8,12 +8,14 @@ what each measurement changes, and the rollback that undoes an overshoot.
   ``kl_control_prompts * n / kl_control_steps`` prompts (at least 8): frequent measurements
   are smaller, so sampling costs about the same per step whatever the cadence.
 - **Overshoot protection.** The one-sided losses (all but square) cannot pull a policy back.
-  Each measurement whose fitted KL (:class:`~gpo.train.kl_control.KLTrend`: the line through
-  the recent measurements, less noisy than one) is below the upper half of the tolerance band
-  by its standard error keeps a copy of the trainable weights and the optimizer state, in
-  host memory. When the fitted KL exceeds the target by more than twice its standard error,
-  the run returns to that copy (the step count and data order go on) with the learning rate
-  cut by the ratio of the KL rate that the target allows to the one just seen.
+  The second of two measurements in a row whose fitted KL (the line through the recent
+  measurements, :class:`~gpo.train.kl_control.KLTrend`, less noisy than one) and raw KL are
+  below the upper half of the tolerance band by their standard error keeps a copy of the
+  trainable weights and the optimizer state, in host memory. When the fitted KL exceeds the
+  target by more than twice its standard error, the run returns to that copy (the step count
+  and data order go on) with the learning rate cut by the ratio of the KL rate that the
+  target allows (over the rest of the ramp or half the steps left) to the one just seen, at
+  most halved.
 - **Outcome.** ``summary.json`` gains ``kl_target_met``: the final KL within ``kl_tolerance``
   (25%) of the target; a miss ends with a one-line warning saying which way and what to try.
 """
@@ -96,6 +98,7 @@ class KLSteering:
         self.saved: tuple[int, float, float] | None = None  # step, KL, SE of the snapshot
         self.action = NONE
         self.restored = False  # the next measurement is of the state just rolled back to
+        self.was_below = True  # the last measurement was below the band (the start: KL 0)
         self._snapshot: Snapshot | None = None
 
     @property
@@ -167,8 +170,11 @@ class KLSteering:
             self._rollback(step, level)
             logged["kl_control/rollback_to"] = float(self.saved[0])
             return logged
-        if cfg.kl_rollback and max(level + level_se, kl + se) < upper:
+        # Two measurements in a row below the band: one low outlier alone keeps no copy.
+        below = max(level + level_se, kl + se) < upper
+        if cfg.kl_rollback and below and self.was_below:
             self.action, self.saved = SNAPSHOT, (step, level, level_se)
+        self.was_below = below
         self.next_measure = step + self.interval(slope, elapsed)
         if cfg.kl_control_signal == "sampled":
             self._steer(step, kl, elapsed / cfg.kl_control_steps)
@@ -208,12 +214,12 @@ class KLSteering:
         rate = (kl - kl_saved) / max(1, step - at)
         reach = max(cfg.kl_ramp * cfg.max_steps - step, ROLLBACK_REACH * (cfg.max_steps - step))
         allowed = max(cfg.kl_target - kl_saved, 0.1 * cfg.kl_target) / max(reach, 1.0)
-        self.brake.cut(max(0.01, min(0.5, allowed / rate)))
+        self.brake.set(self.brake.scale * max(0.01, min(0.5, allowed / rate)))
         self.controller.last_error = None  # the error before the jump back is not the next's
         self.trend.reset(step, kl_saved, se_saved)
         self.next_measure = step + cfg.kl_control_min_steps
         self.rollbacks += 1
-        self.action, self.restored = ROLLBACK, True
+        self.action, self.restored, self.was_below = ROLLBACK, True, False
 
     def act(self, params: Sequence[torch.Tensor], optimizer: Any) -> None:
         """On every process, after :attr:`action` was shared: keep or restore the snapshot."""
@@ -267,6 +273,7 @@ class KLSteering:
             "next_measure": self.next_measure,
             "measurements": self.measurements,
             "rollbacks": self.rollbacks,
+            "was_below": self.was_below,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -275,6 +282,6 @@ class KLSteering:
         self.brake.load_state_dict(state.get("brake", {}))  # absent in checkpoints before it
         self.trend.load_state_dict(state.get("trend", {}))
         self.last_kl = tuple(state["last_kl"]) if state["last_kl"] else None  # type: ignore[assignment]
-        for key in ("last_measured", "next_measure", "measurements", "rollbacks"):
+        for key in ("last_measured", "next_measure", "measurements", "rollbacks", "was_below"):
             if key in state:
                 setattr(self, key, state[key])
