@@ -98,6 +98,27 @@ def test_plan_names_runs_and_validates_every_point(tmp_path: Path) -> None:
         load_sweep_config(None, "nope")
 
 
+def test_explicit_runs_run_once_per_grid_point(tmp_path: Path) -> None:
+    """``runs``: settings that are no grid (issue 28's battery), each named, on top of base."""
+    runs = [{"name": "fast", "learning_rate": 3e-3}, {"name": "sq", "loss": "square"}]
+    cfg = SweepConfig(base={"data": "gold", "beta": 0.1}, grid={"seed": [0, 1]}, runs=runs)
+    planned = plan(cfg, tmp_path)
+    assert [r.name for r in planned] == ["fast_seed=0", "sq_seed=0", "fast_seed=1", "sq_seed=1"]
+    assert planned[0].config.learning_rate == 3e-3 and planned[0].config.loss == "logistic"
+    assert planned[1].config.loss == "square" and planned[3].config.seed == 1
+    assert planned[1].dir == tmp_path / "runs" / "sq_seed=0"
+    only = plan(SweepConfig(base={"data": "gold"}, runs=runs), tmp_path)
+    assert [r.name for r in only] == ["fast", "sq"]
+    for bad, fragment in (
+        ([{"beta": 1.0}], "must be a mapping with a 'name'"),
+        ([{"name": "x", "seed": 3}], "key 'seed' is unknown, a grid key"),
+        ([{"name": "x", "bta": 3}], "did you mean 'beta'"),
+        ([{"name": "x", "out": "elsewhere"}], "set by the sweep"),
+    ):
+        with pytest.raises(ValueError, match=fragment):
+            SweepConfig(base={"data": "gold"}, grid={"seed": [0]}, runs=bad)
+
+
 def test_train_args_round_trip_through_the_cli_parser() -> None:
     tc = TrainConfig(
         loss="iupo:js",

@@ -25,9 +25,16 @@
   took 900-1,160 s each), so the 48 runs take about 3 hours; `gpo sweep` resumes where it stopped.
 - ``cpu-smol-upo``: the ``upo`` comparison on the same SmolLM2 setup, 2 seeds, with the win rate
   on 64 prompts (as ``upo``); 172-199 s a run measured, about 40 min.
+- ``cpu-kl-battery``: KL targets on settings no one tuned the controller on (issue 28,
+  docs/kl-control.md): an explicit list of runs (``runs``), see ``_BATTERY``.
 - ``upo``: the UPO paper's Fig. 1 (Sun et al. 2024, §5): IPO (``iupo:reverse_kl``) vs JS-IUPO
   (``iupo:js``) at beta in {0.1, 0.2, 0.5}, from the same tiny pi_sft as ``cpu-small``, with
   dense evaluation for the train/eval loss, preference accuracy and reward margin curves.
+- ``cpu-smol-sentiment``: ``cpu-smol`` on the sentiment task (issue 30, :mod:`gpo.gold.sentiment`:
+  movie-review openings, VADER as the gold reward): the six GPO losses x beta in
+  {0.01, 0.1, 1, 10} x seeds {0, 1}, the ``vader`` win rate against pi_ref on 128 held-out
+  prompts at steps 10, 20 and 30, whose saved samples give `gpo report` its reward-vs-KL
+  frontier (DPO Fig. 2 left). Not run yet; expect about cpu-smol's 3 hours.
 """
 
 from __future__ import annotations
@@ -146,6 +153,15 @@ PRESETS: dict[str, Preset] = {
             "jobs": 1,
         },
     ),
+    "cpu-smol-sentiment": Preset(
+        "SmolLM2 LoRA on the sentiment task (VADER gold): 6 GPO losses x betas "
+        "{0.01, 0.1, 1, 10} x 2 seeds; ~3 h on 2 cores (resumable)",
+        {
+            "base": {**_SMOL_BASE, "data": "sentiment", "judge": "vader"},
+            "grid": {"loss": list(LOSSES), "beta": [0.01, 0.1, 1.0, 10.0], "seed": [0, 1]},
+            "jobs": 1,
+        },
+    ),
     "paper": Preset(
         "the GPO paper's grid (App. A.3) on SmolLM2: 6 losses x 9 betas x 2 lrs, 20k steps; GPUs",
         {
@@ -189,6 +205,58 @@ PRESETS: dict[str, Preset] = {
         },
     ),
 }
+
+#: ``cpu-kl-battery`` (issue 28): KL targets on settings no one tuned the controller on. The
+#: tiny pi_sft at a learning rate 10x cpu-kl's (3e-3, batch 8, 120 steps: the KL can rise
+#: faster than one measurement period), every objective, beta 100x off, batch 4 and 32, short
+#: runs, targets 1-10 nats, both signals; and SmolLM2 LoRA (the main job) at 2 and 5 nats.
+_FAST: dict[str, Any] = {
+    **_CPU_BASE,
+    "learning_rate": 3e-3,
+    "lr_scheduler": "linear",
+    "warmup_ratio": 0.1,
+    "batch_size": 8,
+    "max_steps": 120,
+    "beta": 0.1,
+    "kl_target": 1.5,
+    "eval_schedule": None,
+    "eval_steps": 1000,  # the last step only: the final KL
+    "kl_prompts": 64,
+    "judge_prompts": 0,
+    "save_steps": 0,
+}
+_SMOL_KL: dict[str, Any] = {
+    **{k: v for k, v in _SMOL_BASE.items() if k not in ("judge_prompts", "eval_steps")},
+    "eval_steps": 1000,
+    "kl_prompts": 64,
+    "judge_prompts": 0,
+    "max_length": 1024,
+    "beta": 0.1,
+}
+_BATTERY: list[dict[str, Any]] = [
+    *({"name": f"fast-{loss.replace(':', '-')}", "loss": loss}
+      for loss in [*LOSSES, "iupo:js"]),
+    {"name": "fast-beta-0.001", "beta": 0.001},
+    {"name": "fast-beta-10", "beta": 10.0},
+    {"name": "fast-batch-4", "batch_size": 4},
+    {"name": "fast-batch-32", "batch_size": 32},
+    {"name": "fast-40-steps", "max_steps": 40},
+    {"name": "fast-60-steps-square", "max_steps": 60, "loss": "square"},
+    {"name": "fast-target-1", "kl_target": 1.0},
+    {"name": "fast-target-3", "kl_target": 3.0},
+    {"name": "fast-target-10", "kl_target": 10.0},
+    {"name": "fast-target-3-square", "kl_target": 3.0, "loss": "square"},
+    {"name": "fast-target-5-savage", "kl_target": 5.0, "loss": "savage"},
+    {"name": "fast-sampled", "kl_control_signal": "sampled"},
+    {"name": "fast-sampled-hinge", "kl_control_signal": "sampled", "loss": "hinge"},
+    *({"name": f"smol-{t:g}-{signal}", **_SMOL_KL, "kl_target": t, "kl_control_signal": signal}
+      for t in (2.0, 5.0) for signal in ("proxy", "sampled")),
+]  # fmt: skip
+PRESETS["cpu-kl-battery"] = Preset(
+    "KL targets on untuned settings: tiny pi_sft at lr 3e-3 (every objective, beta 100x off, "
+    "batch 4/32, short runs, targets 1-10, both signals) and SmolLM2 LoRA at 2 and 5 nats",
+    {"base": _FAST, "runs": _BATTERY, "sft": _CPU_SFT, "jobs": 1},
+)
 
 
 def preset_dict(name: str) -> dict[str, Any]:
