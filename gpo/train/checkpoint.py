@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import pickle
 import random
 import shutil
 from pathlib import Path
@@ -250,14 +249,10 @@ def _as_random_state(value: Any) -> tuple[Any, ...]:
 
 
 def _is_damage(e: BaseException) -> bool:
-    """An error that says the checkpoint is damaged (missing, truncated, mismatched files), not
-    one that says the machine ran out of memory: an OOM while loading must stop the run."""
-    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
-        return False
-    from safetensors import SafetensorError
-
-    damage = (OSError, ValueError, KeyError, EOFError, RuntimeError, pickle.UnpicklingError)
-    return isinstance(e, (*damage, SafetensorError))
+    """An error that says the checkpoint is damaged (missing, truncated, mismatched or refused
+    files), not one that says the machine ran out of memory: an OOM while loading must stop
+    the run, not send it back to an older checkpoint or to step 0."""
+    return not isinstance(e, (MemoryError, torch.OutOfMemoryError))
 
 
 def latest_usable_checkpoint(
