@@ -126,9 +126,10 @@ class LRBrake(_PlainState):
 
         log scale <- min(0, log scale - gain * clip(log(KL / target), -c, c))
 
-    It acts only past the target, and only once the aimed-at KL has reached it (after the
-    ramp), so a run whose beta holds the KL trains at its full learning rate; a one-sided
-    loss whose KL beta cannot hold (module docstring) is slowed until it stops drifting.
+    It brakes only past the target (after the ramp, or during it on a KL on course past the
+    target: :mod:`gpo.train.kl_steering` decides), so a run whose beta holds the KL trains at
+    its full learning rate; a one-sided loss whose KL beta cannot hold (module docstring) is
+    slowed until it stops drifting. A rollback sets the scale directly (:meth:`set`).
     ``gain`` 0 turns it off; the scale never falls below 1% (``LOG_LR_SCALE_MIN``)."""
 
     target: float
