@@ -434,7 +434,7 @@ CASES = [
     ),
     Case(
         "unknown_judge",
-        ["unknown judge 'nope'; valid judges: gold, local, http"],
+        ["unknown judge 'nope'; valid judges: gold, local, http, vader"],
         data=jsonl([std(i) for i in range(40)]),
         args=["--judge", "nope", "--judge-prompts", "1", "--max-new-tokens", "2"],
     ),

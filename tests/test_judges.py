@@ -76,8 +76,10 @@ def test_gold_judge_known_pairs():
 
 
 def test_resolve_judge_errors_list_valid_names():
-    assert list(JUDGES) == ["gold", "local", "http"]
-    with pytest.raises(ValueError, match="unknown judge 'oracle'; valid judges: gold, local, http"):
+    assert list(JUDGES) == ["gold", "local", "http", "vader"]
+    with pytest.raises(
+        ValueError, match="unknown judge 'oracle'; valid judges: gold, local, http, vader"
+    ):
         resolve_judge("oracle")
     with pytest.raises(ValueError, match="no option 'temperature'; its options: mode"):
         resolve_judge("gold", temperature=1.0)

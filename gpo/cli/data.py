@@ -1,68 +1,113 @@
 """``gpo data ...``: check a dataset before training on it (:mod:`gpo.data.check`); build and
-inspect the built-in gold preference data (see :mod:`gpo.gold`)."""
+inspect the built-in gold tasks' preference data (:mod:`gpo.gold`, :mod:`gpo.gold.sentiment`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 from pathlib import Path
 from typing import Any
 
 from gpo.cli.flags import add_dataclass_flags, values_from_args
-from gpo.data.builtin import load_builtin_gold
+from gpo.data.builtin import BUILTIN_TASKS, load_builtin
 from gpo.data.check import check_rows, format_check, read_source
 from gpo.data.formats import DataError
 from gpo.data.hub import check_hub_reachable, hub_offline
 from gpo.data.sources import looks_like_path
 from gpo.data.tokenize import Limits
 from gpo.gold.build import build_gold_dataset, format_summary, summarize
+from gpo.gold.sentiment import (
+    build_sentiment_dataset,
+    format_sentiment_summary,
+    summarize_sentiment,
+)
+from gpo.gold.vader import TEMPERATURE, require_vader
 from gpo.io import read_jsonl, write_jsonl
+
+#: Per task, the build defaults that differ (the gold task's are the shipped file's settings).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gold": {"n_prompts": 2000, "n_test_prompts": 200, "batch_size": 32},
+    "sentiment": {"n_prompts": 2000, "n_test_prompts": 256, "batch_size": 128},
+}
 
 
 def cmd_build_gold(args: argparse.Namespace) -> int:
-    if args.threads:
-        import torch
+    for key, value in TASK_DEFAULTS[args.task].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.task == "sentiment":
+        require_vader()  # before loading a model: the labels need it
+    import torch
 
+    if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
     from gpo.models.loading import load_model_and_tokenizer  # torch: only for this command
 
     model, tokenizer = load_model_and_tokenizer(args.model)
-    rows = build_gold_dataset(
-        model,
-        tokenizer,
-        n_prompts=args.n_prompts,
-        seed=args.seed,
-        n_test_prompts=args.n_test_prompts,
-        mode=args.mode,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        batch_size=args.batch_size,
-        show_progress=True,
-    )
-    out = write_jsonl(rows, args.out)
-    summary = summarize(rows)
-    meta = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "model": args.model,
+    sampling = {  # in the order of the meta file's keys
         "seed": args.seed,
         "mode": args.mode,
         "n_prompts": args.n_prompts,
         "n_test_prompts": args.n_test_prompts,
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
+        "batch_size": args.batch_size,
+        "show_progress": True,
+    }
+    extra: dict[str, Any] = {}
+    if args.task == "sentiment":
+        rows, dropped = build_sentiment_dataset(
+            model, tokenizer, label_temperature=args.label_temperature, **sampling
+        )
+        summary = summarize_sentiment(rows, args.label_temperature)
+        text = format_sentiment_summary(summary) + (
+            f"\ndropped pairs: {dropped['empty']} with an empty continuation, "
+            f"{dropped['identical']} identical"
+        )
+        extra = {
+            "task": "sentiment",
+            "label_temperature": args.label_temperature,
+            "dropped_pairs": dropped,
+            "command": _sentiment_command(args),
+            "machine": f"{platform.machine()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads",
+        }
+    else:
+        rows = build_gold_dataset(model, tokenizer, **sampling)
+        summary = summarize(rows)
+        text = format_summary(summary)
+    out = write_jsonl(rows, args.out)
+    meta = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "model": args.model,
+        **{k: v for k, v in sampling.items() if k not in ("batch_size", "show_progress")},
         "top_p": 1.0,
         "top_k": 0,
         "batch_size": args.batch_size,
+        **extra,
         "seconds": round(time.time() - start, 1),
         "summary": summary,
     }
     meta_path = _meta_path(out)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    print(format_summary(summary))
+    print(text)
     print(f"wrote {len(rows)} rows to {out} (metadata: {meta_path}) in {meta['seconds']} s")
     return 0
+
+
+def _sentiment_command(args: argparse.Namespace) -> str:
+    """The command that rebuilds this file (every setting spelled out)."""
+    command = (
+        f"gpo data build --task sentiment --out {args.out.name} --model {args.model} "
+        f"--n-prompts {args.n_prompts} --n-test-prompts {args.n_test_prompts} --seed {args.seed} "
+        f"--mode {args.mode} --max-new-tokens {args.max_new_tokens} --temperature "
+        f"{args.temperature:g} --batch-size {args.batch_size} --label-temperature "
+        f"{args.label_temperature:g}"
+    )
+    return command + (f" --threads {args.threads}" if args.threads else "")
 
 
 def _meta_path(out: Path) -> Path:
@@ -71,9 +116,14 @@ def _meta_path(out: Path) -> Path:
 
 
 def cmd_gold_stats(args: argparse.Namespace) -> int:
-    rows = read_jsonl(args.file) if args.file else load_builtin_gold(None)
-    summary = summarize(rows)
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    rows = read_jsonl(args.file) if args.file else load_builtin(args.task, None)
+    if args.task == "sentiment":
+        summary = summarize_sentiment(rows, args.label_temperature)
+        text = format_sentiment_summary(summary)
+    else:
+        summary = summarize(rows)
+        text = format_summary(summary)
+    print(json.dumps(summary, indent=2) if args.json else text)
     return 0
 
 
@@ -132,21 +182,42 @@ def add_data_parser(sub: Any) -> None:
 
     p = dsub.add_parser(
         "build-gold",
-        help="sample pairs from a model and label them with the gold reward (gpo/gold/)",
+        aliases=["build"],
+        help="sample pairs from a model and label them with a gold task's reward (gpo/gold/)",
     )
     p.add_argument("--out", type=Path, required=True, help="output .jsonl or .jsonl.gz")
-    p.add_argument("--n-prompts", type=int, default=2000, help="training prompts (one pair each)")
-    p.add_argument("--n-test-prompts", type=int, default=200, help="held-out prompts")
+    _add_task(p)
+    p.add_argument("--n-prompts", type=int, help="training prompts, one pair each (default: 2000)")
+    p.add_argument(
+        "--n-test-prompts", type=int, help="held-out prompts (default: gold 200, sentiment 256)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", choices=["bt", "deterministic"], default="bt", help="labelling")
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--batch-size", type=int, help="sampling rows (default: gold 32, sentiment 128)")
     p.add_argument("--model", default="smollm2", help="'smollm2' (embedded) or a model path")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.set_defaults(func=cmd_build_gold)
 
     p = dsub.add_parser("gold-stats", help="counts and gold-reward statistics of a gold file")
-    p.add_argument("file", nargs="?", type=Path, help="default: the shipped gold pairs")
+    p.add_argument("file", nargs="?", type=Path, help="default: the task's shipped pairs")
+    _add_task(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gold_stats)
+
+
+def _add_task(p: argparse.ArgumentParser) -> None:
+    tasks = sorted({t.name for t in BUILTIN_TASKS.values()})
+    p.add_argument(
+        "--task",
+        choices=tasks,
+        default="gold",
+        help="the built-in task: gold (gpo/gold/) or sentiment (VADER, gpo/gold/sentiment.py)",
+    )
+    p.add_argument(
+        "--label-temperature",
+        type=float,
+        default=TEMPERATURE,
+        help=f"sentiment: T of the BT labels sigmoid((r*(a) - r*(b)) / T) (default {TEMPERATURE})",
+    )

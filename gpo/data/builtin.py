@@ -1,7 +1,9 @@
-"""The shipped gold preference pairs (``data: gold``); the task itself is :mod:`gpo.gold`."""
+"""The shipped preference pairs of the built-in tasks (``data: gold``, ``data: sentiment``); the
+tasks themselves are :mod:`gpo.gold` and :mod:`gpo.gold.sentiment`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,11 +16,48 @@ BUILTIN_GOLD_PATH = ASSETS / "gold_pairs.jsonl.gz"
 BUILTIN_GOLD_META_PATH = ASSETS / "gold_pairs.meta.json"
 
 
-def load_builtin_gold(split: Literal["train", "test"] | None = "train") -> list[dict[str, Any]]:
-    """The shipped pairs of one split (``None``: all rows)."""
-    if not BUILTIN_GOLD_PATH.is_file():
-        raise FileNotFoundError(
-            f"{BUILTIN_GOLD_PATH} is missing; regenerate it with `gpo data build-gold --out FILE`"
-        )
-    rows = read_jsonl(BUILTIN_GOLD_PATH)
+@dataclass(frozen=True)
+class BuiltinTask:
+    """A built-in gold task's shipped pairs, the judge whose score is its gold preference (a
+    name of ``gpo.eval.judges.JUDGES``) and the command that rebuilds the pairs."""
+
+    name: str
+    path: Path
+    meta_path: Path
+    judge: str
+    build: str
+
+
+GOLD = BuiltinTask(
+    "gold", BUILTIN_GOLD_PATH, BUILTIN_GOLD_META_PATH, "gold", "gpo data build-gold --out FILE"
+)
+SENTIMENT = BuiltinTask(
+    "sentiment",
+    ASSETS / "sentiment_pairs.jsonl.gz",
+    ASSETS / "sentiment_pairs.meta.json",
+    "vader",
+    "gpo data build --task sentiment --out FILE",
+)
+#: ``--data`` names of the built-in tasks (``builtin`` is the gold task's older name).
+BUILTIN_TASKS: dict[str, BuiltinTask] = {"gold": GOLD, "builtin": GOLD, "sentiment": SENTIMENT}
+
+
+def builtin_task(name: str | None) -> BuiltinTask | None:
+    """The built-in task a ``--data`` value names, or None for any other source."""
+    return BUILTIN_TASKS.get(name) if name is not None else None
+
+
+def load_builtin(
+    name: str, split: Literal["train", "test"] | str | None = "train"
+) -> list[dict[str, Any]]:
+    """The shipped pairs of a built-in task, of one split (``None``: all rows)."""
+    task = BUILTIN_TASKS[name]
+    if not task.path.is_file():
+        raise FileNotFoundError(f"{task.path} is missing; regenerate it with `{task.build}`")
+    rows = read_jsonl(task.path)
     return rows if split is None else [r for r in rows if r["split"] == split]
+
+
+def load_builtin_gold(split: Literal["train", "test"] | None = "train") -> list[dict[str, Any]]:
+    """The shipped gold-task pairs of one split (``None``: all rows)."""
+    return load_builtin("gold", split)

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gpo.data.builtin import load_builtin_gold
+from gpo.data.builtin import BUILTIN_TASKS, load_builtin
 from gpo.data.formats import DataError, NoSplits, NoSuchSplit
 from gpo.data.hub import HubUnreachable, check_hub_reachable, hub_offline
 from gpo.io import env_limit, read_jsonl, size_text
 
-BUILTIN_NAMES = ("gold", "builtin")
+BUILTIN_NAMES = tuple(BUILTIN_TASKS)  # "gold", "builtin", "sentiment"
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 #: The largest .json file read as one JSON document, in MiB: it is parsed whole (several times
 #: its size in memory), so a bigger one is refused before reading. JSON lines are read a line at
@@ -173,9 +173,9 @@ def looks_like_path(source: str) -> bool:
 
 
 def load_rows(source: str, split: str | None = None) -> list[Any]:
-    """Raw rows from ``source``: the built-in gold task, a file, a saved dataset or a hub name."""
+    """Raw rows from ``source``: a built-in task, a file, a saved dataset or a hub name."""
     if source in BUILTIN_NAMES:
-        return load_builtin_gold(split or "train")
+        return load_builtin(source, split or "train")
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():

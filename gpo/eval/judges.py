@@ -2,9 +2,11 @@
 
 A judge is any callable ``judge(prompts, first, second) -> list[float]`` with a ``name``; each
 score is in [0, 1]: 1 when ``first`` wins, 0 when it loses, 0.5 for a tie, or a probability.
-Three are built in (:data:`JUDGES`, the single list of names; :func:`resolve_judge` builds one):
+Four are built in (:data:`JUDGES`, the single list of names; :func:`resolve_judge` builds one):
 
 - ``gold``: the closed-form gold preference of the built-in task (:mod:`gpo.gold`).
+- ``vader``: the gold preference of the sentiment task (:mod:`gpo.gold.sentiment`),
+  sigmoid((r*(first) - r*(second)) / T) with r* VADER's compound score of the response.
 - ``local``: a local Hugging Face causal LM asked "Which response is better, A or B?", scored
   by the next-token probabilities of the two answer tokens (:mod:`gpo.eval.judge_local`).
 - ``http``: an OpenAI-compatible chat-completions endpoint asked the same question; the API key
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from gpo.gold.reward import gold_prefers, gold_probability
+from gpo.gold.vader import TEMPERATURE, preference_probability, require_vader, vader_reward
 
 Prompt = str | Sequence[dict[str, str]]
 
@@ -135,6 +138,29 @@ class GoldJudge:
         return [gold_prefers(p, a, b) for p, a, b in triples]
 
 
+@dataclass
+class VaderJudge:
+    """The sentiment task's gold preference: sigmoid((r*(first) - r*(second)) / temperature),
+    r* = VADER's compound score of the response (:mod:`gpo.gold.vader`; the prompt is not
+    scored). Antisymmetric bit for bit: ``s(a, b) + s(b, a) == 1``; equal scores give 0.5."""
+
+    temperature: float = TEMPERATURE
+    name: str = "vader"
+
+    def __post_init__(self) -> None:
+        preference_probability(0.0, 0.0, self.temperature)  # checks T > 0
+        require_vader()  # a missing optional dependency fails here, before any sampling
+
+    def __call__(
+        self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]
+    ) -> list[float]:
+        check_lengths(prompts, first, second)
+        return [
+            preference_probability(vader_reward(a), vader_reward(b), self.temperature)
+            for a, b in zip(first, second, strict=True)
+        ]
+
+
 # --- the registry ----------------------------------------------------------------------------
 
 
@@ -162,6 +188,11 @@ JUDGES: dict[str, JudgeInfo] = {
         "an OpenAI-compatible chat endpoint, order-swapped (options: base_url, model, "
         "api_key_env, ...)",
         "gpo.eval.judge_http:HTTPJudge",
+    ),
+    "vader": JudgeInfo(
+        "the sentiment task's gold: sigmoid((VADER(first) - VADER(second)) / T) (options: "
+        f"temperature, default {TEMPERATURE:g}; needs vaderSentiment)",
+        "gpo.eval.judges:VaderJudge",
     ),
 }
 

@@ -44,4 +44,7 @@ seed 0, BT labels; settings and statistics in ``gpo/data/assets/gold_pairs.meta.
 ``gpo data build-gold`` writes with its defaults; elsewhere the bytes may differ, since float
 rounding on other hardware or thread counts changes sampled tokens. Rows are in TRL's conversational
 format plus metadata, see :func:`gpo.gold.build.label_pair`.
+
+A second gold task, whose reward no one here wrote, lives beside this one: controlled sentiment
+generation judged by VADER (``data: sentiment``, ``--judge vader``), see :mod:`gpo.gold.sentiment`.
 """

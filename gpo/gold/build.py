@@ -86,10 +86,30 @@ def build_gold_dataset(
 
     Train prompts come first, then the held-out test prompts; both in the same row format.
     """
-    from gpo.models.sampling import encode_chat_prompts, sample
+    from gpo.models.sampling import encode_chat_prompts
 
     prompts = make_prompts(n_prompts, seed, "train") + make_prompts(n_test_prompts, seed, "test")
     ids = encode_chat_prompts(tokenizer, [p.text for p in prompts])
+    pairs, finished = sample_pairs(
+        model, tokenizer, ids, max_new_tokens, temperature, batch_size, seed, show_progress
+    )
+    return label_pairs(prompts, pairs, mode, seed, finished)
+
+
+def sample_pairs(
+    model: Any,
+    tokenizer: Any,
+    ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int,
+    seed: int,
+    show_progress: bool = False,
+    desc: str = "sampling",
+) -> tuple[list[tuple[str, str]], list[tuple[bool, bool]]]:
+    """Two completions of mu per prompt, in prompt order, and whether each ended with EOS."""
+    from gpo.models.sampling import sample
+
     s = sample(
         model,
         tokenizer,
@@ -100,10 +120,11 @@ def build_gold_dataset(
         batch_size=batch_size,
         seed=seed,
         show_progress=show_progress,
+        desc=desc,
     )
-    pairs = [(s.text[2 * i], s.text[2 * i + 1]) for i in range(len(prompts))]
-    finished = [(s.finished[2 * i], s.finished[2 * i + 1]) for i in range(len(prompts))]
-    return label_pairs(prompts, pairs, mode, seed, finished)
+    pairs = [(s.text[2 * i], s.text[2 * i + 1]) for i in range(len(ids))]
+    finished = [(s.finished[2 * i], s.finished[2 * i + 1]) for i in range(len(ids))]
+    return pairs, finished
 
 
 def prompt_of(row: dict[str, Any]) -> GoldPrompt:

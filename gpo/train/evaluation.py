@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpo.data.builtin import builtin_task
 from gpo.data.formats import prompt_text
 from gpo.eval.judges import resolve_judge
 from gpo.eval.kl import on_policy_kl
@@ -80,9 +81,12 @@ class Evaluations:
         return result
 
     def final_gold_win_rate(self) -> dict[str, float]:
-        """The gold win rate against pi_ref on ``gold_eval_prompts`` held-out prompts."""
+        """The gold win rate against pi_ref on ``gold_eval_prompts`` held-out prompts, by the
+        built-in task's own gold judge (``gold``; ``vader`` for the sentiment task)."""
         cfg = self.cfg
-        gold = self._win_rate_eval(resolve_judge("gold"), cfg.gold_eval_prompts, None)
+        task = builtin_task(cfg.data)
+        judge = resolve_judge(task.judge if task is not None else "gold")
+        gold = self._win_rate_eval(judge, cfg.gold_eval_prompts, None)
         samples = output(self.run_dir, f"{SAMPLES_DIR}/final-gold.jsonl")
         wr = gold.evaluate(self.model, self.tokenizer, cfg.seed, samples, cfg.progress)
         print(

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
+from gpo.data.builtin import BUILTIN_TASKS, builtin_task
 from gpo.data.prepare import PreparedData, prepare_data
-from gpo.data.sources import BUILTIN_NAMES
 from gpo.data.tokenize import Limits, TokenizedPair
+from gpo.eval.judges import parse_judge_spec, resolve_judge
 from gpo.io import redact_urls, write_json
 from gpo.models.embedded import cache_root
 from gpo.models.loading import add_lora, disable_dropout, frozen_copy, load_model_and_tokenizer
@@ -188,6 +189,7 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any, Reference]:
 
 
 def prepare(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
+    check_task_judges(cfg)
     limits = Limits(
         cfg.max_length,
         cfg.max_prompt_length,
@@ -232,7 +234,27 @@ def attach_ref_cache(cfg: TrainConfig, reference: Reference) -> None:
 
 
 def is_gold(cfg: TrainConfig) -> bool:
-    return cfg.data in BUILTIN_NAMES and (cfg.eval_data is None or cfg.eval_data in BUILTIN_NAMES)
+    """Trained and evaluated on one built-in task, so its gold judge can score the policy."""
+    task = builtin_task(cfg.data)
+    return task is not None and builtin_task(cfg.eval_data or cfg.data) == task
+
+
+def check_task_judges(cfg: TrainConfig) -> None:
+    """On a built-in task: build its gold judge now if the run ends with it (a missing optional
+    dependency, VADER, fails before training), and refuse a win-rate judge that is another
+    task's gold (``--judge`` defaults to ``gold``, which scores nothing of the sentiment task)."""
+    task = builtin_task(cfg.data)
+    if task is None:
+        return
+    if is_gold(cfg) and cfg.gold_eval_prompts > 0:
+        resolve_judge(task.judge)
+    name, _ = parse_judge_spec(cfg.judge)
+    others = {t.judge for t in BUILTIN_TASKS.values()} - {task.judge}
+    if cfg.judge_prompts > 0 and name in others:
+        raise ValueError(
+            f"--judge {name} is another task's gold; the {task.name} task's is {task.judge}: "
+            f"pass --judge {task.judge} (or a model judge)"
+        )
 
 
 def startup_summary(cfg: TrainConfig, run_dir: Path) -> str:

@@ -24,6 +24,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from gpo.data.builtin import builtin_task
 from gpo.experiments.executors.common import LOCKS_DIR, SWEEP_JSON, Task, threads_env
 from gpo.train.config import TrainConfig, saved_config
 
@@ -52,8 +53,9 @@ def _group_key(tc: TrainConfig) -> str:
 def prebuild_tasks(configs: list[TrainConfig], sweep_dir: Path, cpus: int) -> list[Task]:
     """One task per group of runs that share pi_ref, the data and the opponents; none for runs
     without the cache (``ref_cache none``). Its spec is the group's first run with the longest
-    ``max_steps``, trained nowhere: the judge is replaced by ``gold`` (it is never asked; an
-    ``http`` judge's credentials then never reach a file)."""
+    ``max_steps``, trained nowhere: the judge is replaced by the data's gold judge (``gold``,
+    ``vader`` for the sentiment task; it is never asked; an ``http`` judge's credentials then
+    never reach a file)."""
     groups: dict[str, list[TrainConfig]] = {}
     for tc in configs:
         if tc.ref_cache != "none":
@@ -65,11 +67,12 @@ def prebuild_tasks(configs: list[TrainConfig], sweep_dir: Path, cpus: int) -> li
         name = "group-" + hashlib.blake2b(key.encode(), digest_size=5).hexdigest()
         if (folder / f"{name}.done").is_file():
             continue
+        task = builtin_task(members[0].data)
         first = dataclasses.replace(
             members[0],
             max_steps=max(m.max_steps for m in members),
             out=str(folder / name),
-            judge="gold",
+            judge=task.judge if task is not None else "gold",
             report_to=["none"],
             progress=False,
             save_steps=0,

@@ -24,6 +24,11 @@ Reads every ``runs/*/metrics.jsonl`` of a sweep (see gpo/sweep.py); runs are gro
   ``kl_control_win_rate_at_equal_kl.png`` (their win rate against the fixed-beta runs of the
   same sweep, or of ``--frontier`` sweeps, at the same KL); tables in ``summary.json`` under
   ``kl_control`` and in ``report.md``.
+- Runs on the sentiment task (``data: sentiment``; :mod:`gpo.experiments.report.sentiment`):
+  ``sentiment_reward_vs_kl.png`` (mean VADER reward on held-out prompts vs KL, each loss's
+  frontier: the DPO paper's Fig. 2 left), ``sentiment_reward_vs_kl_by_loss.png`` and
+  ``sentiment_hacking_vs_kl.png`` (length, distinct-2, exclamation marks vs KL); numbers and
+  samples at low, middle and high KL under ``sentiment`` in ``summary.json`` and ``report.md``.
 - ``summary.json`` (the resolved sweep config, per-run numbers, correlations, the side-by-side
   matrix; with repeated seeds, ``seeds``: per (loss, beta) each seed's value, the mean and the
   spread, :mod:`gpo.experiments.report.seeds`; ``strength``: the final KL per beta, the beta
@@ -54,6 +59,8 @@ from gpo.experiments.report.kl_control import kl_control_section
 from gpo.experiments.report.kl_figures import draw_kl_figures
 from gpo.experiments.report.markdown import kl_markdown, markdown
 from gpo.experiments.report.seeds import seeds_markdown, seeds_section
+from gpo.experiments.report.sentiment import sentiment_markdown, sentiment_section
+from gpo.experiments.report.sentiment_figures import draw_sentiment_figures
 from gpo.experiments.report.strength import strength_markdown, strength_section
 from gpo.io import pyplot, redact_urls, write_json
 
@@ -84,6 +91,8 @@ def report(
     written = draw_figures(runs, rows, per_beta, sbs, out_dir)
     steered = kl_control_section(runs, frontier_runs)
     written += draw_kl_figures(pyplot(), runs, frontier_runs, steered.get("tracking", []), out_dir)
+    sentiment = sentiment_section(runs)
+    written += draw_sentiment_figures(pyplot(), sentiment, out_dir)
     if not any(r.series("eval/win_rate") for r in runs):
         print(
             "report: no run evaluated a win rate (judge_prompts 0), so the win-rate figures "
@@ -111,6 +120,8 @@ def report(
     strength = strength_section(rows)
     if strength:
         summary["strength"] = strength
+    if sentiment:
+        summary["sentiment"] = sentiment
     if steered:
         summary["kl_control"] = steered
         summary["report"]["frontier"] = [str(d) for d in frontier]
@@ -120,6 +131,7 @@ def report(
         + seeds_markdown(seeds)
         + strength_markdown(strength)
         + kl_markdown(steered)
+        + sentiment_markdown(sentiment)
     )
     (out_dir / "report.md").write_text(text)
     print(text)

@@ -135,14 +135,18 @@ def spearman_per_beta(runs: list[RunData]) -> dict[str, Any]:
     return out
 
 
+#: Judges that are pure computation on the texts, safe to build from a run folder's config.
+_LOCAL_JUDGES = ("gold", "vader")
+
+
 def runs_judge(runs: list[RunData]) -> str:
     """The side-by-side judge when ``--judge`` is not given: the runs' own judge only if it is
-    ``gold`` (pure computation). A run folder may come from anyone, and its config.json could
-    name an http judge that sends the API key to any URL, or a local model to load: those are
-    never built from a run folder; the report asks for ``--judge`` instead."""
+    ``gold`` or ``vader`` (pure computation). A run folder may come from anyone, and its
+    config.json could name an http judge that sends the API key to any URL, or a local model to
+    load: those are never built from a run folder; the report asks for ``--judge`` instead."""
     spec = str(runs[0].config.get("judge", "gold"))
     name, _ = parse_judge_spec(spec)
-    if name == "gold":
+    if name in _LOCAL_JUDGES:
         return spec
     return _UNTRUSTED + spec
 
