@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -234,7 +235,8 @@ def test_ray_gives_the_local_numbers_despite_a_kill_9_and_a_driver_restart(
         assert ", 0 computed (" in log.read_text(), log
     first = r["first"]
     assert "ray: started a local instance" in first and "pre-built for 1 group(s)" in first
-    assert "sweep: 0/4 done, 1 running, 0 failed, 3 waiting" in first  # the status line
+    # the status line (how many runs have started by then depends on the timing)
+    assert re.search(r"sweep: [0-3]/4 done, [12] running, 0 failed, [0-3] waiting", first), first
 
 
 @pytest.mark.slow
