@@ -140,10 +140,6 @@ class LRBrake(_PlainState):
     def scale(self) -> float:
         return math.exp(self.log_scale)
 
-    @property
-    def engaged(self) -> bool:
-        return self.log_scale < 0
-
     def update(self, kl: float, scale: float = 1.0) -> float:
         if math.isfinite(kl) and self.gain > 0:
             change = self.gain * log_error(kl, self.target, limit=BRAKE_ERROR) * scale

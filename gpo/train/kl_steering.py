@@ -74,7 +74,7 @@ class KLSteering:
     for the next step, and :attr:`action` for :meth:`act`. Its state goes into every checkpoint
     (the rollback copy does not: a resumed run keeps one again at its next measurement)."""
 
-    def __init__(self, cfg: Any, n_prompts: int, start_step: int = 0) -> None:
+    def __init__(self, cfg: Any, n_prompts: int) -> None:
         self.cfg = cfg
         self.n_prompts = n_prompts
         self.controller = BetaController(
@@ -91,8 +91,8 @@ class KLSteering:
         # through the first measurement would project that jump onwards.
         self.trend = KLTrend(window=cfg.kl_control_steps)
         self.last_kl: tuple[float, float] | None = None
-        self.last_measured = start_step
-        self.next_measure = start_step + cfg.kl_control_min_steps
+        self.last_measured = 0  # a resumed run loads these from its checkpoint
+        self.next_measure = cfg.kl_control_min_steps
         self.measurements = 0
         self.rollbacks = 0
         self.saved: tuple[int, float, float] | None = None  # step, KL, SE of the snapshot
