@@ -100,3 +100,19 @@ def tiny_config(tiny_model_dir, tiny_data_file, tmp_path):
         return TrainConfig(**base)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def user_gpt2(tmp_path_factory):
+    """A user's GPT-2: 256 positions, no chat template (tests/user_models.py)."""
+    from user_models import gpt2_256
+
+    return gpt2_256(tmp_path_factory.mktemp("user-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def user_llama(tmp_path_factory):
+    """A user's Llama: 512 positions, no chat template (tests/user_models.py)."""
+    from user_models import llama_512
+
+    return llama_512(tmp_path_factory.mktemp("user-llama"))
