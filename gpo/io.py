@@ -213,7 +213,7 @@ def read_yaml_mapping(
     path: str | Path, label: str, known: set[str], hint: Callable[[str], str]
 ) -> dict[str, Any]:
     """A YAML file's top-level mapping (empty file: ``{}``); one-line errors start with
-    ``"{label} {path}"``, and an unknown key gets ``hint(key)`` appended."""
+    ``"{label} {path}"``; every unknown key is named, each with ``hint(key)`` appended."""
     import yaml
 
     try:
@@ -225,9 +225,10 @@ def read_yaml_mapping(
     loaded = {} if loaded is None else loaded
     if not isinstance(loaded, dict):
         raise ValueError(f"{label} {path}: expected a mapping of keys to values")
-    for key in loaded:
-        if key not in known:
-            raise ValueError(f"{label} {path}: unknown key {key!r}{hint(str(key))}")
+    unknown = [f"{key!r}{hint(str(key))}" for key in loaded if key not in known]
+    if unknown:  # every one at once: a file from another tool has several
+        keys = "key" if len(unknown) == 1 else f"keys ({len(unknown)})"
+        raise ValueError(f"{label} {path}: unknown {keys} {', '.join(unknown)}")
     return loaded
 
 

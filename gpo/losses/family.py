@@ -93,6 +93,7 @@ class Loss:
     fn: LossFn
     formula: str
     prior_algorithm: str
+    aliases: tuple[str, ...] = ()  # other names for exactly this loss at the same beta (TRL's)
 
     def __call__(self, v: Tensor) -> Tensor:
         return self.fn(v)
@@ -101,14 +102,30 @@ class Loss:
 LOSSES: dict[str, Loss] = {
     loss.name: loss
     for loss in (
-        Loss("logistic", logistic, "log(1 + exp(-v))", "DPO"),
-        Loss("hinge", hinge, "max(0, 1 - v)", "SLiC"),
+        Loss("logistic", logistic, "log(1 + exp(-v))", "DPO", ("dpo", "sigmoid")),
+        Loss("hinge", hinge, "max(0, 1 - v)", "SLiC", ("slic",)),
         Loss("square", square, "(v - 1)^2", "IPO"),
         Loss("exponential", exponential, "exp(-v)", "new"),
         Loss("truncated_quadratic", truncated_quadratic, "max(0, 1 - v)^2", "new"),
         Loss("savage", savage, "1 / (1 + exp(v))^2", "new"),
     )
 }
+
+#: Alias -> registered name: ``dpo`` and TRL's ``loss_type="sigmoid"`` are ``logistic``,
+#: ``slic`` (TRL's ``hinge``) is ``hinge``; built from :data:`LOSSES`, the one registry.
+LOSS_ALIASES: dict[str, str] = {a: loss.name for loss in LOSSES.values() for a in loss.aliases}
+
+
+def canonical_loss_name(spec: str) -> str:
+    """A loss name with an alias replaced by its registered name (anything else unchanged)."""
+    return LOSS_ALIASES.get(spec, spec)
+
+
+def alias_note() -> str:
+    """The aliases, for error messages: ``dpo, sigmoid (= logistic); slic (= hinge)``."""
+    return "; ".join(
+        f"{', '.join(loss.aliases)} (= {loss.name})" for loss in LOSSES.values() if loss.aliases
+    )
 
 
 def _import_path(path: str) -> object:
@@ -152,12 +169,13 @@ def resolve_loss(loss: str | Loss | LossFn) -> Loss:
     if isinstance(loss, Loss):
         return loss
     if isinstance(loss, str):
+        loss = canonical_loss_name(loss)
         if loss in LOSSES:
             return LOSSES[loss]
         if ":" not in loss:
             raise ValueError(
-                f"unknown loss {loss!r}: valid names are {', '.join(LOSSES)}, "
-                "or a dotted path 'pkg.module:func'"
+                f"unknown loss {loss!r}: valid names are {', '.join(LOSSES)} "
+                f"(aliases: {alias_note()}), or a dotted path 'pkg.module:func'"
             )
         fn = _import_path(loss)
         name = loss

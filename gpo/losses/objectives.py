@@ -8,6 +8,7 @@ coefficient; ``pkg.module:func`` (or any callable ``f(v)``) is a user GPO loss.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,7 +24,14 @@ from gpo.losses.divergences import (
     iupo_loss,
     resolve_divergence,
 )
-from gpo.losses.family import LOSSES, Loss, PreferenceLoss, preference_loss
+from gpo.losses.family import (
+    LOSS_ALIASES,
+    LOSSES,
+    Loss,
+    PreferenceLoss,
+    alias_note,
+    preference_loss,
+)
 
 
 class Objective(Protocol):
@@ -104,8 +112,6 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
-#: TRL ``DPOConfig.loss_type`` names that are exactly a gpo objective at the same beta.
-TRL_ALIASES = {"sigmoid": "logistic"}
 #: TRL names with no exact one-name equivalent: what to use instead.
 TRL_HINTS = {
     "ipo": "TRL's ipo is `--loss iupo:reverse_kl --logp-reduction mean` at beta = TRL's beta "
@@ -118,10 +124,13 @@ TRL_HINTS = {
     "sppo_hard": "not in gpo",
     "aot": "not in gpo",
     "aot_pair": "not in gpo",
+    "aot_unpaired": "not in gpo",
     "apo_zero": "not in gpo",
     "apo_down": "not in gpo",
     "discopop": "not in gpo",
     "sft": "not a preference loss; gpo trains preference objectives only",
+    "sigmoid_norm": "`--loss logistic --logp-reduction mean` (TRL's sigmoid on per-token mean "
+    "log-probs)",
 }
 
 
@@ -135,8 +144,8 @@ def resolve_objective(spec: str | Objective | Callable[[Tensor], Tensor]) -> Obj
         if hasattr(spec, "name") and callable(spec) and not isinstance(spec, Loss):
             return spec  # type: ignore[return-value]
         return GPOObjective(require_decreasing_at_zero(spec))  # type: ignore[arg-type]
-    if spec in OBJECTIVES or spec in TRL_ALIASES:
-        return OBJECTIVES[TRL_ALIASES.get(spec, spec)]
+    if spec in OBJECTIVES or spec in LOSS_ALIASES:
+        return OBJECTIVES[LOSS_ALIASES.get(spec, spec)]
     if spec in TRL_HINTS:
         raise ValueError(f"unknown loss {spec!r} (a TRL loss_type): {TRL_HINTS[spec]}")
     family, _, rest = spec.partition(":")
@@ -148,7 +157,9 @@ def resolve_objective(spec: str | Objective | Callable[[Tensor], Tensor]) -> Obj
         return DivergenceObjective(family, resolve_divergence("alpha", alpha))
     if ":" in spec and family not in FAMILIES:
         return GPOObjective(require_decreasing_at_zero(spec))
+    close = difflib.get_close_matches(spec, [*OBJECTIVES, *LOSS_ALIASES], n=1)
     raise ValueError(
-        f"unknown loss {spec!r}: valid names are {', '.join(OBJECTIVES)}; "
-        "also 'family:alpha=A', a dotted path 'pkg.module:func', or TRL's 'sigmoid' (= logistic)"
+        f"unknown loss {spec!r}{f' (did you mean {close[0]!r}?)' if close else ''}: valid names "
+        f"are {', '.join(OBJECTIVES)}; aliases {alias_note()}; also 'family:alpha=A' or a "
+        "dotted path 'pkg.module:func'"
     )

@@ -16,7 +16,8 @@ autograd graph) repeated for the two responses, and the responses run on top of 
 response token is predicted from the prompt's last hidden state. Same numbers as the plain path
 up to float rounding, about half the work when the prompt dominates. It needs the fast path and
 a model that takes ``past_key_values``; the first call on a model checks it against the plain
-path and falls back (with a warning) if they differ or the model refuses.
+path and falls back (with a warning) if they differ or the model refuses. Under gradient
+checkpointing (which drops the cache in training) the plain path runs.
 """
 
 from __future__ import annotations
@@ -311,13 +312,21 @@ def _use_shared(model: nn.Module, batch: SharedPromptBatch) -> bool:
     return ok
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    """Gradient checkpointing is on and active: its layers drop the KV cache that prefix
+    sharing runs the responses on, so each response runs with its prompt instead."""
+    if not (model.training and torch.is_grad_enabled()):
+        return False
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 def batch_logps(
     model: nn.Module, batch: SeqBatch | SharedPromptBatch, reduction: Reduction = "sum"
 ) -> SequenceLogps:
     """Completion log-probs of a batch of either layout (chosen rows first)."""
     if not isinstance(batch, SharedPromptBatch):
         return sequence_logps(model, batch, reduction)
-    if _use_shared(model, batch):
+    if not _checkpointing(model) and _use_shared(model, batch):
         return _shared_prompt_logps(model, batch, reduction)
     return sequence_logps(model, batch.unshared(), reduction)
 

@@ -44,6 +44,7 @@ RESUMABLE_CHANGES = {
     "num_epochs",
     "overwrite",
     "max_padding",  # length groups change only the float summation order, not the step
+    "gradient_checkpointing",  # recomputes the same activations: same gradients
 }
 
 #: ``config.json``'s key for :func:`data_fingerprint` (beside the TrainConfig fields).
