@@ -35,8 +35,10 @@ Reads every ``runs/*/metrics.jsonl`` of a sweep (see gpo/sweep.py); runs are gro
   that reaches given KLs and the GPO strength translation checked against it,
   :mod:`gpo.experiments.report.strength`) and ``report.md``.
 
-KL estimates are Monte Carlo and can be <= 0 near pi_ref; log-scale plots leave those points out
-and ``summary.json`` counts them.
+KL estimates are Monte Carlo and can be <= 0 near pi_ref; log-scale plots leave those points out,
+and ``report.md`` and ``summary.json`` (``omitted_points``) say how many per figure, why, and which
+curves lost every point. The side-by-side's automatic beta comes with how sure it is
+(``side_by_side_beta_choice``: betas within one SE of the best are a tie).
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gpo.experiments.report.caveats import (
+    beta_choice,
+    choice_note,
+    omitted_markdown,
+    omitted_points,
+)
 from gpo.experiments.report.collect import (
     default_beta,
     load_runs,
@@ -88,6 +96,10 @@ def report(
         raise ValueError(f"--beta {sbs_beta:g} is not in the sweep (betas: {betas})")
     judge_spec = judge or runs_judge(runs)
     sbs = side_by_side(runs, sbs_beta, judge_spec) if sbs_beta is not None else None
+    choice = beta_choice(rows, sbs_beta, beta is not None) if sbs_beta is not None else None
+    if sbs is not None and choice is not None:
+        sbs["choice_note"] = choice_note(choice, lambda x: f"{x:.3g}")
+    omitted = omitted_points(runs)
     written = draw_figures(runs, rows, per_beta, sbs, out_dir)
     steered = kl_control_section(runs, frontier_runs)
     written += draw_kl_figures(pyplot(), runs, frontier_runs, steered.get("tracking", []), out_dir)
@@ -108,7 +120,9 @@ def report(
             "side_by_side_beta": sbs_beta,
             "judge": redact_urls(judge_spec),
             "nonpositive_kl_checkpoints": nonpositive,
+            "side_by_side_beta_choice": choice,
         },
+        "omitted_points": omitted,
         "runs": rows,
         "spearman_per_beta": per_beta,
         "side_by_side": sbs,
@@ -128,6 +142,7 @@ def report(
     write_json(out_dir / "summary.json", summary)
     text = (
         markdown(rows, per_beta, sbs, written)
+        + omitted_markdown(omitted)
         + seeds_markdown(seeds)
         + strength_markdown(strength)
         + kl_markdown(steered)

@@ -43,6 +43,8 @@ def markdown(
         lines.append(f"| {k} | {v['checkpoints']} | {_f(v['spearman'], 2)} | {seeds or '-'} |")
     if sbs:
         losses = sbs["losses"]
+        if sbs.get("choice_note"):  # how sure the choice of beta is
+            lines += ["", sbs["choice_note"]]
         lines += ["", f"Side by side at beta = {sbs['beta']:g} (row's win rate vs column):", ""]
         lines += ["| | " + " | ".join(losses) + " |", "|---" * (len(losses) + 1) + "|"]
         for name, row in zip(losses, sbs["win_rate"], strict=True):
