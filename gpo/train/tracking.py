@@ -83,7 +83,8 @@ def _tensorboard(run_dir: Path, resume_step: int | None) -> Any:
 def _wandb(run_dir: Path, cfg: Any) -> Any:
     """A W&B run named ``run_name`` (default: the run folder's name) in ``wandb_project`` /
     ``wandb_entity`` (default: $WANDB_PROJECT or 'gpo', $WANDB_ENTITY); the same W&B run id for
-    the whole gpo run, kept in ``tracking.json``, so a resumed run goes on in it."""
+    the whole gpo run ($WANDB_RUN_ID, else a new one), kept in ``tracking.json``, so a resumed
+    run goes on in it."""
     try:
         import wandb
     except ImportError:
@@ -92,7 +93,9 @@ def _wandb(run_dir: Path, cfg: Any) -> Any:
         ) from None
     ids = run_dir / TRACKING
     saved = json.loads(ids.read_text()) if ids.is_file() else {}
-    run_id = saved.get("wandb_run_id") or uuid.uuid4().hex[:12]
+    # $WANDB_RUN_ID (as W&B and HF's Trainer read it) names the W&B run a new gpo run logs
+    # into; once saved, the run folder's own id wins, so a resume never switches W&B runs.
+    run_id = saved.get("wandb_run_id") or os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:12]
     if not saved:
         write_json(output(run_dir, TRACKING), {"wandb_run_id": run_id})
     return wandb.init(
