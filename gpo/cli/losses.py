@@ -10,7 +10,7 @@ from typing import Any
 
 from gpo.losses.analysis import LossReport, analyze
 from gpo.losses.divergences import DIVERGENCES
-from gpo.losses.family import LOSSES, resolve_loss
+from gpo.losses.family import LOSSES, alias_note, resolve_loss
 from gpo.losses.objectives import FAMILIES
 
 
@@ -72,7 +72,8 @@ def cmd_losses(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
         return 0
     print(losses_table(reports))
-    print("\nstrength = |f''(0)/f'(0)|: the IPO-equivalent regularizer is strength * beta.")
+    print(f"\nAlso accepted as --loss (the same loss at the same beta): {alias_note()}.")
+    print("strength = |f''(0)/f'(0)|: the IPO-equivalent regularizer is strength * beta.")
     print(
         "tail I: f' < 0 everywhere scanned; II: f' >= 0 beyond some v (stronger "
         "regularization at equal beta). Scan: v in [-10, 10]."

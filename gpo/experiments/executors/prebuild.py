@@ -40,7 +40,7 @@ POLICY_ONLY = {
     "save_total_limit", "save_final", "report_to", "run_name", "wandb_project",
     "wandb_entity", "progress", "judge", "gold_eval_prompts", "kl_prompts", "kl_samples",
     "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "reuse_host_memory",
-    "flush_denormals", "logp_reduction",
+    "flush_denormals", "logp_reduction", "gradient_checkpointing",
 }  # fmt: skip
 
 
