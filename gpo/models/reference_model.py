@@ -26,13 +26,18 @@ def _adapter_base(folder: Path, policy_model: str) -> str:
 def _load(path: str, policy_model: str, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
     folder = Path(path).expanduser()
     if not (folder / "adapter_config.json").is_file():
-        return load_model_and_tokenizer(path, dtype, trust_remote_code)
+        try:
+            return load_model_and_tokenizer(path, dtype, trust_remote_code)
+        except ModelError as e:
+            raise ModelError(f"--ref-model: {e}") from None
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    base, tokenizer = load_model_and_tokenizer(
-        _adapter_base(folder, policy_model), dtype, trust_remote_code
-    )
+    base_name = _adapter_base(folder, policy_model)
+    try:
+        base, tokenizer = load_model_and_tokenizer(base_name, dtype, trust_remote_code)
+    except ModelError as e:
+        raise ModelError(f"--ref-model {path} is a LoRA adapter on {base_name}: {e}") from None
     if (folder / "tokenizer_config.json").is_file():  # saved with the adapter: that one counts
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     try:

@@ -60,12 +60,13 @@ def _unset_if(*unset: Any) -> Callable[[str], Convert]:
 
 
 _OPTIM = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw_fused"}
+_SCHEDULER = {"constant_with_warmup": "constant"}  # gpo's constant warms up by warmup_ratio
 
 #: TRL/HF key -> (the gpo key it sets, how its value converts).
 TRL_KEYS: dict[str, tuple[str, Convert]] = {
     "per_device_train_batch_size": ("batch_size", _to("batch_size")),
     "num_train_epochs": ("num_epochs", _epochs),
-    "lr_scheduler_type": ("lr_scheduler", _to("lr_scheduler")),
+    "lr_scheduler_type": ("lr_scheduler", _to("lr_scheduler", lambda v: _SCHEDULER.get(v, v))),
     "output_dir": ("out", _to("out")),
     "model_name_or_path": ("model", _to("model")),
     "dataset_name": ("data", _to("data")),
