@@ -252,7 +252,7 @@ def test_train_command_with_bad_config_fails_cleanly(
     good = write_yaml(tmp_path, "beta: 0.1\n")
     assert main(["train", "--config", str(good), "--batch-size", "0"]) == 2
     err = capsys.readouterr().err
-    assert err == "gpo: error: config: batch_size = 0 is out of range\n"
+    assert err == "gpo: error: config: batch_size = 0 is out of range: must be >= 1\n"
 
 
 def test_every_config_field_has_its_comment_as_flag_help():

@@ -587,7 +587,7 @@ def test_overlong_truncate_cuts_the_completion_first(tok: Any) -> None:
     assert pair.chosen_ids == ids(tok, "cat dog bird")  # the start is kept
     assert pair.rejected_ids == [*ids(tok, "sun"), tok.eos_token_id]  # fits: untouched
     assert (report.kept, report.fitted, report.too_long) == (1, 1, 0)
-    assert str(report) == "s: 1 rows, kept 1; 1 truncated to max_length 5"
+    assert str(report) == "s: 1 row, kept 1; 1 truncated to max_length 5"
 
 
 @pytest.mark.parametrize(

@@ -167,9 +167,15 @@ def test_a_bad_model_is_one_line(
 
 
 def test_limits_defaults_are_the_training_defaults() -> None:
+    """max_length is None in both commands' flags: min(1024, the model's limit), resolved by
+    gpo.models.positions.resolve_max_length; Limits' own default is that 1024."""
+    from gpo.models.positions import DEFAULT_MAX_LENGTH
+
     train = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert train["max_length"] is None
     for f in dataclasses.fields(Limits):
-        assert f.default == train[f.name], f.name
+        expected = DEFAULT_MAX_LENGTH if f.name == "max_length" else train[f.name]
+        assert f.default == expected, f.name
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -162,7 +162,7 @@ def test_a_failed_start_leaves_nothing_and_the_corrected_rerun_just_works(
     """The issue's example: a KL target without held-out pairs. It used to leave config.json,
     so the rerun said "already holds a run", and with --resume "config differs"."""
     run = tmp_path / "run"
-    argv = train_argv(tiny_model_dir, tiny_data_file, run, "--max-steps", "1", "--kl-target", "3")
+    argv = train_argv(tiny_model_dir, tiny_data_file, run, "--max-steps", "3", "--kl-target", "3")
     assert main([*argv, "--eval-fraction", "0"]) == 2
     assert "kl_target needs held-out prompts" in capsys.readouterr().err
     assert not run.exists()

@@ -4,8 +4,10 @@ inspect the built-in gold tasks' preference data (:mod:`gpo.gold`, :mod:`gpo.gol
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,6 @@ from gpo.cli.flags import add_dataclass_flags, values_from_args
 from gpo.data.builtin import BUILTIN_TASKS, load_builtin
 from gpo.data.check import check_rows, format_check, read_source
 from gpo.data.formats import DataError
-from gpo.data.hub import check_hub_reachable, hub_offline
-from gpo.data.sources import looks_like_path
 from gpo.data.tokenize import Limits
 from gpo.gold.build import build_gold_dataset, format_summary, summarize
 from gpo.gold.sentiment import (
@@ -25,6 +25,7 @@ from gpo.gold.sentiment import (
 )
 from gpo.gold.vader import TEMPERATURE, require_vader
 from gpo.io import read_jsonl, write_jsonl
+from gpo.train.config import TrainConfig
 
 #: Per task, the build defaults that differ (the gold task's are the shipped file's settings).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -100,14 +101,15 @@ def cmd_build_gold(args: argparse.Namespace) -> int:
 
 def _sentiment_command(args: argparse.Namespace) -> str:
     """The command that rebuilds this file (every setting spelled out)."""
-    command = (
-        f"gpo data build --task sentiment --out {args.out.name} --model {args.model} "
-        f"--n-prompts {args.n_prompts} --n-test-prompts {args.n_test_prompts} --seed {args.seed} "
-        f"--mode {args.mode} --max-new-tokens {args.max_new_tokens} --temperature "
-        f"{args.temperature:g} --batch-size {args.batch_size} --label-temperature "
-        f"{args.label_temperature:g}"
-    )
-    return command + (f" --threads {args.threads}" if args.threads else "")
+    command = [
+        *("gpo", "data", "build", "--task", "sentiment", "--out", args.out.name),
+        *("--model", args.model, "--n-prompts", str(args.n_prompts)),
+        *("--n-test-prompts", str(args.n_test_prompts), "--seed", str(args.seed)),
+        *("--mode", args.mode, "--max-new-tokens", str(args.max_new_tokens)),
+        *("--temperature", f"{args.temperature:g}", "--batch-size", str(args.batch_size)),
+        *("--label-temperature", f"{args.label_temperature:g}"),
+    ]
+    return shlex.join(command + (["--threads", str(args.threads)] if args.threads else []))
 
 
 def _meta_path(out: Path) -> Path:
@@ -127,30 +129,30 @@ def cmd_gold_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_tokenizer(name: str) -> Any:
-    """Only the tokenizer: checking data should not load (or download) a model's weights."""
-    from transformers import AutoTokenizer
-
-    from gpo.models.embedded import resolve_model_path
-
-    path = resolve_model_path(name)
-    if not Path(path).expanduser().exists():
-        if looks_like_path(path):
-            raise ValueError(f"model path {path} does not exist")
-        if not hub_offline("TRANSFORMERS_OFFLINE"):
-            check_hub_reachable(f"model {name!r}")
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load the tokenizer of model {name!r}: {e}") from None
+#: The `gpo train` flags `gpo data check` takes, with the same defaults and help.
+CHECK_FLAGS = (*(f.name for f in dataclasses.fields(Limits)), "chat_template")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    limits = Limits(**values_from_args(args, Limits))
+    """The data as `gpo train` would make of it: its defaults and checks for this model."""
+    from gpo.models.positions import resolve_max_length
+    from gpo.models.tokenizer import load_tokenizer, set_chat_template
+
+    given = {k: v for k, v in values_from_args(args, TrainConfig).items() if k in CHECK_FLAGS}
     label, raw = read_source(args.source, args.split)  # a bad file fails before the tokenizer
-    result = check_rows(label, raw, _load_tokenizer(args.model), limits, args.examples)
-    print(f"model: {args.model} (its tokenizer and chat template)")
+    tokenizer, config = load_tokenizer(args.model)
+    template = given.pop("chat_template", None)
+    if template is not None:
+        set_chat_template(tokenizer, template)
+    max_length, how = resolve_max_length(given.pop("max_length", None), config, args.model)
+    result = check_rows(label, raw, tokenizer, Limits(max_length, **given), args.examples)
+    own = "its own" if getattr(tokenizer, "chat_template", None) else "none"
+    source = f"--chat-template {template}" if template else own
+    print(f"model: {args.model} (its tokenizer; chat template: {source})")
+    print(f"max_length: {max_length} ({how})")
     print(format_check(result))
+    if result.report is not None and (warning := result.report.unknown_warning()):
+        print(f"warning: {warning}")
     if result.problem:  # what `gpo train` would stop with, as the last line
         raise DataError(result.problem)
     return 0
@@ -168,7 +170,7 @@ def _add_check_parser(dsub: Any) -> None:
         "--model", default="smollm2", help="whose tokenizer and chat template (default: smollm2)"
     )
     p.add_argument("--examples", type=int, default=3, help="rendered pairs to show (default: 3)")
-    add_dataclass_flags(p, Limits)  # the same limit flags, defaults and help as `gpo train`
+    add_dataclass_flags(p, TrainConfig, names=CHECK_FLAGS)  # as `gpo train` has them
     p.set_defaults(func=cmd_check)
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import tokenize
 import typing
+from collections.abc import Collection
 from functools import cache
 from typing import Any
 
@@ -74,12 +75,18 @@ def flag_name(f: dataclasses.Field[Any]) -> str:
 
 
 def add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, helps: dict[str, str] | None = None
+    parser: argparse.ArgumentParser,
+    cls: type,
+    helps: dict[str, str] | None = None,
+    names: Collection[str] | None = None,
 ) -> None:
-    """One flag per init field of dataclass ``cls`` (help: ``helps[name]``, else its comment)."""
+    """One flag per init field of dataclass ``cls`` (help: ``helps[name]``, else its comment);
+    only the fields in ``names`` if given."""
     hints = typing.get_type_hints(cls)
     helps = {**field_comments(cls), **(helps or {})}
     for f in _init_fields(cls):
+        if names is not None and f.name not in names:
+            continue
         kinds, choices = field_types(hints[f.name])
         common = {
             "dest": f.name,

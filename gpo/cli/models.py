@@ -4,6 +4,7 @@ fastest way to try ``gpo train`` end to end (seconds on a laptop CPU, nothing do
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     tokenizer.save_pretrained(out)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote a tiny random Llama ({n:,} parameters, {len(tokenizer)} tokens) to {out}")
-    print(f"try: gpo train --model {out} --max-steps 5")
+    print(f"try: {shlex.join(['gpo', 'train', '--model', str(out), '--max-steps', '5'])}")
     return 0
 
 

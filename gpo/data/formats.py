@@ -203,6 +203,11 @@ def parse_row(row: Any, source: str, index: int, conversational: bool) -> Prefer
     _check_row_format(row, _where(source, index))
     chosen = _field(row, "chosen", source, index, conversational)
     rejected = _field(row, "rejected", source, index, conversational)
+    finished = _finished(row, source, index)
+    if row.get("prompt") is None and chosen == rejected:
+        # No preference to learn: dropped and counted when tokenized, as with a prompt field.
+        empty: Field = [] if conversational else ""
+        return PreferenceRow(empty, chosen, rejected, conversational, index, *finished)
     if "prompt" in row and row["prompt"] is not None:
         prompt = _field(row, "prompt", source, index, conversational)
         if conversational:
@@ -220,9 +225,8 @@ def parse_row(row: Any, source: str, index: int, conversational: bool) -> Prefer
         sides = (("chosen", "rejected", chosen), ("rejected", "chosen", rejected))
         for name, other, value in sides:
             if not (value.strip() if isinstance(value, str) else value):  # all of it is shared
-                how = "equal to" if chosen == rejected else "a prefix of"
                 raise DataError(
-                    f"{_where(source, index, name)}: no 'prompt' field, and {name} is {how} "
+                    f"{_where(source, index, name)}: no 'prompt' field, and {name} is a prefix of "
                     f"{other}, so nothing of it is left after the shared prompt; add a "
                     "'prompt' field"
                 )
@@ -234,13 +238,17 @@ def parse_row(row: Any, source: str, index: int, conversational: bool) -> Prefer
                 f"{_where(source, index, name)}: the last message must be from the assistant, "
                 f"got {value[-1]['role']!r}"  # type: ignore[index]
             )
+    return PreferenceRow(prompt, chosen, rejected, conversational, index, *finished)
+
+
+def _finished(row: dict[str, Any], source: str, index: int) -> list[bool]:
     finished = []
     for name in ("chosen_finished", "rejected_finished"):
         value = row.get(name, True)
         if not isinstance(value, bool):
             raise DataError(f"{_where(source, index, name)}: expected true or false, got {value!r}")
         finished.append(value)
-    return PreferenceRow(prompt, chosen, rejected, conversational, index, *finished)
+    return finished
 
 
 def parse_rows(rows: list[Any], source: str) -> list[PreferenceRow]:

@@ -24,12 +24,16 @@ is dropped and counted. Duplicate pairs are kept and counted in the report.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gpo.data.formats import DataError, PreferenceRow
 
 Ids = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected token ids
+
+#: The share of unknown tokens above which the data report warns.
+UNKNOWN_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,15 @@ class DataReport:
     fitted: int = 0  # truncated to max_length (overlong="truncate")
     truncated_prompts: int = 0
     truncated_completions: int = 0
-    duplicates: int = 0  # kept pairs equal to an earlier kept pair (kept: see below)
+    duplicates: int = 0  # kept rows whose text equals an earlier kept row's (kept: see below)
+    tokens: int = 0  # prompt + both responses of the kept pairs
+    unknown_tokens: int = 0  # of those, the tokenizer's unknown token (text it cannot encode)
     dropped_indices: list[int] = field(default_factory=list)
     max_length: int | None = None  # the limit the counts above refer to
 
     def __str__(self) -> str:
-        parts = [f"{self.source}: {self.rows} rows, kept {self.kept}"]
+        rows = "1 row" if self.rows == 1 else f"{self.rows} rows"
+        parts = [f"{self.source}: {rows}, kept {self.kept}"]
         if self.identical:
             parts.append(f"dropped {self.identical} with chosen == rejected")
         if self.too_long:
@@ -95,6 +102,17 @@ class DataReport:
         if self.duplicates:
             parts.append(f"{self.duplicates} duplicate pairs (kept)")
         return "; ".join(parts)
+
+    def unknown_warning(self) -> str | None:
+        """More than 1% unknown tokens: the tokenizer cannot represent much of the text, and
+        training would learn from placeholder tokens, not the words."""
+        if not self.tokens or self.unknown_tokens <= UNKNOWN_SHARE * self.tokens:
+            return None
+        return (
+            f"{self.source}: {self.unknown_tokens / self.tokens:.0%} of the tokens "
+            f"({self.unknown_tokens} of {self.tokens}) are the tokenizer's unknown token: it "
+            "cannot encode much of this text; use the model's own tokenizer, or check the data"
+        )
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -152,7 +170,8 @@ def render_ids(row: PreferenceRow, tokenizer: Any, source: str) -> Ids:
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(
                 f"{source}: conversational data needs a tokenizer with a chat template, and this "
-                "tokenizer has none; use standard (string) data or a chat model"
+                "tokenizer has none: pass standard data (prompt/chosen/rejected strings) with "
+                "--data, or a chat template with --chat-template FILE (a Jinja file)"
             )
 
         def render(msgs: Any, gen: bool) -> list[int]:
@@ -238,7 +257,9 @@ def tokenize_rows(
     pairs = []
     # Duplicates are kept (as TRL does): repeating a pair is a legitimate way to weight it, and
     # dropping rows silently would change the data; the report counts them so they are seen.
-    seen: set[tuple[tuple[int, ...], ...]] = set()
+    # They are counted on the text: distinct words a tokenizer maps to <unk> are not duplicates.
+    seen: set[str] = set()
+    unk = getattr(tokenizer, "unk_token_id", None)
     for row in rows:
         if row.chosen == row.rejected:
             report.identical += 1
@@ -255,10 +276,13 @@ def tokenize_rows(
         if fitted is None:
             report.dropped_indices.append(row.index)
             continue
-        key = (tuple(fitted[0]), tuple(fitted[1]), tuple(fitted[2]))
+        key = json.dumps([row.prompt, row.chosen, row.rejected])
         report.duplicates += key in seen
         seen.add(key)
         pairs.append(TokenizedPair(row.index, *fitted))
+        ids = [*fitted[0], *fitted[1], *fitted[2]]
+        report.tokens += len(ids)
+        report.unknown_tokens += 0 if unk is None else ids.count(unk)
     report.kept = len(pairs)
     if not pairs and not allow_empty:
         raise DataError(f"no usable rows left: {report}")

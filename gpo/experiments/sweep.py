@@ -263,13 +263,15 @@ def _run(
     except SweepInterrupted as e:
         print(
             f"sweep: interrupted; stopped {e}. Resume with the same command "
-            f"(--out {sweep_dir}); interrupted runs continue from their last checkpoint.",
+            f"(--out {shlex.quote(str(sweep_dir))}); interrupted runs continue from their last "
+            "checkpoint.",
             flush=True,
         )
         return e.exit_code
+    report = shlex.join(["gpo", "report", str(sweep_dir)])
     print(
         f"sweep: {len(runs) - len(failed)}/{len(runs)} runs finished in "
-        f"{time.perf_counter() - t0:.0f} s; report with: gpo report {sweep_dir}",
+        f"{time.perf_counter() - t0:.0f} s; report with: {report}",
         flush=True,
     )
     return 1 if failed else 0

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from gpo.losses.objectives import TRL_HINTS, Objective, resolve_objective
+from gpo.models.loading import old_checkpointing_names_quiet
 
 #: TRL versions this module is written against: the fused LM head (``outputs.log_probs``) and
 #: ``compute_ref_log_probs`` it relies on are not in TRL 1.9 and older. Tested with 1.16.0.
@@ -157,7 +158,8 @@ class GPODPOTrainer(DPOTrainer):
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
         if not self.precompute_ref_logps:  # one reference forward, by TRL's own method
-            rc, rr = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
+            with old_checkpointing_names_quiet():  # TRL toggles checkpointing by the old names
+                rc, rr = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
             inputs = {**inputs, "ref_chosen_logps": rc, "ref_rejected_logps": rr}
         recorder = _Recorder(model)
         with self._ref_from_inputs():  # TRL's metrics, from the same forward passes

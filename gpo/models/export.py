@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpo.models.loading import load_model_and_tokenizer
+from gpo.models.loading import load_model_and_tokenizer, old_checkpointing_names_quiet
 
 FINAL = "final"  # the folder `gpo train` saves the trained model into (gpo.train.checkpoint)
 ADAPTER_CONFIG = "adapter_config.json"
@@ -70,7 +70,8 @@ def _load_trained(folder: Path) -> tuple[Any, Any, str, str | None]:
             f"{folder}: the LoRA base model {base} it names is missing (moved or deleted?)"
         )
     model, base_tokenizer = load_model_and_tokenizer(base)
-    merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    with old_checkpointing_names_quiet():
+        merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
     tokenizer = _tokenizer(folder) or base_tokenizer
     if tokenizer.chat_template is None:  # older adapters saved without one: the base's
         tokenizer.chat_template = base_tokenizer.chat_template

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,11 +88,40 @@ def add_lora(
         )
     )
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=uses_conv1d(model),
     )
-    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    with old_checkpointing_names_quiet():
         return get_peft_model(model, config)
+
+
+def uses_conv1d(model: nn.Module) -> bool:
+    """Whether the layers LoRA adapts are transformers' ``Conv1D`` (GPT-2 and its kin store
+    weights transposed: PEFT needs ``fan_in_fan_out=True``, else it warns and sets it itself)."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    kinds = {
+        type(m) for m in model.modules() if isinstance(m, (Conv1D, nn.Linear)) and m is not head
+    }
+    return kinds == {Conv1D}
+
+
+#: transformers 5 renamed gradient checkpointing to activation checkpointing; PEFT and TRL still
+#: call the old names, each warning once per call site when gpo calls into them.
+OLD_CHECKPOINTING_NAMES = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"
+
+
+@contextlib.contextmanager
+def old_checkpointing_names_quiet() -> Iterator[None]:
+    """Silence only those FutureWarnings, only around gpo's own calls into PEFT and TRL."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=OLD_CHECKPOINTING_NAMES, category=FutureWarning)
+        yield
 
 
 def is_peft(model: nn.Module) -> bool:

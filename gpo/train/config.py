@@ -53,13 +53,14 @@ class TrainConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights are loaded in this
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast (Accelerate)
     trust_remote_code: bool = False  # run the model repo's own Python code (only if trusted)
+    chat_template: str | None = None  # a Jinja file set as the tokenizer's chat_template
     finetune: Literal["lora", "full"] = "lora"  # LoRA adapters, or every weight
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA input
     lora_target_modules: str = "all-linear"  # PEFT target_modules (comma-separated names)
     # data shaping
-    max_length: int = 1024  # tokens per prompt + completion (TRL's default); see `overlong`
+    max_length: int | None = None  # tokens per prompt + completion; None: min(1024, model's limit)
     overlong: Literal["drop", "truncate"] = "drop"  # a pair over max_length: drop it, or cut it
     max_prompt_length: int | None = None  # tokens; longer prompts are truncated
     max_completion_length: int | None = None  # tokens; longer responses keep their start
@@ -111,37 +112,7 @@ class TrainConfig:
         _check_types(self)
         if self.learning_rate is None:  # resolved here, so config.json records what was used
             self.learning_rate = DEFAULT_LEARNING_RATE[self.finetune]
-        checks = {
-            "max_steps": self.max_steps > 0,
-            "batch_size": self.batch_size > 0,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps > 0,
-            "logging_steps": self.logging_steps > 0,
-            "eval_fraction": 0 <= self.eval_fraction < 1,
-            "num_epochs": self.num_epochs is None or 0 < self.num_epochs < math.inf,
-            "warmup_ratio": 0 <= self.warmup_ratio < 1,
-            "max_grad_norm": 0 <= self.max_grad_norm < math.inf,  # 0: no clipping
-            "beta": 0 < self.beta < math.inf,
-            "learning_rate": 0 < self.learning_rate < math.inf,
-            "weight_decay": 0 <= self.weight_decay < math.inf,
-            "judge_prompts": self.judge_prompts >= 0,
-            "lora_r": self.lora_r > 0,
-            "lora_dropout": 0 <= self.lora_dropout < 1,
-            "max_padding": 0 <= self.max_padding <= 1,
-            "kl_target": self.kl_target is None or 0 < self.kl_target < math.inf,
-            "kl_control_steps": self.kl_control_steps > 0,
-            "kl_control_min_steps": 0 < self.kl_control_min_steps <= self.kl_control_steps,
-            "kl_tolerance": 0 < self.kl_tolerance < 1,
-            "kl_control_prompts": self.kl_control_prompts > 0,
-            "kl_ramp": 0 <= self.kl_ramp <= 1,
-            "kl_gain_i": 0 <= self.kl_gain_i < math.inf,
-            "kl_gain_p": 0 <= self.kl_gain_p < math.inf,
-            "kl_beta_min": 0 < self.kl_beta_min <= self.kl_beta_max,
-            "kl_beta_max": self.kl_beta_max < math.inf,
-            "kl_lr_gain": 0 <= self.kl_lr_gain < math.inf,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"config: {name} = {getattr(self, name)!r} is out of range")
+        _check_ranges(self)
         if self.eval_schedule is not None:
             parse_schedule(self.eval_schedule)  # a malformed schedule fails here, not mid-run
         if self.kl_target is not None:
@@ -151,6 +122,75 @@ class TrainConfig:
         unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
         if unknown:
             raise ValueError(f"config: report_to has unknown entries {sorted(unknown)}")
+
+
+#: The most nats per sampled token a KL target may ask for. The KL is measured on completions of
+#: at most ``max_new_tokens`` tokens, and a policy 10 nats per token from pi_ref samples only
+#: tokens pi_ref gives probability about e^-10 = 5e-5: nothing of pi_ref is left for any beta to
+#: hold on to, so no fixed beta means such a target (beta -> 0 is no regularization at all).
+KL_PER_TOKEN_MAX = 10.0
+
+
+def kl_target_max(cfg: TrainConfig) -> float:
+    """The largest ``kl_target`` accepted: :data:`KL_PER_TOKEN_MAX` x ``max_new_tokens``."""
+    return KL_PER_TOKEN_MAX * cfg.max_new_tokens
+
+
+def range_checks(cfg: TrainConfig) -> dict[str, tuple[bool, str]]:
+    """Each range-checked field: whether it is in range, and the range as errors state it."""
+    return {
+        "max_steps": (cfg.max_steps > 0, ">= 1"),
+        "batch_size": (cfg.batch_size > 0, ">= 1"),
+        "gradient_accumulation_steps": (cfg.gradient_accumulation_steps > 0, ">= 1"),
+        "logging_steps": (cfg.logging_steps > 0, ">= 1"),
+        "eval_fraction": (0 <= cfg.eval_fraction < 1, "in [0, 1)"),
+        "num_epochs": (
+            cfg.num_epochs is None or 0 < cfg.num_epochs < math.inf,
+            "None or finite and > 0",
+        ),
+        "warmup_ratio": (0 <= cfg.warmup_ratio < 1, "in [0, 1)"),
+        "max_grad_norm": (0 <= cfg.max_grad_norm < math.inf, "finite and >= 0 (0: none)"),
+        "beta": (0 < cfg.beta < math.inf, "finite and > 0"),
+        "learning_rate": (0 < cfg.learning_rate < math.inf, "finite and > 0"),
+        "weight_decay": (0 <= cfg.weight_decay < math.inf, "finite and >= 0"),
+        "judge_prompts": (cfg.judge_prompts >= 0, ">= 0"),
+        "lora_r": (cfg.lora_r > 0, ">= 1"),
+        "lora_dropout": (0 <= cfg.lora_dropout < 1, "in [0, 1)"),
+        "max_padding": (0 <= cfg.max_padding <= 1, "in [0, 1]"),
+        "max_length": (
+            cfg.max_length is None or cfg.max_length >= 2,
+            "None (min(1024, the model's limit)) or >= 2",
+        ),
+        "kl_target": (
+            cfg.kl_target is None or 0 < cfg.kl_target <= kl_target_max(cfg),
+            f"None or in (0, {kl_target_max(cfg):g}] nats ({KL_PER_TOKEN_MAX:g} per "
+            f"token of max_new_tokens {cfg.max_new_tokens}; docs/kl-control.md)",
+        ),
+        "kl_control_steps": (cfg.kl_control_steps > 0, ">= 1"),
+        "kl_control_min_steps": (
+            0 < cfg.kl_control_min_steps <= cfg.kl_control_steps,
+            f"in [1, kl_control_steps = {cfg.kl_control_steps}]",
+        ),
+        "kl_tolerance": (0 < cfg.kl_tolerance < 1, "in (0, 1)"),
+        "kl_control_prompts": (cfg.kl_control_prompts > 0, ">= 1"),
+        "kl_ramp": (0 <= cfg.kl_ramp <= 1, "in [0, 1]"),
+        "kl_gain_i": (0 <= cfg.kl_gain_i < math.inf, "finite and >= 0"),
+        "kl_gain_p": (0 <= cfg.kl_gain_p < math.inf, "finite and >= 0"),
+        "kl_beta_min": (
+            0 < cfg.kl_beta_min <= cfg.kl_beta_max,
+            f"in (0, kl_beta_max = {cfg.kl_beta_max!r}]",
+        ),
+        "kl_beta_max": (cfg.kl_beta_max < math.inf, "finite and >= kl_beta_min"),
+        "kl_lr_gain": (0 <= cfg.kl_lr_gain < math.inf, "finite and >= 0 (0: off)"),
+    }
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    for name, (ok, valid) in range_checks(cfg).items():
+        if not ok:
+            raise ValueError(
+                f"config: {name} = {getattr(cfg, name)!r} is out of range: must be {valid}"
+            )
 
 
 def _check_kl_control(cfg: TrainConfig) -> None:
@@ -167,6 +207,30 @@ def _check_kl_control(cfg: TrainConfig) -> None:
             "config: kl_target needs held-out prompts to sample from: set eval_fraction > 0, "
             "eval_data or eval_split"
         )
+    if cfg.num_epochs is None:  # else max_steps is known once the data are
+        kl_run_length_warning(cfg)
+
+
+def kl_run_length_warning(cfg: TrainConfig) -> str | None:
+    """A run too short for ``kl_target`` is refused: the first KL measurement comes after step
+    ``kl_control_min_steps``, so no step of a run that ends there trains at a steered beta. One
+    shorter than ``kl_control_steps`` gets a warning (the controller gets few measurements)."""
+    if cfg.max_steps <= cfg.kl_control_min_steps:
+        raise ValueError(
+            f"config: kl_target needs max_steps > kl_control_min_steps = "
+            f"{cfg.kl_control_min_steps}: the first KL measurement comes after step "
+            f"{cfg.kl_control_min_steps}, so a "
+            f"{cfg.max_steps}-step run never trains at a steered beta; train longer (at least "
+            f"kl_control_steps = {cfg.kl_control_steps} steps) or drop kl_target"
+        )
+    if cfg.max_steps < cfg.kl_control_steps:
+        return (
+            f"gpo: warning: kl_target on a {cfg.max_steps}-step run, shorter than "
+            f"kl_control_steps ({cfg.kl_control_steps}): beta is steered from step "
+            f"{cfg.kl_control_min_steps} on, from few KL measurements, and can move little; "
+            "the final KL may miss the target"
+        )
+    return None
 
 
 def field_types(tp: Any) -> tuple[list[type], list[Any] | None]:

@@ -6,6 +6,7 @@ A second Ctrl-C stops at once (Python's default ``KeyboardInterrupt``), without 
 
 from __future__ import annotations
 
+import shlex
 import signal
 import threading
 from collections.abc import Iterator
@@ -25,9 +26,8 @@ class Interrupted(Exception):
         self.step, self.signum, self.run_dir = step, signum, run_dir
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
-        super().__init__(
-            f"{name}: interrupted at step {step}; resume with: gpo train --out {run_dir} --resume"
-        )
+        resume = shlex.join(["gpo", "train", "--out", str(run_dir), "--resume"])
+        super().__init__(f"{name}: interrupted at step {step}; resume with: {resume}")
 
 
 class StopRequests:

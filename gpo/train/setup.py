@@ -3,6 +3,8 @@ Accelerator, the data order, and the resume check. The loop itself is :mod:`gpo.
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,10 @@ from gpo.eval.judges import parse_judge_spec, resolve_judge
 from gpo.io import redact_urls, write_json
 from gpo.models.embedded import cache_root
 from gpo.models.loading import add_lora, disable_dropout, frozen_copy, load_model_and_tokenizer
+from gpo.models.positions import position_limit, resolve_max_length
 from gpo.models.reference import Reference
-from gpo.train.config import TrainConfig, saved_config
+from gpo.models.tokenizer import set_chat_template
+from gpo.train.config import TrainConfig, kl_run_length_warning, saved_config
 from gpo.train.guards import writable_run_dir
 from gpo.train.resume import DATA_FINGERPRINT, check_config, nothing_to_resume
 from gpo.train.run_record import RECORD, delete_recorded, output, recorded, recorded_outputs
@@ -149,7 +153,6 @@ def open_run_dir(cfg: TrainConfig, main: bool) -> tuple[Path | None, bool]:
     run_dir = writable_run_dir(cfg.out, "train")
     if cfg.resume:
         check_config(run_dir, cfg)
-    print(startup_summary(cfg, run_dir))
     return run_dir, created
 
 
@@ -173,12 +176,10 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any, Reference]:
     local = Path(model.config._name_or_path).expanduser()
     if local.is_dir():  # PEFT's adapter_config then names the base model from any directory
         model.config._name_or_path = model.name_or_path = str(local.resolve())
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(positions, int) and cfg.max_length > positions:
-        raise ValueError(
-            f"config: max_length = {cfg.max_length} is more than model {cfg.model}'s "
-            f"max_position_embeddings ({positions}); lower --max-length"
-        )
+    # Resolved here, so config.json records the length used (and a resume reuses it).
+    cfg.max_length, _ = resolve_max_length(cfg.max_length, model.config, cfg.model)
+    if cfg.chat_template is not None:
+        set_chat_template(tokenizer, cfg.chat_template)
     disable_dropout(model)
     if cfg.finetune == "lora":
         model = add_lora(
@@ -190,6 +191,7 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any, Reference]:
 
 def prepare(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
     check_task_judges(cfg)
+    assert cfg.max_length is not None, "build_model resolves max_length"
     limits = Limits(
         cfg.max_length,
         cfg.max_prompt_length,
@@ -257,31 +259,82 @@ def check_task_judges(cfg: TrainConfig) -> None:
         )
 
 
-def startup_summary(cfg: TrainConfig, run_dir: Path) -> str:
+def resolve_steps(cfg: TrainConfig, n_train: int, num_processes: int) -> None:
+    """``max_steps`` from ``num_epochs`` once the training pairs are counted; a KL target on a
+    run too short to steer is refused (:func:`gpo.train.config.kl_run_length_warning`)."""
+    if cfg.num_epochs is not None:
+        global_batch = cfg.batch_size * num_processes * cfg.gradient_accumulation_steps
+        cfg.max_steps = max(1, math.ceil(cfg.num_epochs * n_train / global_batch))
+    if cfg.kl_target is not None:
+        kl_run_length_warning(cfg)
+
+
+def announce(cfg: TrainConfig, run_dir: Path, data: PreparedData, model_config: Any) -> None:
+    """The start-up summary, the data lines and the warnings on the settings, once the model and
+    the data are loaded, so every number in them is the run's own."""
+    print(startup_summary(cfg, run_dir, data, position_limit(model_config)))
+    for report in data.reports:
+        print(f"data: {report}")
+        if warning := report.unknown_warning():
+            print(f"gpo: warning: {warning}", file=sys.stderr)
+    if cfg.kl_target is not None and (warning := kl_run_length_warning(cfg)):
+        print(warning, file=sys.stderr)
+
+
+def _evals(cfg: TrainConfig, n_eval: int) -> str:
+    """What each evaluation does, with the counts the held-out set allows."""
+    if n_eval == 0:
+        return "no evaluation (no held-out pairs)"
+    if cfg.eval_schedule is None and cfg.eval_steps == 0:
+        return "no evaluation (eval_steps 0)"
+    if cfg.eval_schedule is not None:
+        evals = f"eval {cfg.eval_schedule}: "
+    elif cfg.eval_steps >= cfg.max_steps:
+        evals = f"eval at the end only (eval_steps {cfg.eval_steps} >= max_steps {cfg.max_steps}): "
+    else:
+        evals = f"eval every {cfg.eval_steps} steps and at the end: "
+    evals += plural(min(cfg.eval_max_pairs, n_eval), "held-out pair")
+    if cfg.kl_prompts and cfg.kl_samples:
+        evals += f", KL on {plural(min(cfg.kl_prompts, n_eval), 'prompt')} x {cfg.kl_samples}"
+        evals += " samples" if cfg.kl_samples > 1 else " sample"
+    if cfg.judge_prompts:
+        n = min(cfg.judge_prompts, n_eval)
+        evals += f", {redact_urls(cfg.judge)} win rate on {plural(n, 'prompt')}"
+    if is_gold(cfg) and cfg.gold_eval_prompts:
+        n = min(cfg.gold_eval_prompts, n_eval)
+        evals += f"; final gold win rate on {plural(n, 'prompt')}"
+    return evals
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def startup_summary(
+    cfg: TrainConfig,
+    run_dir: Path,
+    data: PreparedData,
+    limit: tuple[str, int] | None = None,
+) -> str:
     """A few lines on what this run does (the full resolved config goes to config.json)."""
     tune = f"LoRA r {cfg.lora_r}" if cfg.finetune == "lora" else "full fine-tuning"
-    steps = f"{cfg.num_epochs:g} epoch(s)" if cfg.num_epochs else f"{cfg.max_steps} steps"
-    if cfg.eval_schedule is None and cfg.eval_steps == 0:
-        evals = "no evaluation (eval_steps 0)"
-    else:
-        evals = f"eval {cfg.eval_schedule or f'every {cfg.eval_steps} steps'}: "
-        evals += f"{cfg.eval_max_pairs} held-out pairs"
-        if cfg.kl_prompts and cfg.kl_samples:
-            evals += f", KL on {cfg.kl_prompts} prompts x {cfg.kl_samples} samples"
-    if cfg.judge_prompts:
-        evals += f", {redact_urls(cfg.judge)} win rate on {cfg.judge_prompts} prompts"
-    if is_gold(cfg) and cfg.gold_eval_prompts:
-        evals += f"; final gold win rate on {cfg.gold_eval_prompts} prompts"
+    steps = plural(cfg.max_steps, "step")
+    if cfg.num_epochs:
+        steps = f"{cfg.num_epochs:g} epoch(s) = {steps}"
+    length = f"max_length {cfg.max_length}"
+    if limit is not None:
+        length += f" (model's {limit[0]} {limit[1]})"
     beta = f"beta {cfg.beta:g}"
     if cfg.kl_target is not None:
         beta += (
-            f" steered to KL {cfg.kl_target:g} nats, measured every {cfg.kl_control_steps} steps"
+            f" steered to KL {cfg.kl_target:g} nats, measured every {cfg.kl_control_min_steps}"
+            f"-{cfg.kl_control_steps} steps"
         )
     lines = [
         f"gpo train: {cfg.loss} ({beta}) on {cfg.data}, model {cfg.model} ({tune})",
-        f"  {steps} x {cfg.batch_size} pairs, lr {cfg.learning_rate:g} ({cfg.lr_scheduler}), "
-        f"seed {cfg.seed}" + (", resuming" if cfg.resume else ""),
-        f"  {evals}",
+        f"  {steps} x {plural(cfg.batch_size, 'pair')}, {length}, lr {cfg.learning_rate:g} "
+        f"({cfg.lr_scheduler}), seed {cfg.seed}" + (", resuming" if cfg.resume else ""),
+        f"  {_evals(cfg, len(data.eval))}",
         f"  run folder {run_dir} (full config: config.json)",
     ]
     return "\n".join(lines)

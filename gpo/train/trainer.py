@@ -13,7 +13,6 @@ its checkpoint stopped.
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import time
@@ -57,6 +56,7 @@ from gpo.train.run_record import delete_recorded, output
 from gpo.train.schedule import is_eval_step, segments_for
 from gpo.train.setup import (
     accelerator,
+    announce,
     attach_ref_cache,
     build_model,
     gather_uneven,
@@ -67,6 +67,7 @@ from gpo.train.setup import (
     pair_tokens,
     precision_warning,
     prepare,
+    resolve_steps,
     start_writing,
 )
 from gpo.train.tracking import Tracker, eval_line
@@ -111,12 +112,9 @@ class Trainer(Evaluations):
         if self.main and (warning := precision_warning(cfg)):
             print(warning, file=sys.stderr)
         self.data = prepare(cfg, self.tokenizer)
+        resolve_steps(cfg, len(self.data.train), acc.num_processes)
         if self.main:
-            for report in self.data.reports:
-                print(f"data: {report}")
-        if cfg.num_epochs is not None:
-            global_batch = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
-            cfg.max_steps = max(1, math.ceil(cfg.num_epochs * len(self.data.train) / global_batch))
+            announce(cfg, self.run_dir, self.data, model.config)
         self.steering = None
         if cfg.kl_target is not None:
             if not self.data.eval:
