@@ -87,6 +87,19 @@ def test_max_length_defaults_to_the_models_limit(user_gpt2, user_llama, tmp_path
     assert "max_length = 300 is more than model" in err and "at most 256" in err
 
 
+def test_a_resumed_run_keeps_its_resolved_max_length(user_gpt2, tmp_path):
+    """From the API too: a config left at the default resumes with the run's 256."""
+    from gpo.train.config import TrainConfig
+    from gpo.train.trainer import train
+
+    data = _write(tmp_path / "prefs.jsonl", _rows(8))
+    quiet = dict(batch_size=2, eval_steps=0, kl_prompts=0, progress=False, report_to=["none"])
+    base = dict(model=str(user_gpt2), data=str(data), out=str(tmp_path / "run"), **quiet)
+    train(TrainConfig(**base, max_steps=2, save_steps=1, save_final=False))
+    summary = train(TrainConfig(**base, max_steps=3, resume=True, save_final=False))
+    assert summary["steps"] == 3 and _config(tmp_path / "run")["max_length"] == 256
+
+
 def test_conversational_data_on_a_base_model_says_what_to_do(user_gpt2, tmp_path, capsys):
     # The default data (the gold task) is conversational; this GPT-2 has no chat template.
     assert _train(user_gpt2, "gold", tmp_path / "gold", "--max-steps", "1") == 2

@@ -69,6 +69,8 @@ def saved_run_config(run_dir: Path) -> dict[str, Any]:
 def check_config(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse a config that changes the optimisation; say when the LR schedule is rebuilt."""
     saved = saved_run_config(run_dir)
+    if cfg.max_length is None:  # the default: the length the run resolved for its model
+        cfg.max_length = saved.get("max_length")
     now = saved_config(cfg)  # compared as saved: secrets in URLs are redacted in both
     saved = {k: saved[k] if k in saved else _as_saved_before(k, saved) for k in now}
     differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved[k] != now[k])
