@@ -250,6 +250,7 @@ def _run(
     print_config(resolved, "resolved sweep config")
     write_json(sweep_dir / SWEEP_JSON, resolved)  # also what workers look for
     t0 = time.perf_counter()
+    before = sum(1 for r in runs if r.done)  # finished by earlier invocations of this sweep
     try:
         if backend is None:
             failed = execute(runs, jobs)
@@ -270,7 +271,8 @@ def _run(
         return e.exit_code
     report = shlex.join(["gpo", "report", str(sweep_dir)])
     print(
-        f"sweep: {len(runs) - len(failed)}/{len(runs)} runs finished in "
+        f"sweep: {len(runs) - len(failed)}/{len(runs)} runs finished ({before} before this "
+        f"invocation, {len(runs) - len(failed) - before} in it); this invocation took "
         f"{time.perf_counter() - t0:.0f} s; report with: {report}",
         flush=True,
     )

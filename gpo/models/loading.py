@@ -135,4 +135,23 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return ref.eval()
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward pass (TRL's default).
+
+    Non-reentrant checkpointing: exact gradients, and no need for inputs that require grad; a
+    PEFT model's embedding outputs are made to require grad anyway, as TRL and PEFT do, so that
+    a reentrant setting elsewhere still reaches the adapters."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        name = type(getattr(model, "get_base_model", lambda: model)()).__name__
+        raise ModelError(f"{name} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if is_peft(model):
+        model.enable_input_require_grads()
+
+
 Finetune = Literal["lora", "full"]

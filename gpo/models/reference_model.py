@@ -9,13 +9,17 @@ merged, so pi_ref is one plain frozen network and its log-prob cache key
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from gpo.models.loading import ModelError, disable_dropout, load_model_and_tokenizer
+from gpo.models.loading import (
+    ModelError,
+    disable_dropout,
+    load_model_and_tokenizer,
+    old_checkpointing_names_quiet,
+)
 
 
 def _adapter_base(folder: Path, policy_model: str) -> str:
@@ -41,8 +45,7 @@ def _load(path: str, policy_model: str, dtype: str, trust_remote_code: bool) -> 
     if (folder / "tokenizer_config.json").is_file():  # saved with the adapter: that one counts
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     try:
-        with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        with old_checkpointing_names_quiet():
             model = PeftModel.from_pretrained(base, folder).merge_and_unload()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ModelError(f"cannot load LoRA adapter {path} as the reference ({e})") from None

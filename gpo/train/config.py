@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gpo.io import REDACTED, read_yaml_mapping, redact_urls
+from gpo.losses.family import canonical_loss_name
 from gpo.train.schedule import parse_schedule
+from gpo.train.trl_config import from_trl, suggest, trl_names
 
 #: The default learning rate per fine-tuning mode: LoRA's adapters start at zero and need a large
 #: step; every weight of a pretrained model needs a small one (TRL's DPO default is 1e-6, the
@@ -55,6 +57,8 @@ class TrainConfig:
     trust_remote_code: bool = False  # run the model repo's own Python code (only if trusted)
     chat_template: str | None = None  # a Jinja file set as the tokenizer's chat_template
     finetune: Literal["lora", "full"] = "lora"  # LoRA adapters, or every weight
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory
+    ref_model: str | None = None  # pi_ref: a model or LoRA adapter folder; None: `model` itself
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA input
@@ -110,6 +114,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        self.loss = canonical_loss_name(self.loss)  # 'dpo' runs and reports as 'logistic'
         if self.learning_rate is None:  # resolved here, so config.json records what was used
             self.learning_rate = DEFAULT_LEARNING_RATE[self.finetune]
         _check_ranges(self)
@@ -267,8 +272,7 @@ def _check_types(cfg: TrainConfig) -> None:
 
 
 def suggest_field(key: str) -> str:
-    close = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(TrainConfig)], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return suggest(key, [f.name for f in dataclasses.fields(TrainConfig)])
 
 
 def saved_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -305,8 +309,15 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConf
     """
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
-    if path is not None:
-        values.update(read_yaml_mapping(path, "config file", names, suggest_field))
+    if path is not None:  # gpo's keys, or TRL's and HF's (gpo/train/trl_config.py)
+        loaded = read_yaml_mapping(path, "config file", names | trl_names(), suggest_field)
+        try:
+            translated, ignored = from_trl(loaded, names)
+        except ValueError as e:
+            raise ValueError(f"config file {path}: {e}") from None
+        if ignored:
+            print(f"gpo: config file {path}: ignored {', '.join(ignored)}", file=sys.stderr)
+        values.update(translated)
     values.update(overrides)
     saved = Path(str(values.get("out"))) / "config.json"
     if values.get("resume") and values.get("out") is not None and saved.is_file():

@@ -17,9 +17,16 @@ from gpo.data.tokenize import Limits, TokenizedPair
 from gpo.eval.judges import parse_judge_spec, resolve_judge
 from gpo.io import redact_urls, write_json
 from gpo.models.embedded import cache_root
-from gpo.models.loading import add_lora, disable_dropout, frozen_copy, load_model_and_tokenizer
+from gpo.models.loading import (
+    add_lora,
+    disable_dropout,
+    enable_gradient_checkpointing,
+    frozen_copy,
+    load_model_and_tokenizer,
+)
 from gpo.models.positions import position_limit, resolve_max_length
 from gpo.models.reference import Reference
+from gpo.models.reference_model import load_reference_model
 from gpo.models.tokenizer import set_chat_template
 from gpo.train.config import TrainConfig, kl_run_length_warning, saved_config
 from gpo.train.guards import writable_run_dir
@@ -181,12 +188,21 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any, Reference]:
     if cfg.chat_template is not None:
         set_chat_template(tokenizer, cfg.chat_template)
     disable_dropout(model)
+    frozen = None  # None with LoRA: pi_ref is the policy with its adapters off
+    if cfg.ref_model is not None:
+        frozen = load_reference_model(
+            cfg.ref_model, cfg.model, tokenizer, cfg.dtype, cfg.trust_remote_code
+        )
+        resolve_max_length(cfg.max_length, frozen.config, cfg.ref_model)  # pi_ref's limit too
     if cfg.finetune == "lora":
         model = add_lora(
             model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules
         )
-        return model, tokenizer, Reference(model)
-    return model, tokenizer, Reference(model, frozen=frozen_copy(model))
+    elif frozen is None:
+        frozen = frozen_copy(model)
+    if cfg.gradient_checkpointing:  # after the copy: pi_ref never runs a backward
+        enable_gradient_checkpointing(model)
+    return model, tokenizer, Reference(model, frozen=frozen)
 
 
 def prepare(cfg: TrainConfig, tokenizer: Any) -> PreparedData:

@@ -295,7 +295,8 @@ def _spearman_figure(
         ylabel="Spearman correlation (KL, mu-weighted sq. loss)",
         title="correlation over checkpoints",
     )
-    ax.legend(fontsize=7)
+    if pooled or any(r["spearman_kl_mu_sq"] is not None for r in rows):  # < 3 checkpoints: none
+        ax.legend(fontsize=7)
     written.append(_save(plt, fig, out / "spearman_vs_beta.png"))
 
 
