@@ -114,9 +114,13 @@ def test_chat_template_file_flag_and_yaml_key(user_gpt2, tmp_path, capsys):
     template.write_text(TEMPLATE)
     data = _write(tmp_path / "conv.jsonl", _conversational(8))
     run = tmp_path / "flag"
-    assert _train(user_gpt2, data, run, "--max-steps", "1", "--chat-template", str(template)) == 0
+    argv = ("--max-steps", "1", "--chat-template", str(template), "--save-final", "true")
+    assert _train(user_gpt2, data, run, *argv) == 0
     assert "kept 7" in capsys.readouterr().out  # 8 rows, one held out
     assert _config(run)["chat_template"] == str(template)
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(run / "final").chat_template == TEMPLATE  # saved with it
     yaml_run = tmp_path / "yaml"
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"chat_template": str(template), "max_steps": 1}))
