@@ -196,7 +196,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(
 @pytest.mark.parametrize(
     ("which", "finetune"), [("gpt2", "full"), ("llama", "lora")], ids=["gpt2-full", "llama-lora"]
 )
-def test_gradient_checkpointing_at_the_cli(which, finetune, user_gpt2, user_llama, prefs, tmp_path):
+def test_gradient_checkpointing_at_the_cli(
+    which, finetune, user_gpt2, user_llama, prefs, tmp_path, capsys
+):
     """Two steps with and without: the same losses and gradient norms (prefix sharing, on
     without checkpointing only, agrees with the plain path to float rounding)."""
     model = user_gpt2 if which == "gpt2" else user_llama
@@ -205,6 +207,8 @@ def test_gradient_checkpointing_at_the_cli(which, finetune, user_gpt2, user_llam
         run = tmp_path / flag
         extra = ["--max-steps", "2", "--finetune", finetune, "--gradient-checkpointing", flag]
         assert _train(model, prefs, run, *extra, "--ref-cache", "none") == 0
+        said = "gradient checkpointing)" in capsys.readouterr().out  # the start-up summary
+        assert said == (flag == "true")
         assert json.loads((run / "config.json").read_text())["gradient_checkpointing"] == (
             flag == "true"
         )
@@ -268,7 +272,7 @@ def test_ref_model_is_the_reference_and_keys_the_cache(user_gpt2, prefs, tmp_pat
     assert [len(f) for f in folders] == [1, 1, 2, 3]  # self shares none's folder
 
 
-def test_ref_model_with_a_lora_policy(user_llama, prefs, tmp_path):
+def test_ref_model_with_a_lora_policy(user_llama, prefs, tmp_path, capsys):
     """A LoRA policy with an explicit reference: pi_ref is that model, not the adapters-off
     policy (step-1 loss away from log 2)."""
     from user_models import llama_512
@@ -278,6 +282,7 @@ def test_ref_model_with_a_lora_policy(user_llama, prefs, tmp_path):
     extra = ["--max-steps", "1", "--ref-model", str(other), "--ref-cache", "none"]
     assert _train(user_llama, prefs, run, *extra) == 0
     assert abs(_first_loss(run) - math.log(2)) > 1e-3
+    assert f"(LoRA r 16, pi_ref {other})" in capsys.readouterr().out  # the start-up summary
 
 
 def test_a_reference_with_another_tokenizer_is_refused_in_one_line(

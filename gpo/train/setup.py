@@ -334,6 +334,8 @@ def startup_summary(
 ) -> str:
     """A few lines on what this run does (the full resolved config goes to config.json)."""
     tune = f"LoRA r {cfg.lora_r}" if cfg.finetune == "lora" else "full fine-tuning"
+    tune += ", gradient checkpointing" if cfg.gradient_checkpointing else ""
+    tune += f", pi_ref {cfg.ref_model}" if cfg.ref_model is not None else ""
     steps = plural(cfg.max_steps, "step")
     if cfg.num_epochs:
         steps = f"{cfg.num_epochs:g} epoch(s) = {steps}"
