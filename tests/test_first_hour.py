@@ -342,6 +342,13 @@ def test_the_sweep_report_command_is_quoted(user_gpt2, tmp_path):
     assert shlex.split(command) == ["gpo", "report", str(out)]
 
 
+def test_the_tiny_models_try_command_is_quoted(tmp_path, capsys):
+    out = tmp_path / "my tiny"
+    assert main(["models", "tiny", str(out)]) == 0
+    command = capsys.readouterr().out.split("try: ")[1].strip()
+    assert shlex.split(command) == ["gpo", "train", "--model", str(out), "--max-steps", "5"]
+
+
 # --- 8. the start-up summary's numbers ------------------------------------------------------
 
 
