@@ -230,11 +230,15 @@ def test_ray_gives_the_local_numbers_despite_a_kill_9_and_a_driver_restart(
     r = ray_sweep
     assert r["again"].returncode == 0, r["again"].stdout[-3000:] + r["again"].stderr[-3000:]
     _assert_same_runs(r["out"], local_sweep)
-    # The pre-build filled the cache: no run computed a reference log-prob itself.
-    for log in r["out"].glob("runs/*/train.log"):
-        assert ", 0 computed (" in log.read_text(), log
     first = r["first"]
-    assert "ray: started a local instance" in first and "pre-built for 1 group(s)" in first
+    # One node, our own instance: no probe task, no pre-build (the runs fill this machine's
+    # cache as the local executor's do; Slurm's sweep below pre-builds).
+    assert re.search(r"ray: started a local instance in [\d.]+ s: 1 node\(s\), 2 CPUs", first)
+    assert "checked the sweep folder" not in first and "pre-built" not in first
+    assert "sweep: no pre-build (one node: the runs share its cache)" in first
+    assert re.search(r"ray: stopped the local instance in [\d.]+ s", r["again"].stdout)
+    logs = [p.read_text() for p in r["out"].glob("runs/*/train.log")]
+    assert any(re.search(r", [1-9]\d* computed \(", log) for log in logs)
     # the status line (how many runs have started by then depends on the timing)
     assert re.search(r"sweep: [0-3]/4 done, [12] running, 0 failed, [0-3] waiting", first), first
 
@@ -270,6 +274,10 @@ def test_slurm_gives_the_local_numbers_and_a_preempted_job_resumes(slurm_sweep, 
     s = slurm_sweep
     assert s["rc"] == 0, s["log"][-3000:]
     _assert_same_runs(s["out"], local_sweep)
+    # The pre-build filled the cache: no run computed a reference log-prob itself.
+    assert "pre-built for 1 group(s)" in s["log"]
+    for log in s["out"].glob("runs/*/train.log"):
+        assert ", 0 computed (" in log.read_text(), log
     log = (s["preempted"] / "train.log").read_text()
     assert "resuming at step " in log, log[-2000:]
     assert "slurm: submitted 4 job(s)" in s["log"]
@@ -359,6 +367,77 @@ def test_gpus_per_run_without_a_gpu_fails_before_any_run(
         "(most on one node: 0)\n"
     )
     assert not (tmp_path / "out" / "runs").exists()
+
+
+class _FakeRay:
+    """Just enough of ray for RayExecutor.connect and .prebuild: ``nodes`` alive nodes of 2
+    CPUs; a remote call runs at once, here, and is recorded."""
+
+    def __init__(self, nodes: int) -> None:
+        self.n, self.called = nodes, []  # type: ignore[var-annotated]
+
+    def init(self, **kwargs: Any) -> None:
+        pass
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"Alive": True, "Resources": {"CPU": 2.0}}] * self.n
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": 2.0 * self.n}
+
+    def remote(self, fn: Callable[..., Any]) -> Any:
+        ray = self
+
+        class Remote:
+            def options(self, **kwargs: Any) -> Any:
+                return self
+
+            def remote(self, *args: Any) -> Any:
+                ray.called.append(fn.__name__)
+                return fn(*args)
+
+        return Remote()
+
+    def get(self, ref: Any, timeout: float | None = None) -> Any:
+        return ref
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("address", "nodes", "prebuild", "probed", "prebuilds"),
+    [
+        (None, 1, None, False, False),  # our own instance: this machine's folder and cache
+        (None, 1, True, False, True),  # asked for
+        ("auto", 1, None, True, False),  # a cluster's folder is probed, even with one node
+        ("auto", 2, None, True, True),  # several nodes: pre-built once before the fan-out
+        ("auto", 2, False, True, False),
+    ],
+)
+def test_ray_probes_a_cluster_folder_and_prebuilds_for_several_nodes(
+    tmp_path, monkeypatch, capsys, address, nodes, prebuild, probed, prebuilds
+) -> None:
+    from gpo.experiments.executors import ray_sweep
+    from gpo.experiments.executors.slurm_sweep import SlurmExecutor
+
+    fake = _FakeRay(nodes)
+    monkeypatch.setattr(ray_sweep, "require", lambda module, extra: fake)
+    cfg = SweepConfig(executor="ray", prebuild=prebuild)
+    executor = ray_sweep.RayExecutor(cfg, address)
+    executor.connect(tmp_path, {})
+    assert (fake.called == ["probe_folder"]) is probed
+    said = capsys.readouterr().out
+    assert ("a worker checked the sweep folder in" in said) is probed, said
+    assert executor.wants_prebuild() is prebuilds
+    # Slurm's array lands on several nodes: it pre-builds unless told not to.
+    slurm = SlurmExecutor(SweepConfig(executor="slurm", slurm_cluster="local", prebuild=prebuild))
+    assert slurm.wants_prebuild() is (prebuild is not False)
+    # What a pre-build is on Ray: its tasks at once, then one line.
+    fake.called.clear()
+    executor.prebuild([_task(tmp_path, "print('built')")])
+    assert fake.called == ["run_task"] and (tmp_path / "t.log").read_text() == "built\n"
+    assert "pre-built for 1 group(s) in " in capsys.readouterr().out
 
 
 def test_a_worker_that_cannot_see_or_write_the_sweep_folder_says_so(tmp_path) -> None:

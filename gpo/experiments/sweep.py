@@ -19,7 +19,8 @@ running would race the resumed sweep for the same folder and cores). Options tha
 credentials (a judge URL's ``user:key@``) reach each run in its environment, never its argv.
 
 The ``ray`` and ``slurm`` executors (:mod:`gpo.experiments.executors`) run the same command
-per run on a cluster, after pre-building pi_ref's log-probs and opponents once.
+per run on a cluster, after pre-building pi_ref's log-probs and opponents once (when the runs
+can land on several machines, or the config's ``prebuild`` asks for it).
 """
 
 from __future__ import annotations
@@ -255,9 +256,11 @@ def _run(
         if backend is None:
             failed = execute(runs, jobs)
         else:
-            if any(not r.done for r in runs):
+            if any(not r.done for r in runs) and backend.wants_prebuild():
                 configs = [r.config for r in masked]
                 backend.prebuild(prebuild_tasks(configs, sweep_dir, cfg.cpus_per_run))
+            elif any(not r.done for r in runs):
+                print("sweep: no pre-build (one node: the runs share its cache)", flush=True)
             failed = backend.execute(
                 masked, run_tasks(masked, sweep_dir, cfg.cpus_per_run, run_command), jobs
             )

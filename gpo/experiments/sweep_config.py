@@ -27,6 +27,9 @@ class SweepConfig:
     jobs: int | None = None  # local: runs at once (default 1); ignored by ray and slurm
     executor: str = "local"  # local | ray | slurm
     cpus_per_run: int = 1  # ray, slurm: CPU cores of each run (its OMP_NUM_THREADS)
+    #: ray, slurm: pre-build pi_ref's log-probs and opponents before the fan-out. Default: when
+    #: the runs can land on several machines (Slurm; a Ray cluster of more than one node).
+    prebuild: bool | None = None
     gpus_per_run: float = 0  # ray, slurm: GPUs of each run (ray allows a fraction)
     slurm_partition: str | None = None  # slurm: the partition (default: the cluster's)
     slurm_time: int = 240  # slurm: minutes per job; a longer run is requeued from its checkpoint
@@ -71,6 +74,8 @@ class SweepConfig:
 def _check_executor(cfg: SweepConfig) -> None:
     if cfg.executor not in EXECUTORS:
         raise ValueError(f"sweep config: executor must be one of {', '.join(EXECUTORS)}")
+    if cfg.prebuild not in (None, True, False):
+        raise ValueError(f"sweep config: prebuild must be true or false, got {cfg.prebuild!r}")
     if cfg.slurm_cluster not in ("slurm", "local"):
         raise ValueError("sweep config: slurm_cluster must be 'slurm' or 'local'")
     checks = {

@@ -3,7 +3,9 @@
 Each task runs the run's `gpo train` command on a worker (:func:`common.run_task`) with
 ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs. A worker that dies is retried by Ray, and the
 retry resumes from the run's newest checkpoint. The sweep folder must be storage that every
-node sees; a probe task checks it before any run starts.
+node sees; on a cluster (``--ray-address``) a probe task checks it before any run starts. On a
+local instance (one node, this machine's folder) there is nothing to probe and nothing to
+pre-build: the runs share this machine's cache, as the local executor's do.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class RayExecutor:
         self.cfg, self.address = cfg, address
         self.session = uuid.uuid4().hex[:12]
         self.connected = False
+        self.nodes = 0  # alive nodes, once connected
+        self.checked = False  # connect's checks passed
         self._task: Any = None
 
     def connect(self, sweep_dir: Path, env: dict[str, str]) -> None:
@@ -95,6 +99,7 @@ class RayExecutor:
         self.connected = True
         started = time.perf_counter() - t0
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        self.nodes = len(nodes)
         cpus = max((n.get("CPU", 0) for n in nodes), default=0)
         gpus = max((n.get("GPU", 0) for n in nodes), default=0)
         if cfg.gpus_per_run > gpus:
@@ -107,16 +112,23 @@ class RayExecutor:
                 f"cpus_per_run {cfg.cpus_per_run}: no node of the Ray cluster has that many CPUs "
                 f"(most on one node: {cpus:g})"
             )
-        t1 = time.perf_counter()
-        self._probe(sweep_dir)
         where = f"connected to {self.address}" if self.address else "started a local instance"
         total = ray.cluster_resources()
-        print(
+        said = (
             f"ray: {where} in {started:.1f} s: {len(nodes)} node(s), {total.get('CPU', 0):g} "
-            f"CPUs, {total.get('GPU', 0):g} GPUs; a worker checked the sweep folder in "
-            f"{time.perf_counter() - t1:.1f} s",
-            flush=True,
+            f"CPUs, {total.get('GPU', 0):g} GPUs"
         )
+        if self.address is not None:  # our own instance's workers are here, on our folder
+            t1 = time.perf_counter()
+            self._probe(sweep_dir)
+            said += f"; a worker checked the sweep folder in {time.perf_counter() - t1:.1f} s"
+        print(said, flush=True)
+        self.checked = True
+
+    def wants_prebuild(self) -> bool:
+        """The sweep's ``prebuild``, by default only on a cluster of several nodes (on one,
+        the runs share its cache, as the local executor's runs do)."""
+        return self.cfg.prebuild if self.cfg.prebuild is not None else self.nodes > 1
 
     def _probe(self, sweep_dir: Path) -> None:
         token = f".probe-{self.session}"
@@ -131,8 +143,14 @@ class RayExecutor:
 
     def close(self) -> None:
         if self.connected:
-            self.ray.shutdown()
+            t0 = time.perf_counter()
+            self.ray.shutdown()  # our own instance: its processes are stopped one by one
             self.connected = False
+            if self.address is None and self.checked:  # not after a one-line error
+                print(
+                    f"ray: stopped the local instance in {time.perf_counter() - t0:.1f} s",
+                    flush=True,
+                )
 
     def _remote(self) -> Any:
         if self._task is None:

@@ -114,6 +114,10 @@ class SlurmExecutor:
     def close(self) -> None:
         pass
 
+    def wants_prebuild(self) -> bool:
+        """The sweep's ``prebuild``, by default on (the array's jobs land on several nodes)."""
+        return self.cfg.prebuild is not False
+
     def prebuild(self, tasks: list[Task]) -> None:
         """The pre-build tasks as one array, before the runs' array."""
         if tasks:
