@@ -228,7 +228,7 @@ def test_bad_kl_control_settings_are_refused_by_the_config(overrides, message):
 def _steered(tiny_config, name: str, **kw):
     base = dict(
         kl_target=0.5, kl_control_steps=2, kl_control_prompts=3, kl_samples=2,
-        max_new_tokens=4, eval_fraction=0.2, eval_steps=3, kl_prompts=4, max_steps=6,
+        max_new_tokens=4, eval_fraction=0.2, eval_steps=3, kl_prompts=2, max_steps=6,
         learning_rate=1e-2,
     )  # fmt: skip
     return tiny_config(name, **{**base, **kw})
@@ -242,10 +242,7 @@ def test_a_steered_run_logs_beta_every_step_and_the_result(tiny_config, tmp_path
         tiny_config, "run", kl_control_signal="sampled", kl_ramp=0.0, kl_target=0.05,
         lr_scheduler="constant", warmup_ratio=0.0,
     )  # fmt: skip
-    trainer = Trainer(cfg)
-    summary = trainer.run()
-    # steered on the prompts the final KL is reported on: the first kl_prompts held-out ones
-    assert trainer.steering.n_prompts == cfg.kl_prompts < len(trainer.data.eval)
+    summary = Trainer(cfg).run()
     records = read_metrics(tmp_path / "run")
     steered = [r for r in records if "kl_control/beta" in r]
     assert [r["step"] for r in steered] == [1, 2, 3, 4, 5, 6]
@@ -426,61 +423,6 @@ def test_a_clear_overshoot_goes_back_to_the_newest_state_below_the_target():
     assert steering.next_measure == 8  # measured again soon
 
 
-def test_a_rollback_takes_back_the_beta_of_the_state_it_returns_to():
-    """beta rose while Adam's first steps ran the KL past the target; the rollback's LR cut is
-    the correction, so beta goes back to its value at the snapshot (no double correction)."""
-    import torch
-
-    cfg = TrainConfig(kl_target=1.0, kl_control_signal="sampled", max_steps=100)
-    steering = KLSteering(cfg, n_prompts=64)
-    script = {2: (0.5, 0.05), 6: (3.0, 0.05)}
-    weights, opt = torch.zeros(1), _Optimizer()
-    for step in range(1, 7):
-        steering.after_step(step, 0.1, lambda idx, s: script[s])
-        if step == 2:
-            beta_at_snapshot = steering.beta
-        if step == 5:
-            steering.controller.beta *= 10  # as if the KL's rise had wound beta up
-        steering.act([weights], opt)
-    assert steering.action == ROLLBACK and steering.beta == beta_at_snapshot
-
-
-def _braked_steering(max_steps: int = 100) -> KLSteering:
-    cfg = TrainConfig(kl_target=2.0, kl_control_signal="sampled", max_steps=max_steps)
-    steering = KLSteering(cfg, n_prompts=64)
-    steering.brake.set(0.05)  # as after a rollback's cut
-    return steering
-
-
-def test_a_braked_run_on_course_to_end_below_the_band_releases_the_brake_faster():
-    """After the ramp, flat at 1 nat against a target of 2 (below 2 x 0.75 by more than two
-    SEs), measured every 2 steps: the scale grows 1.5x per measurement on top of the brake's
-    integral (x1.15 per 2 steps), up to 1."""
-    steering = _braked_steering()
-    steering.trend.reset(60, 1.0, 0.05)
-    scales = []
-    for step in range(62, 80, 2):
-        steering.last_measured = steering.next_measure = step - 2
-        steering.after_step(step, 0.5, lambda idx, s: (1.0, 0.05))
-        scales.append(steering.lr_scale)
-    integral = math.exp(-math.log(0.5) * 0.2)
-    assert scales[0] == pytest.approx(0.05 * 1.5 * integral)
-    assert scales[4] == pytest.approx(0.05 * (1.5 * integral) ** 5)
-    assert scales[-2:] == [1.0, 1.0]  # never above 1
-
-
-@pytest.mark.parametrize(
-    "kl, then",
-    [(1.4, 1.4), (0.6, 1.2)],  # within 25% of the target 2; below it, rising 0.05 nats a step
-)
-def test_the_brake_keeps_its_pace_within_the_tolerance_or_on_course(kl, then):
-    steering = _braked_steering()
-    steering.trend.reset(60, kl, 0.05)
-    steering.last_measured = steering.next_measure = 72
-    steering.after_step(72, 0.5, lambda idx, s: (then, 0.05))
-    assert steering.lr_scale < 0.1  # the integral's release only (x1.5 at most)
-
-
 def test_measurements_come_often_while_the_kl_moves_and_rarely_once_settled():
     cfg = TrainConfig(kl_target=2.0, kl_control_steps=10, kl_control_min_steps=2)
     steering = KLSteering(cfg, n_prompts=64)
@@ -490,7 +432,7 @@ def test_measurements_come_often_while_the_kl_moves_and_rarely_once_settled():
     assert steering.interval(0.0, last=2) == 4  # flat: the interval doubles ...
     assert steering.interval(0.0, last=8) == 10  # ... up to kl_control_steps
     sizes: list[int] = []
-    steering.after_step(2, 0.1, lambda idx, s: sizes.append(len(idx)) or (0.0, 0.05))
+    steering.after_step(2, 0.1, lambda idx, s: (sizes.append(len(idx)) or (0.0, 0.05)))
     assert sizes == [8]  # 2 steps of a 16-prompt budget per 10 steps: the floor of 8
 
 

@@ -15,11 +15,7 @@ what each measurement changes, and the rollback that undoes an overshoot.
   target by more than twice its standard error, the run returns to that copy (the step count
   and data order go on) with the learning rate cut by the ratio of the KL rate that the
   target allows (over the rest of the ramp or half the steps left) to the one just seen, at
-  most halved, and beta back at its value there (the cut is the correction).
-- **Catch-up.** A run on course to end below the band (its fitted KL below it by two standard
-  errors, rising too slowly for the steps left) releases the brake by up to 1.5x per
-  measurement, faster than its integral: a rollback's cut or a decaying schedule would
-  otherwise leave a short run below the target.
+  most halved.
 - **Outcome.** ``summary.json`` gains ``kl_target_met``: the final KL within ``kl_tolerance``
   (25%) of the target; a miss ends with a one-line warning saying which way and what to try.
 """
@@ -41,12 +37,6 @@ MIN_PROMPTS = 8
 #: A rollback aims to reach the target again over this share of the steps left (at least the
 #: rest of the ramp), and cuts the learning rate by at most 0.5 and at least to 1%.
 ROLLBACK_REACH = 0.5
-
-#: A KL clearly below the tolerance band (by two standard errors of its fitted level), whose
-#: fitted slope would not reach the target in the steps left, releases the brake by up to this
-#: factor per measurement: after a rollback's cut, or under a decaying schedule, the brake's
-#: integral alone (at most e per ``kl_control_steps``) can leave a run below the target.
-CATCH_UP = 1.5
 
 #: ``measure(indices, step)``: KL(pi_theta || pi_ref) on the held-out prompts with these indices
 #: after optimizer step ``step`` (which seeds the sampling); returns (mean, standard error).
@@ -105,7 +95,7 @@ class KLSteering:
         self.next_measure = cfg.kl_control_min_steps
         self.measurements = 0
         self.rollbacks = 0
-        self.saved: tuple[int, float, float, float] | None = None  # step, KL, SE, beta
+        self.saved: tuple[int, float, float] | None = None  # step, KL, SE of the snapshot
         self.action = NONE
         self.restored = False  # the next measurement is of the state just rolled back to
         self.was_below = True  # the last measurement was below the band (the start: KL 0)
@@ -183,9 +173,8 @@ class KLSteering:
         # Two measurements in a row below the band: one low outlier alone keeps no copy.
         below = max(level + level_se, kl + se) < upper
         if cfg.kl_rollback and below and self.was_below:
-            self.action, self.saved = SNAPSHOT, (step, level, level_se, self.controller.beta)
+            self.action, self.saved = SNAPSHOT, (step, level, level_se)
         self.was_below = below
-        self._catch_up(step, level, level_se, slope)
         self.next_measure = step + self.interval(slope, elapsed)
         if cfg.kl_control_signal == "sampled":
             self._steer(step, kl, elapsed / cfg.kl_control_steps)
@@ -216,28 +205,12 @@ class KLSteering:
         elif on_course:
             self.brake.update(at_ramp_end, dt)
 
-    def _catch_up(self, step: int, level: float, level_se: float, slope: float) -> None:
-        """Release the brake faster (``CATCH_UP``) when the run is on course to end below the
-        tolerance band: the fitted level is clearly under it and the slope too low."""
-        cfg = self.cfg
-        left = cfg.max_steps - step
-        lower = cfg.kl_target * (1 - cfg.kl_tolerance)
-        if left < 1 or self.brake.scale >= 1.0 or level + 2 * level_se >= lower:
-            return
-        needed = (cfg.kl_target - level) / left
-        if slope < needed:
-            factor = min(CATCH_UP, needed / max(slope, needed / CATCH_UP))
-            self.brake.set(self.brake.scale * factor)
-
     def _rollback(self, step: int, kl: float) -> None:
         """Back to the snapshot, with the learning rate cut so that the KL rises to the target
         over the rest of the ramp (or half the steps left), not in the steps just seen."""
         cfg = self.cfg
         assert self.saved is not None
-        at, kl_saved, se_saved, beta_saved = self.saved
-        # Adam moves the weights about one learning rate a step at any beta: the LR cut is the
-        # correction, and the beta that rose meanwhile would make it twice.
-        self.controller.beta = beta_saved
+        at, kl_saved, se_saved = self.saved
         rate = (kl - kl_saved) / max(1, step - at)
         reach = max(cfg.kl_ramp * cfg.max_steps - step, ROLLBACK_REACH * (cfg.max_steps - step))
         allowed = max(cfg.kl_target - kl_saved, 0.1 * cfg.kl_target) / max(reach, 1.0)

@@ -119,10 +119,7 @@ class Trainer(Evaluations):
         if cfg.kl_target is not None:
             if not self.data.eval:
                 raise ValueError("kl_target needs held-out prompts: the data gave no eval pairs")
-            # Steered on the prompts the final KL is reported on (the first kl_prompts): another
-            # subset's mean KL differs by a few percent, which the controller would hold.
-            n_eval = len(self.data.eval)
-            self.steering = KLSteering(cfg, min(n_eval, cfg.kl_prompts) or n_eval)
+            self.steering = KLSteering(cfg, len(self.data.eval))
         self.params = [p for p in model.parameters() if p.requires_grad]
         if self.main:  # a too-full disk fails now, not at the first checkpoint
             ckpt = checkpoint_bytes(model, self.params, cfg.finetune == "lora")
