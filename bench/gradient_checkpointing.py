@@ -3,7 +3,7 @@ step time with and without, on SmolLM2-135M-Instruct full fine-tuning, printed a
 
     .venv/bin/python bench/gradient_checkpointing.py                # SmolLM2, long prompts
     .venv/bin/python bench/gradient_checkpointing.py --steps 2      # a smoke check of the harness
-    .venv/bin/python bench/gradient_checkpointing.py --models tiny --steps 2 --repeats 1
+    .venv/bin/python bench/gradient_checkpointing.py --model tiny --steps 2 --repeats 1
 
 Each variant trains in its own process (``vs_trl.py``'s gpo child: its data, batch order,
 fp32 full fine-tuning, constant learning rate, no pi_ref cache), alternating variants for
