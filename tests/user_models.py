@@ -32,45 +32,32 @@ def _bpe_tokenizer(vocab_size: int = 300):
     )
 
 
-def gpt2_256(path: Path, seed: int = 0) -> Path:
-    """A 2-layer GPT-2 (``n_positions`` 256, no pad token, no chat template) saved at ``path``."""
+def _save(path: Path, seed: int, model_cls: type, config_cls: type, **config: int) -> Path:
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     tokenizer = _bpe_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=256,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    GPT2LMHeadModel(config).save_pretrained(path)
+    eos = tokenizer.eos_token_id
+    cfg = config_cls(vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, **config)
+    model_cls(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def gpt2_256(path: Path, seed: int = 0) -> Path:
+    """A 2-layer GPT-2 (``n_positions`` 256, no pad token, no chat template) saved at ``path``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return _save(
+        path, seed, GPT2LMHeadModel, GPT2Config, n_positions=256, n_embd=32, n_layer=2, n_head=2
+    )
 
 
 def llama_512(path: Path, seed: int = 0) -> Path:
     """A 2-layer Llama (``max_position_embeddings`` 512, no chat template) saved at ``path``."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(seed)
-    tokenizer = _bpe_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return _save(
+        path, seed, LlamaForCausalLM, LlamaConfig, max_position_embeddings=512, hidden_size=32,
+        intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+    )  # fmt: skip
