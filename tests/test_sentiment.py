@@ -97,18 +97,16 @@ def test_train_and_test_prompts_do_not_overlap():
 
 def test_prompts_are_neutral_to_vader():
     """No word of a template, title or genre is in VADER's lexicon, so the completion alone
-    sets the sentiment (and repeating the prompt earns nothing). One aspect is the known
-    exception the shipped pairs were built with: "special" (+1.7) of "special effects"."""
+    sets the sentiment (and repeating the prompt earns nothing)."""
     lexicon = vader.analyzer().lexicon
     text = " ".join(
         [*sentiment_prompts.TEMPLATES, *sentiment_prompts.ASPECTS]
         + [f"{t} {g}" for t, g in sentiment_prompts.all_films()]
     )
     words = {w.lower() for w in re.findall(r"[A-Za-z']+", text)}
-    assert {w for w in words if w in lexicon} == {"special"}
+    assert not {w for w in words if w in lexicon}
     for p in make_sentiment_prompts(60, 0, "train") + make_sentiment_prompts(20, 0, "test"):
-        expected = 0.4019 if p.aspect == "special effects" else 0.0
-        assert vader.vader_reward(p.text) == expected, p.text
+        assert vader.vader_reward(p.text) == 0.0, p.text
 
 
 # --- labels and statistics ---------------------------------------------------------------------
@@ -185,8 +183,8 @@ def test_judge_guard_and_is_gold(tiny_config):
 
     cfg = tiny_config("g", data="sentiment", judge_prompts=4)  # judge defaults to "gold"
     assert is_gold(cfg)
-    with pytest.raises(ValueError, match="pass --judge vader"):
-        check_task_judges(cfg)
+    check_task_judges(cfg)  # "gold" is the task's own gold
+    assert cfg.judge == "vader"
     check_task_judges(tiny_config("v", data="sentiment", judge_prompts=4, judge="vader"))
     assert not is_gold(tiny_config("x", data="sentiment", eval_data="gold"))
     with pytest.raises(ValueError, match="pass --judge gold"):
@@ -201,9 +199,7 @@ def test_tiny_run_on_the_task_reports_a_gold_win_rate_and_a_frontier(tiny_config
     from gpo.train.trainer import train
 
     out = tmp_path / "sweep" / "runs" / "loss=logistic_beta=0.1"
-    cfg = tiny_config(
-        "unused", data="sentiment", judge="vader", judge_prompts=4, max_steps=2, eval_steps=1
-    )
+    cfg = tiny_config("unused", data="sentiment", judge_prompts=4, max_steps=2, eval_steps=1)
     cfg.out, cfg.eval_max_pairs, cfg.kl_prompts, cfg.kl_samples = str(out), 4, 2, 1
     cfg.gold_eval_prompts, cfg.max_new_tokens = 6, 5
     summary = train(cfg)

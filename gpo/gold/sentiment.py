@@ -48,7 +48,7 @@ from gpo.gold.text_stats import completion_stats
 from gpo.gold.vader import TEMPERATURE, preference_probability, vader_reward
 from gpo.stats import mean_se
 
-SENTIMENT_VERSION = 1
+SENTIMENT_VERSION = 2  # 2: the aspect "special effects" -> "visual effects"
 
 Mode = Literal["bt", "deterministic"]
 

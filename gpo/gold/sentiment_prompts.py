@@ -38,10 +38,8 @@ TEMPLATES: tuple[str, ...] = (
     "I went to see {film} on opening night. The",
 )
 
-#: What a review talks about; filled into the templates that have ``{aspect}``. One slipped
-#: through: "special" (of "special effects") is in VADER's lexicon (+1.7), so those prompts score
-#: 0.40 alone; the shipped pairs were built with it (only the completion is scored, so it
-#: counts only where a completion repeats the word). "visual effects" would avoid it.
+#: What a review talks about; filled into the templates that have ``{aspect}``. None is in
+#: VADER's lexicon ("special effects" was, through "special" at +1.7: renamed in version 2).
 ASPECTS: tuple[str, ...] = (
     "acting",
     "plot",
@@ -52,7 +50,7 @@ ASPECTS: tuple[str, ...] = (
     "pacing",
     "script",
     "lead performance",
-    "special effects",
+    "visual effects",
     "direction",
     "casting",
     "costumes",

@@ -260,13 +260,16 @@ def is_gold(cfg: TrainConfig) -> bool:
 def check_task_judges(cfg: TrainConfig) -> None:
     """On a built-in task: build its gold judge now if the run ends with it (a missing optional
     dependency, VADER, fails before training), and refuse a win-rate judge that is another
-    task's gold (``--judge`` defaults to ``gold``, which scores nothing of the sentiment task)."""
+    task's gold. ``--judge gold`` (the default) means the task's own gold: ``vader`` on the
+    sentiment task."""
     task = builtin_task(cfg.data)
     if task is None:
         return
     if is_gold(cfg) and cfg.gold_eval_prompts > 0:
         resolve_judge(task.judge)
     name, _ = parse_judge_spec(cfg.judge)
+    if name == "gold":
+        cfg.judge, name = task.judge, task.judge
     others = {t.judge for t in BUILTIN_TASKS.values()} - {task.judge}
     if cfg.judge_prompts > 0 and name in others:
         raise ValueError(
