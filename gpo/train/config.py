@@ -99,7 +99,7 @@ class TrainConfig:
     max_new_tokens: int = 48  # for KL and gold win-rate sampling
     gold_eval_prompts: int = 128  # held-out prompts for the final gold win rate (gold data only)
     judge_prompts: int = 0  # held-out prompts judged at every eval (0: no per-eval win rate)
-    judge: str = "gold"  # win-rate judge (gpo.eval.judges.JUDGES); gold: the task's own (vader on sentiment)
+    judge: str = "gold"  # win-rate judge (gpo.eval.judges.JUDGES); gold: the built-in task's own
     opponent: str | None = None  # win-rate opponent: None = pi_ref, else a saved policy folder
     save_steps: int = 100  # checkpoint every N optimizer steps; 0: never
     save_total_limit: int = 2  # newest checkpoints kept (older ones deleted); 0: all
