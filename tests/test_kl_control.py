@@ -432,7 +432,7 @@ def test_measurements_come_often_while_the_kl_moves_and_rarely_once_settled():
     assert steering.interval(0.0, last=2) == 4  # flat: the interval doubles ...
     assert steering.interval(0.0, last=8) == 10  # ... up to kl_control_steps
     sizes: list[int] = []
-    steering.after_step(2, 0.1, lambda idx, s: (sizes.append(len(idx)) or (0.0, 0.05)))
+    steering.after_step(2, 0.1, lambda idx, s: sizes.append(len(idx)) or (0.0, 0.05))
     assert sizes == [8]  # 2 steps of a 16-prompt budget per 10 steps: the floor of 8
 
 

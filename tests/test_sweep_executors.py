@@ -31,7 +31,13 @@ from test_sweep import _base as sweep_base
 
 from gpo.cli import main
 from gpo.experiments import sweep as sweep_mod
-from gpo.experiments.executors.common import Task, probe_folder, run_task
+from gpo.experiments.executors.common import (
+    Task,
+    probe_folder,
+    run_task,
+    run_tasks,
+    worker_command,
+)
 from gpo.experiments.executors.secrets import (
     SECRET_OPTIONS_ENV,
     SWEEP_SECRETS_ENV,
@@ -491,10 +497,7 @@ def test_slurm_print_commands_shows_the_sbatch_script(
 
 
 def _task(tmp_path: Path, code: str) -> Task:
-    def build(python: str) -> tuple[list[str], dict[str, str]]:
-        return [python, "-c", code], {}
-
-    return Task("t", tmp_path / "t.log", tmp_path / "locks" / "t.lock", build)
+    return Task("t", tmp_path / "t.log", tmp_path / "locks" / "t.lock", ["-c", code])
 
 
 def test_a_task_waits_for_an_earlier_attempt_at_its_run(tmp_path) -> None:
@@ -544,12 +547,11 @@ def test_the_run_dies_with_its_worker(tmp_path) -> None:
     """kill -9 of the process running a task takes its command with it (no orphan writer)."""
     pid_file = tmp_path / "child.pid"
     code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(99)"
-    task = Task("t", tmp_path / "t.log", tmp_path / "locks" / "t.lock", _Sleeper(code))
+    task = _task(tmp_path, code)
     worker = subprocess.Popen(
         [sys.executable, "-c", "import pickle, sys; from gpo.experiments.executors.common "
          "import run_task; run_task(pickle.loads(sys.stdin.buffer.read()))"],
         stdin=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},  # _Sleeper's module
     )  # fmt: skip
     worker.stdin.write(pickle.dumps(task))  # type: ignore[union-attr]
     worker.stdin.close()  # type: ignore[union-attr]
@@ -574,16 +576,6 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-class _Sleeper:
-    """A picklable build function (the task goes to another process)."""
-
-    def __init__(self, code: str) -> None:
-        self.code = code
-
-    def __call__(self, python: str) -> tuple[list[str], dict[str, str]]:
-        return [python, "-c", self.code], {}
-
-
 # --- issue 27: judge credentials travel in the environment (and see tests/test_sweep.py) ----------
 
 
@@ -594,7 +586,29 @@ def test_cluster_runs_travel_masked_and_get_their_credentials_on_the_worker(
     masked, env = masked_runs(plan(cfg, tmp_path))
     assert SECRET.encode() not in pickle.dumps(masked)  # what submitit writes to the folder
     assert SECRET in env[SWEEP_SECRETS_ENV]
+    tasks = run_tasks(masked, tmp_path, 1, sweep_mod.task_args)
+    assert SECRET.encode() not in pickle.dumps(tasks)  # what Ray and submitit carry
     monkeypatch.setenv(SWEEP_SECRETS_ENV, env[SWEEP_SECRETS_ENV])  # on the worker
-    cmd, extra = sweep_mod.run_command(masked[0], sys.executable)
+    cmd, extra = worker_command(tasks[0])
     assert not any(SECRET in arg for arg in cmd) and MASKED in cmd
     assert json.loads(extra[SECRET_OPTIONS_ENV]) == {"judge": JUDGE}
+    assert cmd[:4] == [sys.executable, "-m", "gpo.cli", "train"] and "--resume" not in cmd
+    masked[0].dir.mkdir(parents=True)
+    (masked[0].dir / "config.json").write_text("{}")  # the run started: the retry resumes
+    assert worker_command(tasks[0])[0] == [*cmd, "--resume"]
+    assert worker_command(tasks[1])[0][-1] != "--resume"
+
+
+def test_a_worker_unpickles_a_task_without_importing_torch(tmp_path) -> None:
+    """A Ray worker or Slurm job loads its task before its `gpo train` starts: a task of plain
+    strings and paths, whose module imports no torch, keeps that under a second."""
+    runs = plan(SweepConfig(grid={"beta": [0.1]}), tmp_path)
+    tasks = run_tasks(runs, tmp_path, 1, sweep_mod.task_args)
+    code = (
+        "import pickle, sys; task = pickle.loads(sys.stdin.buffer.read()); "
+        "print(task.name, 'torch' in sys.modules, 'gpo.train.config' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], input=pickle.dumps(tasks[0]), capture_output=True
+    )
+    assert proc.stdout.decode().split() == [runs[0].name, "False", "False"], proc.stderr

@@ -7,10 +7,28 @@ config, writes ``results.json`` plus a PNG into a run folder and prints a summar
 (``gpo experiment bandit|mog|taylor``) lives in :mod:`gpo.cli.experiment`.
 """
 
-from gpo.experiments.bandit import BanditConfig, run_bandit
-from gpo.experiments.mog import MogConfig, run_mog
-from gpo.experiments.run import run_experiment
-from gpo.experiments.taylor import TaylorConfig, run_taylor
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpo.experiments.bandit import BanditConfig, run_bandit
+    from gpo.experiments.mog import MogConfig, run_mog
+    from gpo.experiments.run import run_experiment
+    from gpo.experiments.taylor import TaylorConfig, run_taylor
+
+#: Where each name lives; imported on first use (a sweep worker imports
+#: ``gpo.experiments.executors.common`` without loading torch).
+_HOMES = {
+    "BanditConfig": "bandit",
+    "run_bandit": "bandit",
+    "MogConfig": "mog",
+    "run_mog": "mog",
+    "run_experiment": "run",
+    "TaylorConfig": "taylor",
+    "run_taylor": "taylor",
+}
 
 __all__ = [
     "BanditConfig",
@@ -21,3 +39,9 @@ __all__ = [
     "run_mog",
     "run_taylor",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"gpo.experiments.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'gpo.experiments' has no attribute {name!r}")

@@ -91,10 +91,11 @@ def train_args(tc: TrainConfig) -> list[str]:
     return args
 
 
-def command(run: Run, prefix: list[str] | None = None) -> list[str]:
-    """The `gpo train` command of ``run`` (``--resume`` if it was started before)."""
+def command(run: Run, prefix: list[str] | None = None, resume: bool | None = None) -> list[str]:
+    """The `gpo train` command of ``run`` (``--resume``, by default if it was started before)."""
     cmd = [*(prefix or ["gpo"]), "train", *train_args(run.config)]
-    return [*cmd, "--resume"] if run.started and not run.done else cmd
+    resume = run.started and not run.done if resume is None else resume
+    return [*cmd, "--resume"] if resume else cmd
 
 
 def child_command(run: Run, prefix: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -176,9 +177,9 @@ def _execute(
     return failed
 
 
-def run_command(run: Run, python: str) -> tuple[list[str], dict[str, str]]:
-    """:func:`child_command` on a cluster worker, with that worker's Python."""
-    return child_command(run, [python, "-m", "gpo.cli"])
+def task_args(run: Run) -> list[str]:
+    """A cluster task's command after Python (``run`` masked; the worker adds ``--resume``)."""
+    return command(run, ["-m", "gpo.cli"], resume=False)
 
 
 def _backend(executor: str, cfg: SweepConfig, ray_address: str | None) -> Any:
@@ -262,7 +263,7 @@ def _run(
             elif any(not r.done for r in runs):
                 print("sweep: no pre-build (one node: the runs share its cache)", flush=True)
             failed = backend.execute(
-                masked, run_tasks(masked, sweep_dir, cfg.cpus_per_run, run_command), jobs
+                masked, run_tasks(masked, sweep_dir, cfg.cpus_per_run, task_args), jobs
             )
     except SweepInterrupted as e:
         print(

@@ -24,12 +24,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 LOCKS_DIR = "locks"
+#: `gpo train` reads the options that hold credentials from this variable (JSON).
+SECRET_OPTIONS_ENV = "GPO_TRAIN_SECRET_OPTIONS"
+#: A cluster sweep's workers find the full values of masked options here (JSON).
+SWEEP_SECRETS_ENV = "GPO_SWEEP_SECRETS"
 SWEEP_JSON = "sweep.json"  # written by the driver before the fan-out
 #: Seconds a stopped run gets to finish its step and write a checkpoint before it is killed
 #: (`gpo train` checkpoints on SIGTERM; a kill loses at most ``save_steps`` steps).
@@ -118,10 +121,13 @@ class Task:
     name: str
     log: Path  # the command's output (appended)
     lock: Path  # held while it runs: one writer per run folder
-    #: Called on the worker with its Python: the argv and extra environment (decided when the
-    #: task starts, so a retried or requeued task resumes).
-    build: Callable[[str], tuple[list[str], dict[str, str]]]
+    #: The command after the worker's Python, with credentials masked (:func:`worker_command`).
+    #: Plain strings: a worker unpickles a task without importing gpo's modules (and torch).
+    args: list[str]
     done_file: Path | None = None  # exists: the task has nothing to do
+    #: Exists when the task starts: ``--resume`` (decided then, so a retried or requeued task
+    #: resumes from its newest checkpoint).
+    resume_if: Path | None = None
     #: A file the driver wrote in the sweep folder: a worker that does not see it is not on the
     #: shared storage, and must not create the folder on its own disk.
     shared: Path | None = None
@@ -178,7 +184,7 @@ def run_task(task: Task) -> Outcome:
     try:
         if task.done_file is not None and task.done_file.is_file():
             return Outcome(task.name, 0, 0.0, host, skipped=True)
-        cmd, extra = task.build(sys.executable)
+        cmd, extra = worker_command(task)
         env = {**os.environ, **task.env, **extra}
         task.log.parent.mkdir(parents=True, exist_ok=True)
         wrapped = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
@@ -202,15 +208,34 @@ def run_task(task: Task) -> Outcome:
     return Outcome(task.name, proc.returncode, time.monotonic() - t0, host)
 
 
-def run_tasks(runs: list[Any], sweep_dir: Path, cpus: int, build: Callable[..., Any]) -> list[Task]:
-    """A task per run (``build(run, python)``: its command), each with ``cpus`` threads."""
+def worker_command(task: Task) -> tuple[list[str], dict[str, str]]:
+    """On the worker: the task's argv with this Python (and ``--resume`` if its run started),
+    and the environment that gives `gpo train` its masked options back: each masked value in
+    argv that :data:`SWEEP_SECRETS_ENV` maps to the full one goes in :data:`SECRET_OPTIONS_ENV`."""
+    cmd = [sys.executable, *task.args]
+    if task.resume_if is not None and task.resume_if.is_file():
+        cmd.append("--resume")
+    known = json.loads(os.environ.get(SWEEP_SECRETS_ENV) or "{}")
+    secret = {
+        flag[2:].replace("-", "_"): known[value]
+        for flag, value in zip(task.args, task.args[1:], strict=False)
+        if flag.startswith("--") and value in known
+    }
+    return cmd, ({SECRET_OPTIONS_ENV: json.dumps(secret)} if secret else {})
+
+
+def run_tasks(
+    runs: list[Any], sweep_dir: Path, cpus: int, args: Callable[[Any], list[str]]
+) -> list[Task]:
+    """A task per run (``args(run)``: its command after Python), each with ``cpus`` threads."""
     return [
         Task(
             name=run.name,
             log=run.dir / "train.log",
             lock=sweep_dir / LOCKS_DIR / f"{run.name}.lock",
-            build=partial(build, run),
+            args=args(run),
             done_file=run.dir / "summary.json",
+            resume_if=run.dir / "config.json",
             shared=sweep_dir / SWEEP_JSON,
             env=threads_env(cpus),
         )

@@ -19,7 +19,6 @@ import hashlib
 import json
 import shutil
 import sys
-from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -88,16 +87,12 @@ def prebuild_tasks(configs: list[TrainConfig], sweep_dir: Path, cpus: int) -> li
                 name=f"prebuild {name}",
                 log=folder / f"{name}.log",
                 lock=sweep_dir / LOCKS_DIR / f"prebuild-{name}.lock",
-                build=partial(prebuild_command, str(folder / f"{name}.json")),
+                args=["-m", "gpo.experiments.executors.prebuild", str(folder / f"{name}.json")],
                 env=threads_env(cpus),  # the runs' threads: bit-equal log-probs
                 shared=sweep_dir / SWEEP_JSON,
             )
         )
     return tasks
-
-
-def prebuild_command(spec: str, python: str) -> tuple[list[str], dict[str, str]]:
-    return [python, "-m", "gpo.experiments.executors.prebuild", spec], {}
 
 
 def fill(cfg: TrainConfig, seeds: list[int]) -> dict[str, Any]:

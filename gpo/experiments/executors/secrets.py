@@ -16,13 +16,9 @@ import os
 import re
 from typing import Any
 
+from gpo.experiments.executors.common import SECRET_OPTIONS_ENV, SWEEP_SECRETS_ENV
 from gpo.io import redact_urls, redacted
 from gpo.train.config import TrainConfig
-
-#: `gpo train` reads the options that hold credentials from this variable (JSON).
-SECRET_OPTIONS_ENV = "GPO_TRAIN_SECRET_OPTIONS"
-#: A cluster sweep's workers find the full values of masked options here (JSON).
-SWEEP_SECRETS_ENV = "GPO_SWEEP_SECRETS"
 
 
 def secret_options(tc: TrainConfig) -> dict[str, str]:
