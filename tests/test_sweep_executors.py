@@ -612,3 +612,24 @@ def test_a_worker_unpickles_a_task_without_importing_torch(tmp_path) -> None:
         [sys.executable, "-c", code], input=pickle.dumps(tasks[0]), capture_output=True
     )
     assert proc.stdout.decode().split() == [runs[0].name, "False", "False"], proc.stderr
+
+
+def test_our_own_ray_instance_stops_its_monitor_first() -> None:
+    """``ray.shutdown`` gives the autoscaler monitor 1 s to take a SIGTERM it ignores, then
+    kills it: :func:`kill_monitor` kills it first (the same end, 1.3 s -> 0.3 s here). Where
+    Ray's private API is not there it does nothing."""
+    from types import SimpleNamespace
+
+    from gpo.experiments.executors.ray_sweep import kill_monitor
+
+    ignores_term = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    )
+    monitor = subprocess.Popen([sys.executable, "-c", ignores_term])
+    node = SimpleNamespace(all_processes={"monitor": [SimpleNamespace(process=monitor)]})
+    fake_ray = SimpleNamespace(_private=SimpleNamespace(worker=SimpleNamespace(_global_node=node)))
+    kill_monitor(fake_ray)
+    assert monitor.poll() == -signal.SIGKILL
+    kill_monitor(SimpleNamespace())  # no private API: nothing
+    ray = pytest.importorskip("ray")
+    assert hasattr(ray._private.worker, "_global_node")  # still where kill_monitor looks
