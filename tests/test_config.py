@@ -214,6 +214,14 @@ def _sample(name: str, default: Any) -> tuple[list[str], Any]:
 def test_every_field_has_a_working_flag(field: dataclasses.Field[Any]) -> None:
     declared = field.default is not dataclasses.MISSING  # learning_rate: None, resolved later
     default = field.default if declared else TrainConfig().__dict__[field.name]
+    choices = typing.get_args(HINTS[field.name])
+    if typing.get_origin(HINTS[field.name]) is Literal and choices == (default,):
+        # One choice so far (online_labels: only 'hard' is built): the flag takes it, and the
+        # config names it when refusing anything else.
+        assert parse(flag(field.name), str(default)) == {field.name: default}
+        with pytest.raises(ValueError, match=rf"{field.name} must be one of \['{default}'\]"):
+            load_config(None, {field.name: "other"})
+        return
     words, value = _sample(field.name, default)
     assert value != default
     assert parse(flag(field.name), *words) == {field.name: value}

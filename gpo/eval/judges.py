@@ -12,6 +12,9 @@ Four are built in (:data:`JUDGES`, the single list of names; :func:`resolve_judg
 - ``http``: an OpenAI-compatible chat-completions endpoint asked the same question; the API key
   comes only from an environment variable (:mod:`gpo.eval.judge_http`).
 
+A spec ``pkg.module:func`` names a user's judge instead: any callable with the protocol above
+(:class:`CallableJudge`; importing the module runs its code, so only trusted code).
+
 Model judges prefer whichever answer slot they were trained to like (position bias), so the
 ``local`` and ``http`` judges ask each question twice, ``first`` as A and ``first`` as B, and
 average: ``score = (P(A | first, second) + P(B | second, first)) / 2``. A judge that always
@@ -29,6 +32,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from gpo.gold.reward import gold_prefers, gold_probability
 from gpo.gold.vader import TEMPERATURE, preference_probability, require_vader, vader_reward
+from gpo.io import import_object
 
 Prompt = str | Sequence[dict[str, str]]
 
@@ -209,8 +213,37 @@ def _coerce(value: str) -> Any:
     return value
 
 
+_DOTTED = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+
+
+def is_callable_spec(spec: str) -> bool:
+    """``pkg.module:func`` (a user's judge), as opposed to ``name`` or ``name:key=value,...``."""
+    name, _, rest = spec.strip().partition(":")
+    return (
+        name not in JUDGES
+        and _DOTTED.fullmatch(name) is not None
+        and _DOTTED.fullmatch(rest) is not None
+    )
+
+
+@dataclass
+class CallableJudge:
+    """A user's judge ``pkg.module:func``: ``fn(prompts, first, second) -> list[float]``."""
+
+    fn: Any
+    name: str
+
+    def __call__(
+        self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]
+    ) -> list[float]:
+        return list(self.fn(prompts, first, second))
+
+
 def parse_judge_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"name"`` or ``"name:key=value,key=value"`` -> (name, options); numbers/bools coerced."""
+    """``"name"`` or ``"name:key=value,key=value"`` -> (name, options); numbers/bools coerced.
+    A ``pkg.module:func`` spec is its own name, without options."""
+    if is_callable_spec(spec):
+        return spec.strip(), {}
     name, _, rest = spec.strip().partition(":")
     options: dict[str, Any] = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
@@ -223,14 +256,24 @@ def parse_judge_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 def resolve_judge(spec: str, **options: Any) -> Judge:
     """Build a judge from a name in :data:`JUDGES`, e.g. ``resolve_judge("gold")``,
-    ``resolve_judge("local", model="smollm2")`` or ``resolve_judge("http:base_url=URL,model=M")``.
+    ``resolve_judge("local", model="smollm2")`` or ``resolve_judge("http:base_url=URL,model=M")``,
+    or import a user's ``pkg.module:func`` (:class:`CallableJudge`).
 
     Options in ``spec`` and keyword options are merged (keywords win). Unknown names or options
     raise a one-line ValueError listing the valid ones.
     """
     name, spec_options = parse_judge_spec(spec)
+    if is_callable_spec(name):
+        if options:
+            raise ValueError(f"judge {name!r} (a user's callable) takes no options")
+        fn = import_object(name, "judge")
+        if not callable(fn):
+            raise ValueError(f"judge {name!r} is not callable: {type(fn).__name__}")
+        return CallableJudge(fn, name)
     if name not in JUDGES:
-        raise ValueError(f"unknown judge {name!r}; valid judges: {', '.join(JUDGES)}")
+        raise ValueError(
+            f"unknown judge {name!r}; valid judges: {', '.join(JUDGES)}, or 'pkg.module:func'"
+        )
     cls = JUDGES[name].load()
     options = {**spec_options, **options}
     params = [p for p in inspect.signature(cls).parameters if p not in ("self", "name")]

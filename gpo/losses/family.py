@@ -7,10 +7,7 @@ caller reduces. :data:`LOSSES` is the single registry of loss names: the CLI cho
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -19,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gpo.io import import_object
 from gpo.losses.numerics import (
     NonFiniteError,
     as_float,
@@ -135,33 +133,7 @@ def _import_path(path: str) -> object:
             f"unknown loss {path!r}: valid names are {', '.join(LOSSES)}, "
             "or a dotted path 'pkg.module:func'"
         )
-    # One rule under `gpo` and `python -m gpo.cli` (whose __main__ takes off the working
-    # directory that `python -m` puts first): installed packages and PYTHONPATH win, then the
-    # working directory, appended last, so a loss module next to the user's data imports.
-    # Only for this import: left on sys.path, it would shadow later imports of the process.
-    cwd = os.getcwd()
-    added = cwd not in sys.path and "" not in sys.path
-    if added:
-        sys.path.append(cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(
-            f"cannot import module {module_name!r} for loss {path!r}: {e} (searched the installed "
-            f"packages, PYTHONPATH and the working directory {cwd})"
-        ) from e
-    finally:
-        if added and cwd in sys.path:
-            del sys.path[len(sys.path) - 1 - sys.path[::-1].index(cwd)]  # ours: the last one
-    try:
-        obj: object = module
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except AttributeError:
-        raise ValueError(
-            f"module {module_name!r} has no attribute {attr!r} (loss {path!r})"
-        ) from None
-    return obj
+    return import_object(path, "loss")
 
 
 def resolve_loss(loss: str | Loss | LossFn) -> Loss:

@@ -37,6 +37,10 @@ class TrainConfig:
     loss: str = "logistic"  # a GPO loss, 'fdpo:js', 'iupo:js', ... or 'pkg.module:func'
     beta: float = 0.1  # the loss is f(beta * rho): larger beta, stronger regularization
     logp_reduction: Literal["sum", "mean"] = "sum"  # 'mean' = per-token mean (TRL's IPO)
+    # online training (docs/online.md): each step's pairs sampled from the policy, then judged
+    online: bool = False  # sample 2 completions per prompt each step, judge them, train on them
+    online_judge: str = "gold"  # labels online pairs: a --judge spec, or 'pkg.module:func'
+    online_labels: Literal["hard"] = "hard"  # hard: the winner drawn with the judge's P(win)
     # KL-targeted training (docs/kl-control.md): beta is then the starting value
     kl_target: float | None = None  # nats of KL(pi_theta || pi_ref) to steer beta towards
     kl_control_steps: int = 10  # most optimizer steps between KL measurements (when settled)
@@ -122,6 +126,8 @@ class TrainConfig:
             parse_schedule(self.eval_schedule)  # a malformed schedule fails here, not mid-run
         if self.kl_target is not None:
             _check_kl_control(self)
+        if self.online:
+            _check_online(self)
         if self.resume and self.overwrite:
             raise ValueError("config: resume and overwrite contradict each other: pass one")
         unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
@@ -196,6 +202,18 @@ def _check_ranges(cfg: TrainConfig) -> None:
             raise ValueError(
                 f"config: {name} = {getattr(cfg, name)!r} is out of range: must be {valid}"
             )
+
+
+def _check_online(cfg: TrainConfig) -> None:
+    """Settings that online training cannot honour, refused before a model loads."""
+    if cfg.ref_cache not in ("auto", "none"):
+        raise ValueError(
+            f"config: ref_cache {cfg.ref_cache!r} with online: the reference log-prob cache "
+            "cannot serve pairs sampled afresh every step; leave ref_cache 'auto' (off with "
+            "online) or pass 'none'"
+        )
+    if not cfg.online_judge.strip():
+        raise ValueError("config: online_judge is empty: pass a judge spec (e.g. gold)")
 
 
 def _check_kl_control(cfg: TrainConfig) -> None:

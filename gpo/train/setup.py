@@ -38,6 +38,7 @@ from gpo.train.run_record import RECORD, delete_recorded, output, recorded, reco
 RUN_OUTPUTS = (
     "config.json",
     "metrics.jsonl",
+    "online_pairs.jsonl",
     "summary.json",
     "checkpoints",
     "final",
@@ -239,8 +240,9 @@ def accelerator(cfg: TrainConfig) -> Any:
 
 
 def attach_ref_cache(cfg: TrainConfig, reference: Reference) -> None:
-    """Use the on-disk reference log-prob cache (:mod:`gpo.models.ref_cache`) unless it is off."""
-    if cfg.ref_cache == "none":
+    """Use the on-disk reference log-prob cache (:mod:`gpo.models.ref_cache`) unless it is off.
+    Online training is always without it: its pairs are new every step, so nothing would hit."""
+    if cfg.ref_cache == "none" or cfg.online:
         return
     root = cache_root() / "ref_logps" if cfg.ref_cache == "auto" else Path(cfg.ref_cache)
     # Since pi_ref runs under the policy's autocast, its bf16/fp16 log-probs differ from
@@ -351,8 +353,9 @@ def startup_summary(
             f" steered to KL {cfg.kl_target:g} nats, measured every {cfg.kl_control_min_steps}"
             f"-{cfg.kl_control_steps} steps"
         )
+    online = f", online (judge {redact_urls(cfg.online_judge)})" if cfg.online else ""
     lines = [
-        f"gpo train: {cfg.loss} ({beta}) on {cfg.data}, model {cfg.model} ({tune})",
+        f"gpo train: {cfg.loss} ({beta}) on {cfg.data}{online}, model {cfg.model} ({tune})",
         f"  {steps} x {plural(cfg.batch_size, 'pair')}, {length}, lr {cfg.learning_rate:g} "
         f"({cfg.lr_scheduler}), seed {cfg.seed}" + (", resuming" if cfg.resume else ""),
         f"  {_evals(cfg, len(data.eval))}",
