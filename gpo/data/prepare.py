@@ -9,7 +9,7 @@ as a single ``.jsonl`` file, is its own eval set whatever ``eval_split`` says), 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpo.data.formats import DataError, NoSplits, NoSuchSplit, PreferenceRow, parse_rows
@@ -23,6 +23,8 @@ class PreparedData:
     eval: list[TokenizedPair]  # empty when there is no eval set (eval_fraction 0)
     eval_rows: list[PreferenceRow]  # the validated eval rows (prompt text for judges)
     reports: list[DataReport]
+    #: The validated training rows kept, in ``train``'s order (prompts for online sampling).
+    train_rows: list[PreferenceRow] = field(default_factory=list)
 
 
 def _eval_rows(
@@ -78,10 +80,12 @@ def prepare_data(
     if eval_rows is None:
         train_rows, eval_rows = _hold_out(train_rows, eval_fraction, seed, label)
     train, train_report = tokenize_rows(train_rows, tokenizer, limits, label)
+    kept_train = {p.index for p in train}
+    rows = [r for r in train_rows if r.index in kept_train]
     if not eval_rows:
-        return PreparedData(train, [], [], [train_report])
+        return PreparedData(train, [], [], [train_report], rows)
     evals, eval_report = tokenize_rows(eval_rows, tokenizer, limits, f"{eval_data or data}[eval]")
     kept = {p.index for p in evals}
     return PreparedData(
-        train, evals, [r for r in eval_rows if r.index in kept], [train_report, eval_report]
+        train, evals, [r for r in eval_rows if r.index in kept], [train_report, eval_report], rows
     )

@@ -21,14 +21,26 @@ from gpo.models.reference import Reference
 
 
 def pair_values(
-    out: PreferenceLoss, policy: SequenceLogps, ref: SequenceLogps, beta: float
+    out: PreferenceLoss,
+    policy: SequenceLogps,
+    ref: SequenceLogps,
+    beta: float,
+    reduction: Reduction = "sum",
 ) -> dict[str, Tensor]:
-    """Per-pair tensors ``[B]`` (detached) from which :func:`reduce_metrics` computes the logs."""
+    """Per-pair tensors ``[B]`` (detached) from which :func:`reduce_metrics` computes the logs.
+
+    ``logratio_*``: each response's sequence log-ratio log pi_theta(y|x) - log pi_ref(y|x)
+    (summed over its tokens whatever ``reduction`` the objective uses)."""
     pc, pr = policy.split()
     rc, rr = ref.split()
     tok_c, tok_r = policy.tokens.chunk(2)
     lg_c, lg_r = policy.logits_sum.chunk(2)
+    ratio_c, ratio_r = (pc - rc).detach(), (pr - rr).detach()
+    if reduction == "mean":  # back to sums: the per-token means are sums / max(tokens, 1)
+        ratio_c, ratio_r = ratio_c * tok_c.clamp(min=1), ratio_r * tok_r.clamp(min=1)
     return {
+        "logratio_chosen": ratio_c,
+        "logratio_rejected": ratio_r,
         "loss": out.losses.detach(),
         "reward_chosen": beta * (pc - rc).detach(),
         "reward_rejected": beta * (pr - rr).detach(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,14 +39,18 @@ def judge_scores(
     judge: Judge, prompts: Sequence[Prompt], mine: Sequence[str], theirs: Sequence[str]
 ) -> list[float]:
     """The judge's per-prompt scores of ``mine`` against ``theirs``, checked: one per prompt,
-    each a number in [0, 1]."""
+    each a finite number in [0, 1]. A bad score is refused, naming its prompt: never replaced."""
     check_lengths(prompts, mine, theirs)
-    scores = judge(prompts, mine, theirs)
+    scores = list(judge(prompts, mine, theirs))
     if len(scores) != len(prompts):
         raise ValueError(f"judge {judge.name!r} returned {len(scores)} scores for {len(prompts)}")
-    bad = [s for s in scores if not (isinstance(s, (int, float)) and 0.0 <= s <= 1.0)]
-    if bad or any(math.isnan(s) for s in scores):
-        raise ValueError(f"judge {judge.name!r} returned scores outside [0, 1]: {bad[:3]}")
+    for k, s in enumerate(scores):
+        if not (isinstance(s, numbers.Real) and math.isfinite(s) and 0.0 <= s <= 1.0):
+            prompt = " ".join(str(prompts[k]).split())[:200]
+            raise ValueError(
+                f"judge {judge.name!r} returned {s!r} for prompt {k + 1} of {len(prompts)} "
+                f"({prompt!r}): scores outside [0, 1] (or not numbers) are refused"
+            )
     return [float(s) for s in scores]
 
 

@@ -1,4 +1,5 @@
-"""`gpo train`: offline preference optimization of a causal LM with any objective.
+"""`gpo train`: preference optimization of a causal LM with any objective, on the data's pairs
+or on pairs sampled from the policy as it trains (``--online``: :mod:`gpo.train.online`).
 
 Built on Accelerate (a plain loop rather than the HF ``Trainer``: the step is a few lines, and
 owning the loop keeps the data order, checkpoints and logging exact and inspectable). The
@@ -24,7 +25,6 @@ import torch
 from tqdm.auto import tqdm
 
 from gpo.data.collate import collate_for_training
-from gpo.data.tokenize import TokenizedPair
 from gpo.eval.judges import resolve_judge
 from gpo.eval.pairs import concat_values, pair_values, reduce_metrics
 from gpo.io import write_json
@@ -44,6 +44,7 @@ from gpo.train.host_memory import reuse_freed_memory
 from gpo.train.interrupt import Interrupted, StopRequests
 from gpo.train.kl_steering import KLSteering
 from gpo.train.length_groups import length_groups, merge_groups
+from gpo.train.online import pair_source
 from gpo.train.plots import plot_run
 from gpo.train.resume import (
     PROCESSES,
@@ -64,7 +65,6 @@ from gpo.train.setup import (
     make_optimizer,
     micro_batches,
     open_run_dir,
-    pair_tokens,
     precision_warning,
     prepare,
     resolve_steps,
@@ -150,6 +150,7 @@ class Trainer(Evaluations):
             start_writing(cfg, self.run_dir, fingerprint)
         resumed_at = self.start_step if cfg.resume else None
         self.tracker = Tracker(self.run_dir, cfg, self.main, resumed_at)
+        self.source = pair_source(self)  # the data's pairs, or the policy's (--online)
         world, rank = acc.num_processes, acc.process_index
         self.eval_shard = self.data.eval[: cfg.eval_max_pairs][rank::world]
         # No held-out pairs (eval_fraction 0): no evaluation at all.
@@ -190,9 +191,7 @@ class Trainer(Evaluations):
     def _micro_step(self, step: int, micro: int, indices: list[int]) -> dict[str, torch.Tensor]:
         """Forward and backward of this process's share of one global batch."""
         cfg, b, rank = self.cfg, self.cfg.batch_size, self.acc.process_index
-        pairs: list[TokenizedPair] = [
-            self.data.train[i] for i in indices[rank * b : (rank + 1) * b]
-        ]
+        pairs = self.source.pairs(step, micro, indices[rank * b : (rank + 1) * b])
         pad, device = self.tokenizer.pad_token_id, self.acc.device
         # Length groups (gpo.train.length_groups): each padded only to its own longest pair,
         # all in one forward call, results back in pair order: the padded batch's loss and
@@ -225,7 +224,7 @@ class Trainer(Evaluations):
             if not self.acc.sync_gradients or self.guard.step_ok(step, self.params, norm):
                 self.optimizer.step()
             self.optimizer.zero_grad()
-        return self._gather(pair_values(out, policy, ref, self.beta))
+        return self._gather(pair_values(out, policy, ref, self.beta, cfg.logp_reduction))
 
     def save(self, step: int) -> None:
         if self.reference.cache is not None:
@@ -280,6 +279,7 @@ class Trainer(Evaluations):
             "steps": cfg.max_steps,
             "train_seconds": time.perf_counter() - t0,
             "run_dir": str(self.run_dir),
+            **self.source.summary(),
         }
         if self.steering is not None:
             summary.update(self.steering.summary(last_eval))
@@ -324,9 +324,11 @@ class Trainer(Evaluations):
             for _ in range(accum):
                 micro, indices = next(batches)
                 window.append(self._micro_step(step, micro, indices))
-                self._tokens += sum(pair_tokens(self.data.train[i]) for i in indices)
+                self._tokens += self.source.tokens(indices)
             self.scheduler.step()
             bar.update(1)
+            if per_step := self.source.end_step(step, window[-accum:]):
+                self.tracker.log(step, per_step)
             self._steer(step, window[-accum:])
             for callback in self.callbacks:
                 callback(step, time.perf_counter() - t0)

@@ -1,0 +1,196 @@
+"""``gpo train --online`` (issue 31, part 1): pairs sampled from the policy each step, labelled by
+a judge, trained on with any objective; ``RUN/online_pairs.jsonl``; exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import online_judges
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from gpo.train.config import TrainConfig
+from gpo.train.online import ONLINE_PAIRS, JudgeFailed, first_wins, stream_seed
+from gpo.train.run_record import delete_recorded
+from gpo.train.trainer import Trainer, train
+
+#: Short completions and no evaluation: each run is a few seconds on the tiny model.
+FAST = {"online": True, "max_new_tokens": 6, "eval_steps": 0}
+KEYS = {"prompt", "chosen", "rejected", "score", "step"}
+ONLINE_METRICS = {
+    "online/judge_score",
+    "online/ties",
+    "online/completion_tokens",
+    "online/kl",
+    "online/seconds_sample",
+    "online/seconds_judge",
+    "online/seconds_train",
+}
+
+
+def _rows(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run / ONLINE_PAIRS).read_text().splitlines()]
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _timeless(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metrics without the wall-clock ones (they differ between any two runs)."""
+    return [{k: v for k, v in m.items() if "seconds" not in k} for m in metrics]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_calls():
+    online_judges.CALLS.clear()
+    yield
+    online_judges.CALLS.clear()
+
+
+def test_three_steps_with_the_gold_judge(tiny_config: Any, tmp_path: Path) -> None:
+    summary = train(tiny_config("run", max_steps=3, **FAST))
+    run = tmp_path / "run"
+    rows = _rows(run)
+    assert len(rows) == 3 * 4 and [r["step"] for r in rows] == [1] * 4 + [2] * 4 + [3] * 4
+    for r in rows:
+        assert set(r) >= KEYS and isinstance(r["prompt"], str)
+        assert isinstance(r["chosen"], str) and isinstance(r["rejected"], str)
+        assert 0.0 <= r["score"] <= 1.0
+    assert summary["online"] is True
+    assert summary["online_judge_score"] == pytest.approx(sum(r["score"] for r in rows) / 12)
+    assert {"train", "eval", "steps", "train_seconds", "run_dir"} <= set(summary)
+    per_step = [m for m in _metrics(run) if "online/kl" in m]
+    assert [m["step"] for m in per_step] == [1, 2, 3]
+    for m in per_step:
+        assert set(m) == {"step", *ONLINE_METRICS} and all(math.isfinite(v) for v in m.values())
+    assert per_step[0]["online/kl"] == 0.0  # step 1 samples pi_ref itself (LoRA B = 0)
+    assert json.loads((run / "summary.json").read_text())["online"] is True
+    assert "online_pairs.jsonl" in delete_recorded(run)  # recorded: --overwrite deletes it
+    assert not (run / ONLINE_PAIRS).exists()
+
+
+@pytest.mark.parametrize(
+    "loss", ["logistic", "square", "fdpo:js", "iupo:js", "user_losses:smooth_hinge"]
+)
+def test_every_objective_kind_trains_online(tiny_config: Any, tmp_path: Path, loss: str) -> None:
+    summary = train(tiny_config(loss.replace(":", "-"), loss=loss, max_steps=1, **FAST))
+    assert math.isfinite(summary["train"]["loss"])
+    assert len(_rows(tmp_path / loss.replace(":", "-"))) == 4
+
+
+@pytest.mark.parametrize("judge", ["always_first", "always_second"])
+def test_a_user_judge_is_asked_and_its_probability_sets_the_labels(
+    tiny_config: Any, tmp_path: Path, judge: str
+) -> None:
+    """Each (prompt, first, second) the judge saw became a row: a judge sure that ``first``
+    wins keeps ``first`` as chosen, one sure that it loses keeps ``second``."""
+    train(tiny_config("run", max_steps=2, online_judge=f"online_judges:{judge}", **FAST))
+    rows, calls = _rows(tmp_path / "run"), online_judges.CALLS
+    assert len(calls) == len(rows) == 8
+    eos = AutoTokenizer.from_pretrained(tiny_config("x").model).eos_token
+    for row, (prompt, first, second) in zip(rows, calls, strict=True):
+        assert row["prompt"] == prompt and row["score"] == 1.0
+        won, lost = (first, second) if judge == "always_first" else (second, first)
+        # (an empty finished completion is written as the EOS string: see pair_row)
+        assert (row["chosen"], row["rejected"]) == (won or eos, lost or eos)
+
+
+def test_hard_labels_follow_the_probability() -> None:
+    """The winner is drawn with the judge's probability: 1 and 0 are certain, 0.3 wins 30%."""
+    assert first_wins([1.0, 0.0] * 50, 7) == [True, False] * 50
+    wins = sum(first_wins([0.3] * 20000, 11))
+    assert abs(wins / 20000 - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 20000)
+    assert first_wins([0.5] * 64, 3) == first_wins([0.5] * 64, 3)  # seeded
+    seeds = {stream_seed(0, s, r, m, k) for s in (1, 2) for r in (0, 1) for m in (0, 1)
+             for k in ("sample", "labels")}  # fmt: skip
+    assert len(seeds) == 16
+
+
+@pytest.mark.parametrize(("judge", "bad"), [("nan_judge", "nan"), ("too_big", "1.5")])
+def test_a_bad_score_stops_the_run_naming_the_prompt(
+    tiny_config: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], judge: str, bad: str
+) -> None:
+    from gpo.cli import main
+
+    cfg = tiny_config("run", max_steps=2, online_judge=f"online_judges:{judge}", **FAST)
+    argv = ["train", "--online", "--online-judge", cfg.online_judge, "--eval-steps", "0"]
+    argv += ["--max-new-tokens", "6", "--max-steps", "2", "--model", cfg.model, "--data", cfg.data]
+    argv += ["--out", cfg.out, "--batch-size", "4", "--progress", "false", "--report-to", "none"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err  # one line
+    assert err.startswith(f"gpo: error: online judge 'online_judges:{judge}' failed at step 1")
+    assert f"returned {bad} for prompt" in err and "scores outside [0, 1]" in err
+    prompt = err.split(" for prompt ")[1].split("(", 1)[1].split(")")[0]
+    data_prompts = {json.loads(x)["prompt"] for x in Path(cfg.data).read_text().splitlines()}
+    assert prompt.strip("'") in data_prompts  # the prompt is named, as in the data
+    assert not (tmp_path / "run" / ONLINE_PAIRS).exists()  # no label was made up
+
+
+def test_a_failing_judge_stops_with_a_checkpoint(tiny_config: Any, tmp_path: Path) -> None:
+    cfg = tiny_config("run", max_steps=4, online_judge="online_judges:down_from_step_3", **FAST)
+    with pytest.raises(JudgeFailed) as info:
+        Trainer(cfg).run()
+    message = str(info.value)
+    assert message.startswith("online judge 'online_judges:down_from_step_3' failed at step 3")
+    assert "ConnectionError: judge server unreachable" in message
+    assert "checkpoint of step 2 written: --resume continues from it" in message
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "state.json").is_file()
+    assert [r["step"] for r in _rows(tmp_path / "run")] == [1] * 4 + [2] * 4
+
+
+def test_resume_after_an_interruption_is_exact(tiny_config: Any, tmp_path: Path) -> None:
+    """Interrupted after step 3 (its pairs written, no checkpoint past step 2), then resumed:
+    the same pairs, metrics and final weights, bit for bit, as an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    kw = {**FAST, "max_steps": 4, "save_steps": 2, "save_final": True}
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_step_3(step: int, seconds: float) -> None:
+        if step == 3:
+            raise Killed
+
+    whole = train(tiny_config("whole", **kw))
+    with pytest.raises(Killed):
+        Trainer(tiny_config("cut", **kw), callbacks=[kill_after_step_3]).run()
+    assert max(r["step"] for r in _rows(tmp_path / "cut")) == 3
+    cut = train(tiny_config("cut", resume=True, **kw))
+    assert _rows(tmp_path / "cut") == _rows(tmp_path / "whole")
+    assert _timeless(_metrics(tmp_path / "cut")) == _timeless(_metrics(tmp_path / "whole"))
+    assert cut["online_judge_score"] == whole["online_judge_score"]
+    a = load_file(tmp_path / "whole" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "cut" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_online_refuses_an_explicit_ref_cache_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gpo.cli import main
+
+    with pytest.raises(ValueError, match=r"ref_cache .* with online: the reference log-prob cache"):
+        TrainConfig(online=True, ref_cache=str(tmp_path / "cache"))
+    TrainConfig(online=True, ref_cache="none")
+    assert TrainConfig(online=True).ref_cache == "auto"  # auto: off with online
+    argv = ["train", "--online", "--ref-cache", str(tmp_path / "cache"), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("gpo: error: config: ref_cache")
+
+
+def test_online_pairs_train_offline_with_data(tiny_config: Any, tmp_path: Path) -> None:
+    train(tiny_config("online", max_steps=3, **FAST))
+    pairs = tmp_path / "online" / ONLINE_PAIRS
+    summary = train(tiny_config("offline", data=str(pairs), max_steps=2, eval_steps=0))
+    assert math.isfinite(summary["train"]["loss"]) and "online" not in summary
+    config = json.loads((tmp_path / "offline" / "config.json").read_text())
+    assert config["data"] == str(pairs) and config["online"] is False
