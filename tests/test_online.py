@@ -194,3 +194,43 @@ def test_online_pairs_train_offline_with_data(tiny_config: Any, tmp_path: Path) 
     assert math.isfinite(summary["train"]["loss"]) and "online" not in summary
     config = json.loads((tmp_path / "offline" / "config.json").read_text())
     assert config["data"] == str(pairs) and config["online"] is False
+
+
+@pytest.mark.slow
+def test_kill_9_inside_a_checkpoint_then_resume_is_exact(
+    tiny_model_dir: Path, tiny_data_file: Path, tmp_path: Path
+) -> None:
+    """A real ``kill -9`` (``GPO_FAULT``, tests/test_faults.py) inside the step-4 checkpoint of
+    a ``gpo train --online`` process, after the pairs of steps 1-4 were written: ``--resume``
+    continues from step 2 and ends with the uninterrupted run's rows, metrics and weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    def gpo(out: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        env.pop("GPO_FAULT", None)
+        if fault:
+            env["GPO_FAULT"] = fault
+        argv = ["--model", str(tiny_model_dir), "--data", str(tiny_data_file), "--out", str(out)]
+        argv += ["--online", "--max-new-tokens", "6", "--eval-steps", "0", "--batch-size", "4"]
+        argv += ["--max-steps", "5", "--save-steps", "2", "--logging-steps", "1"]
+        argv += ["--kl-prompts", "0", "--progress", "false", "--report-to", "none"]
+        cmd = [sys.executable, "-m", "gpo.cli", "train", *argv, *extra]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert gpo(whole).returncode == 0
+    killed = gpo(cut, fault="kill:weights:4")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert max(r["step"] for r in _rows(cut)) == 4  # rows past the last whole checkpoint
+    resumed = gpo(cut, "--resume")
+    assert resumed.returncode == 0 and "resuming at step 2" in resumed.stdout, resumed.stderr
+    assert _rows(cut) == _rows(whole)
+    assert _timeless(_metrics(cut)) == _timeless(_metrics(whole))
+    a = load_file(whole / "final" / "adapter_model.safetensors")
+    b = load_file(cut / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
