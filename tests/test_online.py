@@ -234,3 +234,21 @@ def test_kill_9_inside_a_checkpoint_then_resume_is_exact(
     a = load_file(whole / "final" / "adapter_model.safetensors")
     b = load_file(cut / "final" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_user_judge_spec_resolves_for_both_judge_flags(tiny_config: Any, tmp_path: Path) -> None:
+    from gpo.eval.judges import CallableJudge, parse_judge_spec, resolve_judge
+
+    judge = resolve_judge("online_judges:always_first")
+    assert isinstance(judge, CallableJudge) and judge.name == "online_judges:always_first"
+    assert judge(["p"], ["a"], ["b"]) == [1.0]
+    assert parse_judge_spec("online_judges:always_first") == ("online_judges:always_first", {})
+    assert parse_judge_spec("http:base_url=http://h/v1,model=m")[0] == "http"
+    with pytest.raises(ValueError, match="cannot import module 'no_such_judges' for judge"):
+        resolve_judge("no_such_judges:judge")
+    with pytest.raises(ValueError, match="has no attribute 'nope'"):
+        resolve_judge("online_judges:nope")
+    # A judge that cannot be built fails before the run folder is written to.
+    with pytest.raises(ValueError, match="cannot import module 'no_such_judges'"):
+        Trainer(tiny_config("run", online_judge="no_such_judges:judge", **FAST))
+    assert not (tmp_path / "run").exists()

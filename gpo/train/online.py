@@ -161,11 +161,12 @@ def resolve_online_judge(cfg: Any) -> Judge:
     return judge
 
 
-def pair_source(trainer: Any) -> PairSource:
-    """The run's source of pairs: chosen once, here."""
-    if not trainer.cfg.online:
+def pair_source(trainer: Any, judge: Judge | None) -> PairSource:
+    """The run's source of pairs, chosen once, here: online with a judge
+    (:func:`resolve_online_judge`, built before the run folder is written to)."""
+    if judge is None:
         return OfflinePairs(trainer.data.train)
-    return OnlinePairs(trainer, resolve_online_judge(trainer.cfg))
+    return OnlinePairs(trainer, judge)
 
 
 class OnlinePairs:

@@ -44,7 +44,7 @@ from gpo.train.host_memory import reuse_freed_memory
 from gpo.train.interrupt import Interrupted, StopRequests
 from gpo.train.kl_steering import KLSteering
 from gpo.train.length_groups import length_groups, merge_groups
-from gpo.train.online import pair_source
+from gpo.train.online import pair_source, resolve_online_judge
 from gpo.train.plots import plot_run
 from gpo.train.resume import (
     PROCESSES,
@@ -143,6 +143,7 @@ class Trainer(Evaluations):
             judge = resolve_judge(cfg.judge)
             if hasattr(judge, "progress"):  # model judges take a while: show a bar
                 judge.progress = cfg.progress
+        online_judge = resolve_online_judge(cfg) if cfg.online else None  # every process's own
         fingerprint = data_fingerprint(self.data.train, self.data.eval)
         self.start_step = self._resume(fingerprint) if cfg.resume else 0
         if self.main:  # every check passed: the run folder is this run's
@@ -150,7 +151,7 @@ class Trainer(Evaluations):
             start_writing(cfg, self.run_dir, fingerprint)
         resumed_at = self.start_step if cfg.resume else None
         self.tracker = Tracker(self.run_dir, cfg, self.main, resumed_at)
-        self.source = pair_source(self)  # the data's pairs, or the policy's (--online)
+        self.source = pair_source(self, online_judge)  # the data's pairs, or the policy's
         world, rank = acc.num_processes, acc.process_index
         self.eval_shard = self.data.eval[: cfg.eval_max_pairs][rank::world]
         # No held-out pairs (eval_fraction 0): no evaluation at all.
