@@ -252,3 +252,15 @@ def test_a_user_judge_spec_resolves_for_both_judge_flags(tiny_config: Any, tmp_p
     with pytest.raises(ValueError, match="cannot import module 'no_such_judges'"):
         Trainer(tiny_config("run", online_judge="no_such_judges:judge", **FAST))
     assert not (tmp_path / "run").exists()
+
+
+def test_kl_target_steers_an_online_run(tiny_config: Any, tmp_path: Path) -> None:
+    """``--kl-target`` works online: beta is steered from the online steps' rho and KL
+    measurements on held-out prompts (whether it meets the target is docs/kl-control.md's)."""
+    kl = {"kl_target": 1.0, "kl_control_min_steps": 1, "kl_control_steps": 2}
+    cfg = tiny_config("run", max_steps=3, kl_control_prompts=2, eval_fraction=0.1, **kl, **FAST)
+    summary = train(cfg)
+    assert summary["online"] is True and summary["kl_target"] == 1.0
+    assert math.isfinite(summary["final_beta"]) and summary["final_beta"] != cfg.beta
+    steered = [m for m in _metrics(tmp_path / "run") if "kl_control/beta" in m]
+    assert steered and len(_rows(tmp_path / "run")) == 12
