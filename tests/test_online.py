@@ -264,3 +264,43 @@ def test_kl_target_steers_an_online_run(tiny_config: Any, tmp_path: Path) -> Non
     assert math.isfinite(summary["final_beta"]) and summary["final_beta"] != cfg.beta
     steered = [m for m in _metrics(tmp_path / "run") if "kl_control/beta" in m]
     assert steered and len(_rows(tmp_path / "run")) == 12
+
+
+@pytest.mark.slow
+def test_two_processes_each_sample_their_share(
+    tiny_model_dir: Path, tiny_data_file: Path, tmp_path: Path
+) -> None:
+    """2 gloo processes (configs/accelerate/multi_cpu.yaml) at batch 2: each samples and judges
+    its own 2 prompts, and the main process writes all 4 rows of every step."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from test_train import _free_port
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    config = Path(__file__).parents[1] / "configs" / "accelerate" / "multi_cpu.yaml"
+    run = tmp_path / "two"
+    cmd = [str(accelerate), "launch", "--config_file", str(config)]
+    cmd += ["--main_process_port", str(_free_port()), "-m", "gpo.cli", "train"]
+    cmd += ["--model", str(tiny_model_dir), "--data", str(tiny_data_file), "--out", str(run)]
+    cmd += ["--online", "--max-new-tokens", "6", "--eval-steps", "0", "--max-steps", "3"]
+    cmd += ["--batch-size", "2", "--logging-steps", "1", "--kl-prompts", "0"]
+    cmd += ["--progress", "false", "--report-to", "none"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == [1] * 4 + [2] * 4 + [3] * 4
+    data_prompts = {json.loads(x)["prompt"] for x in tiny_data_file.read_text().splitlines()}
+    assert {r["prompt"] for r in rows} <= data_prompts
+    per_step = [m for m in _metrics(run) if "online/kl" in m]
+    assert [m["step"] for m in per_step] == [1, 2, 3]
+    train_lines = [m for m in _metrics(run) if "loss" in m]
+    for m, online in zip(train_lines, per_step, strict=True):  # tokens: all 4 pairs, 8 samples
+        prompts = m["tokens"] - 8 * online["online/completion_tokens"]
+        assert prompts >= 4 and prompts == pytest.approx(round(prompts), abs=1e-6)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["online"] is True
+    assert summary["online_judge_score"] == pytest.approx(sum(r["score"] for r in rows) / 12)
