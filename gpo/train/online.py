@@ -282,9 +282,10 @@ class OnlinePairs:
             "online/judge_score": scores.mean().item(),
             "online/ties": (scores == 0.5).double().mean().item(),
             "online/completion_tokens": lengths.mean().item(),
-            # The samples are the policy's own at temperature 1, so the mean of
-            # log pi_theta(y|x) - log pi_ref(y|x) over them is an unbiased estimate of
-            # KL(pi_theta || pi_ref), from the training forward's log-probs (no extra pass).
+            # The samples are the policy's own at temperature 1 (before this step's update), so
+            # the mean of log pi_theta(y|x) - log pi_ref(y|x) over them is an unbiased estimate
+            # of KL(pi_theta || pi_ref) over completions of at most max_new_tokens (as eval/kl),
+            # from the log-probs the training forward computed anyway: no extra pass.
             "online/kl": ratio.mean().item(),
             "online/seconds_sample": seconds["sample"],
             "online/seconds_judge": seconds["judge"],
