@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from gpo.data.collate import pad_rows
 from gpo.losses.numerics import warn_once
-from gpo.models.decode import decode, decode_with_logps
+from gpo.models.decode import Mixture, decode, decode_with_logps
 
 #: Per-model verdict of :func:`fast_decode_ok`, kept on the model object (it belongs to that
 #: instance and dies with it), as ``gpo.models.logps`` does for its fast paths.
@@ -270,8 +270,11 @@ def sample(
     seed: int | None = None,
     show_progress: bool = False,
     desc: str = "sampling",
+    mixture: Mixture | None = None,
 ) -> Samples:
-    """Sample ``num_samples`` completions for each prompt (see the module docstring).
+    """Sample ``num_samples`` completions for each prompt (see the module docstring); with a
+    ``mixture``, from the geometric mixture of the policy and pi_ref (IPO-MD,
+    :class:`gpo.models.decode.Mixture`; ``logps`` stay the policy's own).
 
     A batch holds ``batch_size // num_samples`` prompts (at least one) with all their samples
     (128 rows by default: on CPU a decode step's matmuls are bound by reading the weights, so
@@ -311,6 +314,7 @@ def sample(
     )
     with _eval_mode(model), torch.inference_mode(), _sampling_view(model) as net:
         fast = fast_decode_ok(net, [prompt_ids[i] for i in order], eos, pad, model)
+        _check_mixture(mixture, fast)
         for batch, bseed in zip(batches, batch_seeds, strict=True):
             prompts = [prompt_ids[i] for i in batch]
             if fast:
@@ -318,7 +322,7 @@ def sample(
                 # Unseeded: draw the seed from torch's global RNG (as generate would use it),
                 # never reseed that RNG itself.
                 gen.manual_seed(bseed if bseed is not None else int(torch.randint(2**62, ())))
-                args = (eos, pad, temperature, top_p, gen)
+                args = (eos, pad, temperature, top_p, gen, True, mixture)
                 new, new_logps = decode_with_logps(net, prompts, num_samples, max_new_tokens, *args)
             else:
                 new = _generate(net, prompts, num_samples, gen_kwargs, pad, bseed)
@@ -332,6 +336,14 @@ def sample(
     if fast:
         out.logps = [logps[i, j] for i, j in zip(out.prompt_index, out.sample_index, strict=True)]
     return out
+
+
+def _check_mixture(mixture: Mixture | None, fast: bool) -> None:
+    if mixture is not None and not fast:  # generate cannot draw from the mixture
+        raise ValueError(
+            "sampling from a mixture with pi_ref needs gpo's decode loop, which this model "
+            "does not pass (its self-check against model.generate failed)"
+        )
 
 
 def _generate_kwargs(
