@@ -304,3 +304,20 @@ def test_two_processes_each_sample_their_share(
     summary = json.loads((run / "summary.json").read_text())
     assert summary["online"] is True
     assert summary["online_judge_score"] == pytest.approx(sum(r["score"] for r in rows) / 12)
+
+
+def test_online_kl_uses_sequence_log_ratios_whatever_the_reduction() -> None:
+    """``online/kl`` averages ``logratio_*``: summed over tokens even with per-token means."""
+    from gpo.eval.pairs import pair_values
+    from gpo.losses.family import PreferenceLoss
+    from gpo.models.logps import SequenceLogps
+
+    sums_pol, sums_ref = torch.tensor([-6.0, -4.0]), torch.tensor([-5.0, -6.0])
+    tokens = torch.tensor([3, 2])
+    out = PreferenceLoss(torch.zeros(1), torch.zeros(1))
+    for reduction, scale in (("sum", torch.ones(2)), ("mean", tokens.float())):
+        pol = SequenceLogps(sums_pol / scale, tokens, torch.zeros(2))
+        ref = SequenceLogps(sums_ref / scale, tokens, torch.zeros(2))
+        values = pair_values(out, pol, ref, 0.1, reduction)
+        assert values["logratio_chosen"].tolist() == pytest.approx([-1.0], abs=1e-6)
+        assert values["logratio_rejected"].tolist() == pytest.approx([2.0], abs=1e-6)

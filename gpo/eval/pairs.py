@@ -101,6 +101,6 @@ def pair_metrics(
         pol = batch_logps(policy, batch, reduction)
         ref = reference.logps(batch, reduction)
         out = objective(*pol.split(), *ref.split(), beta)
-        chunks.append(pair_values(out, pol, ref, beta))
+        chunks.append(pair_values(out, pol, ref, beta, reduction))
     policy.train(was_training)
     return reduce_metrics(gather(concat_values(chunks)))
