@@ -321,3 +321,26 @@ def test_online_kl_uses_sequence_log_ratios_whatever_the_reduction() -> None:
         values = pair_values(out, pol, ref, 0.1, reduction)
         assert values["logratio_chosen"].tolist() == pytest.approx([-1.0], abs=1e-6)
         assert values["logratio_rejected"].tolist() == pytest.approx([2.0], abs=1e-6)
+
+
+def test_conversational_prompts_give_conversational_rows(tiny_config: Any, tmp_path: Path) -> None:
+    """Message-list prompts (rendered by the tokenizer's chat template): the judge gets the
+    user's text, the rows keep the messages with assistant replies, and they train offline."""
+    data = tmp_path / "conv.jsonl"
+    with open(data, "w") as f:
+        for i in range(12):
+            user = [{"role": "user", "content": f"tell me about the sea {i}"}]
+            reply = [{"role": "assistant", "content": c} for c in ("good sea", "bad rain")]
+            f.write(json.dumps({"prompt": user, "chosen": [reply[0]], "rejected": [reply[1]]}))
+            f.write("\n")
+    judge = "online_judges:always_first"
+    train(tiny_config("run", data=str(data), max_steps=2, online_judge=judge, **FAST))
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 8
+    for row, (prompt, first, _) in zip(rows, online_judges.CALLS, strict=True):
+        assert row["prompt"][-1]["role"] == "user" and row["prompt"][-1]["content"] == prompt
+        assert [m["role"] for m in row["chosen"] + row["rejected"]] == ["assistant"] * 2
+        assert row["chosen"][0]["content"] == first
+    pairs = str(tmp_path / "run" / ONLINE_PAIRS)
+    summary = train(tiny_config("offline", data=pairs, max_steps=1, eval_fraction=0.0))
+    assert math.isfinite(summary["train"]["loss"])
