@@ -225,7 +225,12 @@ def test_every_field_has_a_working_flag(field: dataclasses.Field[Any]) -> None:
     words, value = _sample(field.name, default)
     assert value != default
     assert parse(flag(field.name), *words) == {field.name: value}
-    assert getattr(load_config(None, {field.name: value}), field.name) == value
+    needs = COMPANIONS.get(field.name, {})  # a setting refused without another one
+    assert getattr(load_config(None, {field.name: value, **needs}), field.name) == value
+
+
+#: Fields whose non-default value is refused alone (each test: the refusal's own).
+COMPANIONS: dict[str, dict[str, Any]] = {"online_mixture": {"online": True}}
 
 
 def test_flags_and_fields_match_one_to_one() -> None:

@@ -344,3 +344,39 @@ def test_conversational_prompts_give_conversational_rows(tiny_config: Any, tmp_p
     pairs = str(tmp_path / "run" / ONLINE_PAIRS)
     summary = train(tiny_config("offline", data=pairs, max_steps=1, eval_fraction=0.0))
     assert math.isfinite(summary["train"]["loss"])
+
+
+def test_ipo_md_samples_from_the_mixture_with_pi_ref(
+    tiny_config: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """--online-mixture A: every step's samples are drawn through the decode loop's geometric
+    mixture (gpo.models.decode.Mixture, tested against brute force in test_decode_mixture.py),
+    whose reference is the run's pi_ref (the LoRA policy with its adapters off); the mean log
+    ratio of those samples is logged, not as a KL."""
+    import gpo.train.online as online
+
+    seen: list[Any] = []
+    real = online.sample
+
+    def adapters_off(model: Any) -> bool:  # every LoRA layer switched off?
+        flags = [m.disable_adapters for m in model.modules() if hasattr(m, "lora_A")]
+        return bool(flags) and all(flags)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        mixture, model = kwargs.get("mixture"), args[0]
+        assert mixture is not None and mixture.alpha == 0.5
+        with mixture.reference() as ref:
+            seen.append((ref is model, adapters_off(ref)))
+        assert not adapters_off(model)  # on again for the policy's own steps
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(online, "sample", spy)
+    train(tiny_config("run", max_steps=2, online_mixture=0.5, **FAST))
+    assert seen == [(True, True), (True, True)]  # the same module, its adapters off inside
+    per_step = [m for m in _metrics(tmp_path / "run") if "online/judge_score" in m]
+    assert all("online/mixture_log_ratio" in m and "online/kl" not in m for m in per_step)
+    assert len(_rows(tmp_path / "run")) == 2 * 4
+    with pytest.raises(ValueError, match="online_mixture needs online"):
+        TrainConfig(online_mixture=0.5)
+    with pytest.raises(ValueError, match=r"online_mixture = 1\.0 is out of range: must be in"):
+        TrainConfig(online=True, online_mixture=1.0)

@@ -41,6 +41,7 @@ class TrainConfig:
     online: bool = False  # sample 2 completions per prompt each step, judge them, train on them
     online_judge: str = "gold"  # labels online pairs: a --judge spec, or 'pkg.module:func'
     online_labels: Literal["hard"] = "hard"  # hard: the winner drawn with the judge's P(win)
+    online_mixture: float = 0.0  # IPO-MD: sample from pi_theta^(1-A) pi_ref^A (0: the policy)
     # KL-targeted training (docs/kl-control.md): beta is then the starting value
     kl_target: float | None = None  # nats of KL(pi_theta || pi_ref) to steer beta towards
     kl_control_steps: int = 10  # most optimizer steps between KL measurements (when settled)
@@ -128,6 +129,8 @@ class TrainConfig:
             _check_kl_control(self)
         if self.online:
             _check_online(self)
+        else:
+            _check_offline(self)
         if self.resume and self.overwrite:
             raise ValueError("config: resume and overwrite contradict each other: pass one")
         unknown = set(self.report_to) - {"tensorboard", "wandb", "none"}
@@ -183,6 +186,7 @@ def range_checks(cfg: TrainConfig) -> dict[str, tuple[bool, str]]:
             f"in [1, kl_control_steps = {cfg.kl_control_steps}]",
         ),
         "kl_tolerance": (0 < cfg.kl_tolerance < 1, "in (0, 1)"),
+        "online_mixture": (0 <= cfg.online_mixture < 1, "in [0, 1)"),
         "kl_control_prompts": (cfg.kl_control_prompts > 0, ">= 1"),
         "kl_ramp": (0 <= cfg.kl_ramp <= 1, "in [0, 1]"),
         "kl_gain_i": (0 <= cfg.kl_gain_i < math.inf, "finite and >= 0"),
@@ -214,6 +218,11 @@ def _check_online(cfg: TrainConfig) -> None:
         )
     if not cfg.online_judge.strip():
         raise ValueError("config: online_judge is empty: pass a judge spec (e.g. gold)")
+
+
+def _check_offline(cfg: TrainConfig) -> None:
+    if cfg.online_mixture:
+        raise ValueError("config: online_mixture needs online: pass --online, or leave it 0")
 
 
 def _check_kl_control(cfg: TrainConfig) -> None:

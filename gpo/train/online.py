@@ -43,6 +43,7 @@ from gpo.eval.judges import Judge, parse_judge_spec, resolve_judge
 from gpo.eval.pairs import concat_values
 from gpo.eval.win_rate import judge_scores
 from gpo.io import read_jsonl
+from gpo.models.decode import Mixture
 from gpo.models.sampling import sample
 from gpo.train.checkpoint import checkpoint_dirs
 from gpo.train.run_record import output
@@ -172,8 +173,8 @@ def pair_source(trainer: Any, judge: Judge | None) -> PairSource:
 class OnlinePairs:
     """Pairs sampled from the policy and labelled by a judge (see the module docstring).
 
-    Needs the trainer's ``cfg``, ``data``, ``model``, ``tokenizer``, ``acc``, ``main``,
-    ``run_dir``, ``start_step`` and ``save``."""
+    Needs the trainer's ``cfg``, ``data``, ``model``, ``reference``, ``tokenizer``, ``acc``,
+    ``main``, ``run_dir``, ``start_step`` and ``save``."""
 
     def __init__(self, trainer: Any, judge: Judge) -> None:
         self.cfg, self.acc, self.main = trainer.cfg, trainer.acc, trainer.main
@@ -181,6 +182,9 @@ class OnlinePairs:
         self.train = trainer.data.train
         self.prompts = {r.index: r.prompt for r in trainer.data.train_rows}
         self.judge = judge
+        # IPO-MD (Calandriello et al. 2024): samples from the geometric mixture with pi_ref.
+        a = self.cfg.online_mixture
+        self.mixture = Mixture(trainer.reference.model, a) if a > 0 else None
         self.run_dir: Path = trainer.run_dir
         self.save = trainer.save
         self.path = self.run_dir / ONLINE_PAIRS
@@ -200,7 +204,16 @@ class OnlinePairs:
         """Two completions per prompt, each cut to fit ``max_length`` after its prompt."""
         cfg, rank = self.cfg, self.acc.process_index
         seed = stream_seed(cfg.seed, step, rank, micro, "sample")
-        out = sample(self.model, self.tokenizer, prompt_ids, 2, cfg.max_new_tokens, 1.0, seed=seed)
+        out = sample(
+            self.model,
+            self.tokenizer,
+            prompt_ids,
+            2,
+            cfg.max_new_tokens,
+            1.0,
+            seed=seed,
+            mixture=self.mixture,
+        )
         for k, ids in enumerate(out.completion_ids):
             room = max(1, cfg.max_length - len(prompt_ids[k // 2]))
             if len(ids) > room:
@@ -278,15 +291,17 @@ class OnlinePairs:
         scores = torch.tensor([r["score"] for r in rows], dtype=torch.float64)
         total = time.perf_counter() - start
         self._new_step()
+        # The samples are the policy's own at temperature 1 (before this step's update), so the
+        # mean of log pi_theta(y|x) - log pi_ref(y|x) over them is an unbiased estimate of
+        # KL(pi_theta || pi_ref) over completions of at most max_new_tokens (as eval/kl), from
+        # the log-probs the training forward computed anyway: no extra pass. Drawn from the
+        # IPO-MD mixture they are not the policy's: the same mean is logged, not as a KL.
+        kl = "online/kl" if self.mixture is None else "online/mixture_log_ratio"
         return {
             "online/judge_score": scores.mean().item(),
             "online/ties": (scores == 0.5).double().mean().item(),
             "online/completion_tokens": lengths.mean().item(),
-            # The samples are the policy's own at temperature 1 (before this step's update), so
-            # the mean of log pi_theta(y|x) - log pi_ref(y|x) over them is an unbiased estimate
-            # of KL(pi_theta || pi_ref) over completions of at most max_new_tokens (as eval/kl),
-            # from the log-probs the training forward computed anyway: no extra pass.
-            "online/kl": ratio.mean().item(),
+            kl: ratio.mean().item(),
             "online/seconds_sample": seconds["sample"],
             "online/seconds_judge": seconds["judge"],
             "online/seconds_train": max(0.0, total - seconds["sample"] - seconds["judge"]),
