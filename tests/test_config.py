@@ -216,8 +216,8 @@ def test_every_field_has_a_working_flag(field: dataclasses.Field[Any]) -> None:
     default = field.default if declared else TrainConfig().__dict__[field.name]
     choices = typing.get_args(HINTS[field.name])
     if typing.get_origin(HINTS[field.name]) is Literal and choices == (default,):
-        # One choice so far (online_labels: only 'hard' is built): the flag takes it, and the
-        # config names it when refusing anything else.
+        # One choice so far: the flag takes it, and the config names it when refusing
+        # anything else.
         assert parse(flag(field.name), str(default)) == {field.name: default}
         with pytest.raises(ValueError, match=rf"{field.name} must be one of \['{default}'\]"):
             load_config(None, {field.name: "other"})
@@ -230,7 +230,10 @@ def test_every_field_has_a_working_flag(field: dataclasses.Field[Any]) -> None:
 
 
 #: Fields whose non-default value is refused alone (each test: the refusal's own).
-COMPANIONS: dict[str, dict[str, Any]] = {"online_mixture": {"online": True}}
+COMPANIONS: dict[str, dict[str, Any]] = {
+    "online_mixture": {"online": True},
+    "online_labels": {"online": True},
+}
 
 
 def test_flags_and_fields_match_one_to_one() -> None:

@@ -65,6 +65,9 @@ class TokenizedPair:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
+    #: P(chosen beats rejected) for soft labels (online pairs, ``gpo.train.labels``); ``None``:
+    #: a hard label (the data's, or a drawn winner).
+    p_chosen: float | None = None
 
 
 @dataclass

@@ -40,7 +40,7 @@ class TrainConfig:
     # online training (docs/online.md): each step's pairs sampled from the policy, then judged
     online: bool = False  # sample 2 completions per prompt each step, judge them, train on them
     online_judge: str = "gold"  # labels online pairs: a --judge spec, or 'pkg.module:func'
-    online_labels: Literal["hard"] = "hard"  # hard: the winner drawn with the judge's P(win)
+    online_labels: Literal["hard", "soft"] = "hard"  # hard: winner drawn; soft: both orders
     online_mixture: float = 0.0  # IPO-MD: sample from pi_theta^(1-A) pi_ref^A (0: the policy)
     # KL-targeted training (docs/kl-control.md): beta is then the starting value
     kl_target: float | None = None  # nats of KL(pi_theta || pi_ref) to steer beta towards
@@ -223,6 +223,11 @@ def _check_online(cfg: TrainConfig) -> None:
 def _check_offline(cfg: TrainConfig) -> None:
     if cfg.online_mixture:
         raise ValueError("config: online_mixture needs online: pass --online, or leave it 0")
+    if cfg.online_labels != "hard":
+        raise ValueError(
+            f"config: online_labels {cfg.online_labels} needs online (offline pairs carry hard "
+            "labels): pass --online, or leave it hard"
+        )
 
 
 def _check_kl_control(cfg: TrainConfig) -> None:

@@ -11,7 +11,9 @@ preference row's ``chosen`` / ``rejected`` are ignored), two completions are sam
 current policy without gradient, by gpo's decode loop (:func:`gpo.models.sampling.sample`) at
 temperature 1 and ``max_new_tokens``; the online judge scores P(first beats second), checked
 (:func:`gpo.eval.win_rate.judge_scores`: a NaN or out-of-range score stops the run, naming the
-prompt; no label is ever made up); ``online_labels hard`` draws the winner with that probability.
+prompt; no label is ever made up); the run's label strategy (:mod:`gpo.train.labels`) orients
+each pair: ``hard`` draws the winner with that probability, ``soft`` keeps the more likely one as
+chosen and carries its probability on the pair (``p_chosen``).
 Every pair trained on is appended to ``RUN/online_pairs.jsonl`` (TRL rows, reusable with
 ``--data``), with ``score`` = P(chosen beats rejected) and ``step``.
 
@@ -174,7 +176,7 @@ class OnlinePairs:
     """Pairs sampled from the policy and labelled by a judge (see the module docstring).
 
     Needs the trainer's ``cfg``, ``data``, ``model``, ``reference``, ``tokenizer``, ``acc``,
-    ``main``, ``run_dir``, ``start_step`` and ``save``."""
+    ``main``, ``labels``, ``run_dir``, ``start_step`` and ``save``."""
 
     def __init__(self, trainer: Any, judge: Judge) -> None:
         self.cfg, self.acc, self.main = trainer.cfg, trainer.acc, trainer.main
@@ -182,6 +184,7 @@ class OnlinePairs:
         self.train = trainer.data.train
         self.prompts = {r.index: r.prompt for r in trainer.data.train_rows}
         self.judge = judge
+        self.labels = trainer.labels  # hard: a drawn winner; soft: both orders, weighted
         # IPO-MD (Calandriello et al. 2024): samples from the geometric mixture with pi_ref.
         a = self.cfg.online_mixture
         self.mixture = Mixture(trainer.reference.model, a) if a > 0 else None
@@ -236,9 +239,9 @@ class OnlinePairs:
         self._seconds["judge"] += time.perf_counter() - judged
         seed = stream_seed(self.cfg.seed, step, self.acc.process_index, micro, "labels")
         pairs, eos = [], self.tokenizer.eos_token
-        for k, wins in enumerate(first_wins(scores, seed)):
+        for k, (wins, p) in enumerate(self.labels.orient(scores, seed)):
             c, r = (2 * k, 2 * k + 1) if wins else (2 * k + 1, 2 * k)
-            pairs.append(TokenizedPair(base[k].index, prompt_ids[k], ids[c], ids[r]))
+            pairs.append(TokenizedPair(base[k].index, prompt_ids[k], ids[c], ids[r], p))
             row = pair_row(prompts[k], (texts[c], texts[r]), (finished[c], finished[r]), eos)
             score = scores[k] if wins else 1.0 - scores[k]
             self._rows.append({**row, "score": score, "step": step})

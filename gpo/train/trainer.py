@@ -43,6 +43,7 @@ from gpo.train.guards import (
 from gpo.train.host_memory import reuse_freed_memory
 from gpo.train.interrupt import Interrupted, StopRequests
 from gpo.train.kl_steering import KLSteering
+from gpo.train.labels import label_strategy
 from gpo.train.length_groups import length_groups, merge_groups
 from gpo.train.online import pair_source, resolve_online_judge
 from gpo.train.plots import plot_run
@@ -90,6 +91,7 @@ class Trainer(Evaluations):
         self._grad_norms: list[torch.Tensor] = []  # pre-clipping norms since the last log
         self._tokens = 0  # prompt + both responses of the pairs since the last log (all ranks)
         self.objective = resolve_objective(cfg.loss)  # fail fast, before any model is loaded
+        self.labels = label_strategy(cfg.online_labels, self.objective, cfg.beta)  # hard, soft
         if cfg.reuse_host_memory:  # before the model loads (page faults: 6-15% of a CPU step)
             reuse_freed_memory()
         self.acc = acc = accelerator(cfg)
@@ -212,10 +214,7 @@ class Trainer(Evaluations):
             with self.acc.autocast():
                 refs = [self.reference.logps(b, cfg.logp_reduction) for b in batches]
             ref = merge_groups(refs, groups)
-            # No per-call validation (host syncs): a non-finite loss propagates to the guard,
-            # which checks once per step and names the rows.
-            out = self.objective(*policy.split(), *ref.split(), self.beta, validate=False)
-            loss = out.losses.mean()
+            loss, out = self.labels.loss(self.objective, pairs, policy, ref, self.beta)
             self.guard.watch_loss(loss, micro, rows)  # checked once per step, below
             self.acc.backward(loss)
             norm = None
