@@ -285,6 +285,7 @@ def test_a_kl_target_no_beta_could_mean_is_refused(capsys):
         ("--kl-beta-min", "1e4", "in (0, kl_beta_max = 1000.0]"),
         ("--kl-beta-max", "inf", "finite and >= kl_beta_min"),
         ("--kl-lr-gain", "-1", "finite and >= 0 (0: off)"),
+        ("--online-mixture", "1", "in [0, 1)"),
     ],
 )
 def test_every_range_error_states_the_valid_range(flag, value, valid, capsys):
