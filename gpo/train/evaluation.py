@@ -50,22 +50,25 @@ class Evaluations:
         return WinRateEval(judge, prompts, ids, theirs, cfg.max_new_tokens)
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Held-out pair metrics (all processes) and on-policy KL (main process)."""
+        """Held-out pair metrics (all processes; none when the held-out rows are prompt-only),
+        on-policy KL and win rates (main process)."""
         cfg = self.cfg
-        metrics = pair_metrics(
-            self.model,
-            self.reference,
-            self.objective,
-            self.eval_shard,
-            self.beta,
-            cfg.logp_reduction,
-            cfg.batch_size,
-            self.tokenizer.pad_token_id,
-            self.acc.device,
-            self._gather,
-            share_prompt=cfg.share_prompt,
-        )
-        result = {f"eval/{k}": v for k, v in metrics.items()}
+        result: dict[str, float] = {}
+        if self.data.eval_pairs:
+            metrics = pair_metrics(
+                self.model,
+                self.reference,
+                self.objective,
+                self.eval_shard,
+                self.beta,
+                cfg.logp_reduction,
+                cfg.batch_size,
+                self.tokenizer.pad_token_id,
+                self.acc.device,
+                self._gather,
+                share_prompt=cfg.share_prompt,
+            )
+            result.update({f"eval/{k}": v for k, v in metrics.items()})
         if self.main and cfg.kl_prompts > 0 and cfg.kl_samples > 0:
             prompts = [p.prompt_ids for p in self.data.eval[: cfg.kl_prompts]]
             kl, se = self._kl(prompts, cfg.seed + step, cfg.progress)

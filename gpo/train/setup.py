@@ -225,6 +225,7 @@ def prepare(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
         tokenizer,
         limits,
         cfg.seed,
+        online=cfg.online,
     )
 
 
@@ -302,8 +303,9 @@ def announce(cfg: TrainConfig, run_dir: Path, data: PreparedData, model_config: 
         print(warning, file=sys.stderr)
 
 
-def _evals(cfg: TrainConfig, n_eval: int) -> str:
-    """What each evaluation does, with the counts the held-out set allows."""
+def _evals(cfg: TrainConfig, n_eval: int, pairs: bool = True) -> str:
+    """What each evaluation does, with the counts the held-out set allows (``pairs`` false:
+    prompt-only held-out rows, no pair metrics)."""
     if n_eval == 0:
         return "no evaluation (no held-out pairs)"
     if cfg.eval_schedule is None and cfg.eval_steps == 0:
@@ -314,7 +316,10 @@ def _evals(cfg: TrainConfig, n_eval: int) -> str:
         evals = f"eval at the end only (eval_steps {cfg.eval_steps} >= max_steps {cfg.max_steps}): "
     else:
         evals = f"eval every {cfg.eval_steps} steps and at the end: "
-    evals += plural(min(cfg.eval_max_pairs, n_eval), "held-out pair")
+    if pairs:
+        evals += plural(min(cfg.eval_max_pairs, n_eval), "held-out pair")
+    else:
+        evals += "no held-out pair metrics (prompt-only data)"
     if cfg.kl_prompts and cfg.kl_samples:
         evals += f", KL on {plural(min(cfg.kl_prompts, n_eval), 'prompt')} x {cfg.kl_samples}"
         evals += " samples" if cfg.kl_samples > 1 else " sample"
@@ -358,7 +363,7 @@ def startup_summary(
         f"gpo train: {cfg.loss} ({beta}) on {cfg.data}{online}, model {cfg.model} ({tune})",
         f"  {steps} x {plural(cfg.batch_size, 'pair')}, {length}, lr {cfg.learning_rate:g} "
         f"({cfg.lr_scheduler}), seed {cfg.seed}" + (", resuming" if cfg.resume else ""),
-        f"  {_evals(cfg, len(data.eval))}",
+        f"  {_evals(cfg, len(data.eval), data.eval_pairs)}",
         f"  run folder {run_dir} (full config: config.json)",
     ]
     return "\n".join(lines)

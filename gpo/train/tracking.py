@@ -141,11 +141,14 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def eval_line(step: int, m: dict[str, float]) -> str:
-    """One line per evaluation; a Monte Carlo KL near 0 can come out negative, hence its SE."""
-    parts = [f"eval at step {step}: loss {m['eval/loss']:.4f}"]
-    parts.append(f"acc {m['eval/rewards/accuracies']:.2f}")
+    """One line per evaluation; a Monte Carlo KL near 0 can come out negative, hence its SE.
+    (No pair metrics with prompt-only held-out rows.)"""
+    parts = []
+    if "eval/loss" in m:
+        parts.append(f"loss {m['eval/loss']:.4f}")
+        parts.append(f"acc {m['eval/rewards/accuracies']:.2f}")
     if "eval/kl" in m:
         parts.append(f"KL {m['eval/kl']:.3g} +- {m['eval/kl_se']:.2g} nats")
     if "eval/win_rate" in m:
         parts.append(f"win rate {m['eval/win_rate']:.3f} +- {m['eval/win_rate_se']:.3f}")
-    return ", ".join(parts)
+    return f"eval at step {step}: " + (", ".join(parts) or "nothing measured")
