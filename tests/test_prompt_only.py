@@ -49,6 +49,7 @@ def test_an_online_run_trains_on_prompt_only_rows(
     rows = _prompts(16, conversational)
     data = _write(tmp_path / "prompts.jsonl", rows)
     evals = {"eval_steps": 2, "eval_fraction": 0.25, "kl_prompts": 2, "kl_samples": 1}
+    evals.update(judge_prompts=2, judge="online_judges:always_first")
     summary = train(tiny_config("run", data=str(data), max_steps=2, **{**FAST, **evals}))
     assert math.isfinite(summary["train"]["loss"]) and summary["online"] is True
     pairs = _rows(tmp_path / "run")
@@ -59,6 +60,7 @@ def test_an_online_run_trains_on_prompt_only_rows(
         assert isinstance(row["chosen"], list if conversational else str)
     # Held-out prompts: KL measured, no pair metrics (there are no held-out pairs).
     assert "eval/kl" in summary["eval"] and math.isfinite(summary["eval"]["eval/kl"])
+    assert summary["eval"]["eval/win_rate"] == 1.0  # always_first: the policy's sample first
     assert not any(k.startswith("eval/loss") or "accuracies" in k for k in summary["eval"])
     out = capsys.readouterr().out
     assert "no held-out pair metrics (prompt-only data), KL on 2 prompts x 1 sample" in out
@@ -125,3 +127,37 @@ def test_prepare_and_limits(tiny_model_dir: Path, tmp_path: Path) -> None:
 def test_bad_prompt_only_rows_are_named(rows: list[Any], match: str) -> None:
     with pytest.raises(DataError, match=match):
         parse_source(rows, "src", True)
+
+
+def test_held_out_prompt_only_rows_beside_preference_rows(
+    tiny_model_dir: Path, tiny_data_file: Path, tmp_path: Path
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    held = _write(tmp_path / "held.jsonl", _prompts(5, True))
+    args = (tokenizer, Limits(64), 0, True)
+    prepared = prepare_data(str(tiny_data_file), "train", str(held), None, 0.1, *args)
+    assert len(prepared.train) == 48 and prepared.train[0].chosen_ids  # the data's pairs
+    assert len(prepared.eval) == 5 and not prepared.eval_pairs
+    assert prepare_data(str(tiny_data_file), "train", None, None, 0.1, *args).eval_pairs
+
+
+def test_data_check_takes_prompt_only_rows_with_online(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gpo.cli import main
+
+    rows = _prompts(6, False)
+    data = _write(tmp_path / "prompts.jsonl", [*rows[:5], {"prompt": ""}])
+    argv = ["data", "check", str(data), "--model", str(tiny_model_dir), "--examples", "1"]
+    capsys.readouterr()
+    assert main([*argv, "--online"]) == 2  # the empty prompt: what training would stop with
+    out, err = capsys.readouterr()
+    assert "format: prompt-only, standard (strings): for gpo train --online" in out
+    assert "rows: 6, valid 5, invalid 1" in out and "tokens per prompt" in out
+    assert "  prompt:" in out and "  chosen:" not in out
+    assert "row 6, field 'prompt': empty" in err
+    _write(data, rows)
+    assert main([*argv, "--online"]) == 0
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "prompt-only rows" in err and "pass --online" in err

@@ -139,7 +139,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gpo.models.tokenizer import load_tokenizer, set_chat_template
 
     given = {k: v for k, v in values_from_args(args, TrainConfig).items() if k in CHECK_FLAGS}
-    label, raw = read_source(args.source, args.split)  # a bad file fails before the tokenizer
+    label, raw = read_source(args.source, args.split, args.online)  # fails before the tokenizer
     tokenizer, config = load_tokenizer(args.model)
     template = given.pop("chat_template", None)
     if template is not None:
@@ -170,6 +170,11 @@ def _add_check_parser(dsub: Any) -> None:
         "--model", default="smollm2", help="whose tokenizer and chat template (default: smollm2)"
     )
     p.add_argument("--examples", type=int, default=3, help="rendered pairs to show (default: 3)")
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="accept prompt-only rows ({'prompt': ...}), as gpo train --online does",
+    )
     add_dataclass_flags(p, TrainConfig, names=CHECK_FLAGS)  # as `gpo train` has them
     p.set_defaults(func=cmd_check)
 

@@ -4,6 +4,9 @@ Reads the source as training does, validates every row (collecting each bad row 
 stopping at the first), tokenizes with the model's tokenizer and the training limits, and reports
 the format found, rows kept and dropped and why, token-length percentiles before truncation, and
 a few pairs rendered as the model sees them (chat template applied, EOS included).
+
+With ``online`` (``gpo data check --online``), a prompt-only source (:mod:`gpo.data.prompts`)
+is checked as ``gpo train --online`` reads it: rows, prompt token lengths, rendered prompts.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpo.data.formats import DataError, PreferenceRow, detect_format, parse_row
+from gpo.data.prompts import is_prompt_only, parse_prompt_row, refuse_offline, tokenize_prompts
 from gpo.data.sources import load_rows
 from gpo.data.tokenize import DataReport, Limits, TokenizedPair, tokenize_rows
 
@@ -61,12 +65,14 @@ def _ignored_fields(raw: list[Any]) -> list[str]:
     return sorted(str(k) for k in names - set(KNOWN_FIELDS))
 
 
-def _parse_all(raw: list[Any], label: str, conversational: bool) -> tuple[list[Any], list[str]]:
+def _parse_all(
+    raw: list[Any], label: str, conversational: bool, parse: Any = parse_row
+) -> tuple[list[Any], list[str]]:
     valid: list[PreferenceRow] = []
     invalid: list[str] = []
     for i, r in enumerate(raw):
         try:
-            valid.append(parse_row(r, label, i, conversational))
+            valid.append(parse(r, label, i, conversational))
         except DataError as e:
             invalid.append(str(e))
     return valid, invalid
@@ -79,20 +85,44 @@ def _render(pair: TokenizedPair, tokenizer: Any) -> tuple[int, str, str, str]:
     return pair.index, text(pair.prompt_ids), text(pair.chosen_ids), text(pair.rejected_ids)
 
 
-def read_source(source: str, split: str | None) -> tuple[str, list[Any]]:
+def read_source(source: str, split: str | None, online: bool = False) -> tuple[str, list[Any]]:
     """``(label, raw rows)``; raises :class:`DataError` when the source cannot be read at all
-    (missing file, malformed JSON, no rows, a first row that is no preference pair). Cheap: done
-    before any tokenizer is loaded."""
+    (missing file, malformed JSON, no rows, a first row that is no preference pair, prompt-only
+    rows without ``online``). Cheap: done before any tokenizer is loaded."""
     label = f"{source}[{split or 'train'}]"
     raw = load_rows(source, split)
-    detect_format(raw, label)  # no rows, or not preference data at all: say so now
+    refuse_offline(raw, label, online)
+    if not is_prompt_only(raw):
+        detect_format(raw, label)  # no rows, or not preference data at all: say so now
     return label, raw
+
+
+def check_prompts(
+    label: str, raw: list[Any], tokenizer: Any, limits: Limits, n_examples: int = 3
+) -> CheckResult:
+    """:func:`check_rows` for prompt-only rows (``gpo train --online``)."""
+    conversational = isinstance(raw[0]["prompt"], list)
+    kind = "conversational (message lists)" if conversational else "standard (strings)"
+    valid, invalid = _parse_all(raw, label, conversational, parse_prompt_row)
+    fmt = f"prompt-only, {kind}: for gpo train --online"
+    result = CheckResult(label, fmt, len(raw), invalid, _ignored_fields(raw))
+    if not valid:
+        return result
+    lengths: list[int] = []
+    pairs, result.report = tokenize_prompts(
+        valid, tokenizer, limits, label, raw_lengths=lengths, allow_empty=True
+    )
+    result.lengths = {"prompt": lengths}
+    result.examples = [_render(p, tokenizer) for p in pairs[:n_examples]]
+    return result
 
 
 def check_rows(
     label: str, raw: list[Any], tokenizer: Any, limits: Limits, n_examples: int = 3
 ) -> CheckResult:
     """Everything ``gpo data check`` prints about the raw rows read from ``label``."""
+    if is_prompt_only(raw):
+        return check_prompts(label, raw, tokenizer, limits, n_examples)
     conversational = detect_format(raw, label)
     valid, invalid = _parse_all(raw, label, conversational)
     result = CheckResult(
@@ -131,10 +161,14 @@ def _indent(text: str) -> str:
 
 def _length_table(result: CheckResult) -> list[str]:
     pair = result.lengths.get("prompt + longer reply") or []
+    what = "pair"
+    if not pair and list(result.lengths) == ["prompt"]:  # prompt-only rows
+        pair, what = result.lengths["prompt"], "prompt"
     if not pair:
         return []
     head = "".join(f"{'max' if q == 100 else f'p{q}':>8}" for q in PERCENTILES)
-    lines = [f"tokens per pair, before truncation ({len(pair)} pairs):", f"  {'':<22}{head}"]
+    title = f"tokens per {what}, before truncation ({len(pair)} {what}s):"
+    lines = [title, f"  {'':<22}{head}"]
     for name, values in result.lengths.items():
         cells = "".join(f"{percentile(values, q):>8}" for q in PERCENTILES)
         lines.append(f"  {name:<22}{cells}")
@@ -146,7 +180,8 @@ def _example_lines(result: CheckResult) -> list[str]:
     for n, (row, prompt, chosen, rejected) in enumerate(result.examples, 1):
         lines.append(f"example {n} (row {row + 1}), as the model sees it:")
         for name, text in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-            lines += [f"  {name}:", _indent(text)]
+            if name == "prompt" or text:  # prompt-only rows have no responses
+                lines += [f"  {name}:", _indent(text)]
     return lines
 
 

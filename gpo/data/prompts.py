@@ -53,17 +53,22 @@ def parse_prompt_row(row: Any, source: str, index: int, conversational: bool) ->
     return PreferenceRow(prompt, empty, empty, conversational, index)
 
 
-def parse_source(rows: list[Any], source: str, online: bool) -> tuple[list[PreferenceRow], bool]:
-    """``(rows, prompt_only)``: preference rows (:func:`gpo.data.formats.parse_rows`) or, with
-    ``online``, prompt-only rows; prompt-only rows offline are refused in one line."""
-    if not is_prompt_only(rows):
-        return parse_rows(rows, source), False
-    if not online:
+def refuse_offline(rows: list[Any], source: str, online: bool) -> None:
+    """Prompt-only rows without ``online``: refused in one line."""
+    if is_prompt_only(rows) and not online:
         raise DataError(
             f"{source}: prompt-only rows (a 'prompt' and no 'chosen'/'rejected'): offline "
             "training needs preference pairs; pass --online to sample and judge pairs from "
             "these prompts"
         )
+
+
+def parse_source(rows: list[Any], source: str, online: bool) -> tuple[list[PreferenceRow], bool]:
+    """``(rows, prompt_only)``: preference rows (:func:`gpo.data.formats.parse_rows`) or, with
+    ``online``, prompt-only rows; prompt-only rows offline are refused in one line."""
+    if not is_prompt_only(rows):
+        return parse_rows(rows, source), False
+    refuse_offline(rows, source, online)
     conversational = isinstance(rows[0]["prompt"], list)
     return [parse_prompt_row(r, source, i, conversational) for i, r in enumerate(rows)], True
 
@@ -85,15 +90,24 @@ def render_prompt(row: PreferenceRow, tokenizer: Any, source: str) -> list[int]:
 
 
 def tokenize_prompts(
-    rows: list[PreferenceRow], tokenizer: Any, limits: Limits, source: str
+    rows: list[PreferenceRow],
+    tokenizer: Any,
+    limits: Limits,
+    source: str,
+    *,
+    raw_lengths: list[int] | None = None,
+    allow_empty: bool = False,
 ) -> tuple[list[TokenizedPair], DataReport]:
     """Prompt-only rows as pairs with no responses, cut to ``limits`` (module docstring);
-    raise :class:`DataError` if nothing usable is left."""
+    raise :class:`DataError` if nothing usable is left (unless ``allow_empty``).
+    ``raw_lengths`` collects each prompt's untruncated token count."""
     report = DataReport(source, rows=len(rows), max_length=limits.max_length)
     unk = getattr(tokenizer, "unk_token_id", None)
     pairs = []
     for row in rows:
         ids = render_prompt(row, tokenizer, source)
+        if raw_lengths is not None:
+            raw_lengths.append(len(ids))
         if limits.max_prompt_length is not None and len(ids) > limits.max_prompt_length:
             ids = _cut(ids, limits.max_prompt_length, limits.prompt_truncation)
             report.truncated_prompts += 1
@@ -108,7 +122,7 @@ def tokenize_prompts(
         report.tokens += len(ids)
         report.unknown_tokens += 0 if unk is None else ids.count(unk)
     report.kept = len(pairs)
-    if not pairs:
+    if not pairs and not allow_empty:
         raise DataError(f"no usable rows left: {report}")
     return pairs, report
 
