@@ -31,6 +31,7 @@ FIGURES = [
     "fig12_side_by_side.png",
     "spearman_vs_beta.png",
     "curves.png",
+    "gold_hacking_vs_kl.png",  # judged by the gold reward, with per-eval samples
 ]
 
 

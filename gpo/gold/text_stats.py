@@ -10,12 +10,18 @@ negative one. A frontier of reward against KL is read together with these number
   completion and the same text for every prompt both lower it;
 - ``exclamations``: exclamation marks per completion;
 - ``frac_short``: the fraction of completions with fewer than ``SHORT_WORDS`` words.
+
+For the built-in gold task, :func:`topic_words` counts what its reward invites: words built on
+the prompt's topic word ("An egg is an egg consumed by an egg cartlery that consumes eggshell
+eggsmithing": 5), which the reward's distinct-word and repeated-trigram terms do not see.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from gpo.gold.prompts import WORD, extract_topic
 
 #: A completion with fewer words than this counts as short (an empty one included).
 SHORT_WORDS = 3
@@ -43,3 +49,11 @@ def completion_stats(texts: Sequence[str]) -> dict[str, Any]:
         "exclamations": sum(t.count("!") for t in texts) / len(texts),
         "frac_short": sum(n < SHORT_WORDS for n in lengths) / len(texts),
     }
+
+
+def topic_words(prompt: str | Sequence[dict[str, str]], text: str) -> int:
+    """Words of ``text`` that contain the gold prompt's topic word (0 without a topic)."""
+    topic = extract_topic(prompt)
+    if topic is None:
+        return 0
+    return sum(topic in w for w in (m.lower() for m in WORD.findall(text)))

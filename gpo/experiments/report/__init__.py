@@ -29,6 +29,9 @@ Reads every ``runs/*/metrics.jsonl`` of a sweep (see gpo/sweep.py); runs are gro
   frontier: the DPO paper's Fig. 2 left), ``sentiment_reward_vs_kl_by_loss.png`` and
   ``sentiment_hacking_vs_kl.png`` (length, distinct-2, exclamation marks vs KL); numbers and
   samples at low, middle and high KL under ``sentiment`` in ``summary.json`` and ``report.md``.
+- Runs on the built-in gold task with per-eval samples (:mod:`gpo.experiments.report.gold_hacking`):
+  ``gold_hacking_vs_kl.png`` (win rate, topic words per completion, distinct-2 vs KL), the
+  numbers per checkpoint and samples at the highest KL under ``gold_hacking``.
 - ``summary.json`` (the resolved sweep config, per-run numbers, correlations, the side-by-side
   matrix; with repeated seeds, ``seeds``: per (loss, beta) each seed's value, the mean and the
   spread, :mod:`gpo.experiments.report.seeds`; ``strength``: the final KL per beta, the beta
@@ -63,6 +66,11 @@ from gpo.experiments.report.collect import (
     spearman_per_beta,
 )
 from gpo.experiments.report.figures import draw_figures
+from gpo.experiments.report.gold_hacking import (
+    draw_gold_hacking,
+    gold_hacking_markdown,
+    gold_hacking_section,
+)
 from gpo.experiments.report.kl_control import kl_control_section
 from gpo.experiments.report.kl_figures import draw_kl_figures
 from gpo.experiments.report.markdown import kl_markdown, markdown
@@ -103,8 +111,8 @@ def report(
     written = draw_figures(runs, rows, per_beta, sbs, out_dir)
     steered = kl_control_section(runs, frontier_runs)
     written += draw_kl_figures(pyplot(), runs, frontier_runs, steered.get("tracking", []), out_dir)
-    sentiment = sentiment_section(runs)
-    written += draw_sentiment_figures(pyplot(), sentiment, out_dir)
+    tasks, task_figures, task_text = _task_sections(runs, out_dir)
+    written += task_figures
     if not any(r.series("eval/win_rate") for r in runs):
         print(
             "report: no run evaluated a win rate (judge_prompts 0), so the win-rate figures "
@@ -134,8 +142,7 @@ def report(
     strength = strength_section(rows)
     if strength:
         summary["strength"] = strength
-    if sentiment:
-        summary["sentiment"] = sentiment
+    summary.update(tasks)
     if steered:
         summary["kl_control"] = steered
         summary["report"]["frontier"] = [str(d) for d in frontier]
@@ -146,9 +153,20 @@ def report(
         + seeds_markdown(seeds)
         + strength_markdown(strength)
         + kl_markdown(steered)
-        + sentiment_markdown(sentiment)
+        + task_text
     )
     (out_dir / "report.md").write_text(text)
     print(text)
     print(f"report: wrote {len(written)} figures, summary.json and report.md to {out_dir}/")
     return summary
+
+
+def _task_sections(runs: list[Any], out_dir: Path) -> tuple[dict[str, Any], list[Path], str]:
+    """What a built-in task adds: its summary sections, figures and report.md text (sentiment:
+    reward vs KL; gold: the reward-hacking watch)."""
+    plt = pyplot()
+    sentiment, hacking = sentiment_section(runs), gold_hacking_section(runs)
+    figures = draw_sentiment_figures(plt, sentiment, out_dir)
+    figures += draw_gold_hacking(plt, hacking, out_dir)
+    sections = {k: v for k, v in (("sentiment", sentiment), ("gold_hacking", hacking)) if v}
+    return sections, figures, sentiment_markdown(sentiment) + gold_hacking_markdown(hacking)
