@@ -143,8 +143,11 @@ def test_every_objective_kind_trains_soft(tiny_config: Any, tmp_path: Path, loss
     assert [r["score"] for r in rows] == [0.9, 0.8, 0.65, 0.6] * 2
 
 
-def test_soft_rows_keep_the_more_likely_one_as_chosen(tiny_config: Any, tmp_path: Path) -> None:
+def test_soft_rows_keep_the_more_likely_one_as_chosen(
+    tiny_config: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     train(tiny_config("run", max_steps=2, online_judge="soft_judges:three_tenths", **FAST))
+    assert "online (judge soft_judges:three_tenths, soft labels)" in capsys.readouterr().out
     rows = _rows(tmp_path / "run")
     assert len(rows) == len(soft_judges.CALLS) == 8
     eos = AutoTokenizer.from_pretrained(tiny_config("x").model).eos_token

@@ -64,6 +64,7 @@ def test_an_online_run_trains_on_prompt_only_rows(
     assert not any(k.startswith("eval/loss") or "accuracies" in k for k in summary["eval"])
     out = capsys.readouterr().out
     assert "no held-out pair metrics (prompt-only data), KL on 2 prompts x 1 sample" in out
+    assert "online (judge gold, hard labels)" in out
     assert "eval at step 2: KL " in out
 
 

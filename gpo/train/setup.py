@@ -358,7 +358,8 @@ def startup_summary(
             f" steered to KL {cfg.kl_target:g} nats, measured every {cfg.kl_control_min_steps}"
             f"-{cfg.kl_control_steps} steps"
         )
-    online = f", online (judge {redact_urls(cfg.online_judge)})" if cfg.online else ""
+    online = f", online (judge {redact_urls(cfg.online_judge)}, {cfg.online_labels} labels)"
+    online = online if cfg.online else ""
     lines = [
         f"gpo train: {cfg.loss} ({beta}) on {cfg.data}{online}, model {cfg.model} ({tune})",
         f"  {steps} x {plural(cfg.batch_size, 'pair')}, {length}, lr {cfg.learning_rate:g} "
