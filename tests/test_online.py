@@ -28,6 +28,7 @@ ONLINE_METRICS = {
     "online/kl",
     "online/seconds_sample",
     "online/seconds_judge",
+    "online/seconds_ref",
     "online/seconds_train",
 }
 
@@ -69,6 +70,7 @@ def test_three_steps_with_the_gold_judge(tiny_config: Any, tmp_path: Path) -> No
     for m in per_step:
         assert set(m) == {"step", *ONLINE_METRICS} and all(math.isfinite(v) for v in m.values())
     assert per_step[0]["online/kl"] == 0.0  # step 1 samples pi_ref itself (LoRA B = 0)
+    assert all(m["online/seconds_ref"] > 0 for m in per_step)  # pi_ref scored every step
     assert json.loads((run / "summary.json").read_text())["online"] is True
     assert "online_pairs.jsonl" in delete_recorded(run)  # recorded: --overwrite deletes it
     assert not (run / ONLINE_PAIRS).exists()

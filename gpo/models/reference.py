@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -24,6 +25,7 @@ class Reference:
         self._policy = policy
         self._frozen = frozen
         self.cache: RefLogpCache | None = None  # see use_cache
+        self.seconds = 0.0  # spent in its forward passes (logps), in all
 
     def fingerprint(self, extra: str = "") -> str:
         """Hash of the reference network (see :func:`gpo.models.ref_cache.model_fingerprint`)."""
@@ -74,6 +76,13 @@ class Reference:
         return SequenceLogps(logps, tokens, torch.zeros_like(sums))
 
     def _compute(self, batch: SeqBatch | SharedPromptBatch, reduction: Reduction) -> SequenceLogps:
+        start = time.perf_counter()
+        try:
+            return self._forward(batch, reduction)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _forward(self, batch: SeqBatch | SharedPromptBatch, reduction: Reduction) -> SequenceLogps:
         with self.model() as ref:
             was_training = ref.training
             ref.eval()

@@ -188,6 +188,7 @@ class OnlinePairs:
         # IPO-MD (Calandriello et al. 2024): samples from the geometric mixture with pi_ref.
         a = self.cfg.online_mixture
         self.mixture = Mixture(trainer.reference.model, a) if a > 0 else None
+        self.reference = trainer.reference  # its clock: pi_ref's scoring of the step's pairs
         self.run_dir: Path = trainer.run_dir
         self.save = trainer.save
         self.path = self.run_dir / ONLINE_PAIRS
@@ -200,6 +201,7 @@ class OnlinePairs:
         self._rows: list[dict[str, Any]] = []
         self._seconds = {"sample": 0.0, "judge": 0.0}
         self._start: float | None = None
+        self._ref_start = 0.0
         self._micros = 0  # micro-steps of this step so far
         self._tokens = 0
 
@@ -226,7 +228,7 @@ class OnlinePairs:
     def pairs(self, step: int, micro: int, indices: list[int]) -> list[TokenizedPair]:
         start = time.perf_counter()
         if self._start is None:
-            self._start = start
+            self._start, self._ref_start = start, self.reference.seconds
         base = [self.train[i] for i in indices]
         prompt_ids = [list(p.prompt_ids) for p in base]
         samples = self._sample(step, micro, prompt_ids)
@@ -282,6 +284,7 @@ class OnlinePairs:
 
     def end_step(self, step: int, values: list[dict[str, Tensor]]) -> dict[str, float]:
         rows, seconds, start = self._rows, self._seconds, self._start or time.perf_counter()
+        ref = self.reference.seconds - self._ref_start if self._start is not None else 0.0
         if self.acc.num_processes > 1:
             from accelerate.utils import gather_object
 
@@ -307,7 +310,8 @@ class OnlinePairs:
             kl: ratio.mean().item(),
             "online/seconds_sample": seconds["sample"],
             "online/seconds_judge": seconds["judge"],
-            "online/seconds_train": max(0.0, total - seconds["sample"] - seconds["judge"]),
+            "online/seconds_ref": ref,
+            "online/seconds_train": max(0.0, total - seconds["sample"] - seconds["judge"] - ref),
         }
 
     def _append(self, rows: list[dict[str, Any]]) -> None:
