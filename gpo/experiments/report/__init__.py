@@ -32,6 +32,9 @@ Reads every ``runs/*/metrics.jsonl`` of a sweep (see gpo/sweep.py); runs are gro
 - Runs on the built-in gold task with per-eval samples (:mod:`gpo.experiments.report.gold_hacking`):
   ``gold_hacking_vs_kl.png`` (win rate, topic words per completion, distinct-2 vs KL), the
   numbers per checkpoint and samples at the highest KL under ``gold_hacking``.
+- Sweeps with online and offline runs (:mod:`gpo.experiments.report.online`):
+  ``online_vs_offline_win_rate_vs_kl.png`` and online minus offline at matched KL
+  (interpolated, never extrapolated) with the held-out accuracy of both, under ``online``.
 - ``summary.json`` (the resolved sweep config, per-run numbers, correlations, the side-by-side
   matrix; with repeated seeds, ``seeds``: per (loss, beta) each seed's value, the mean and the
   spread, :mod:`gpo.experiments.report.seeds`; ``strength``: the final KL per beta, the beta
@@ -74,6 +77,7 @@ from gpo.experiments.report.gold_hacking import (
 from gpo.experiments.report.kl_control import kl_control_section
 from gpo.experiments.report.kl_figures import draw_kl_figures
 from gpo.experiments.report.markdown import kl_markdown, markdown
+from gpo.experiments.report.online import draw_online_figure, online_markdown, online_section
 from gpo.experiments.report.seeds import seeds_markdown, seeds_section
 from gpo.experiments.report.sentiment import sentiment_markdown, sentiment_section
 from gpo.experiments.report.sentiment_figures import draw_sentiment_figures
@@ -162,11 +166,14 @@ def report(
 
 
 def _task_sections(runs: list[Any], out_dir: Path) -> tuple[dict[str, Any], list[Path], str]:
-    """What a built-in task adds: its summary sections, figures and report.md text (sentiment:
-    reward vs KL; gold: the reward-hacking watch)."""
+    """What a built-in task and online runs add: summary sections, figures and report.md text
+    (sentiment: reward vs KL; gold: the reward-hacking watch; online against offline)."""
     plt = pyplot()
     sentiment, hacking = sentiment_section(runs), gold_hacking_section(runs)
+    online = online_section(runs)
     figures = draw_sentiment_figures(plt, sentiment, out_dir)
     figures += draw_gold_hacking(plt, hacking, out_dir)
-    sections = {k: v for k, v in (("sentiment", sentiment), ("gold_hacking", hacking)) if v}
-    return sections, figures, sentiment_markdown(sentiment) + gold_hacking_markdown(hacking)
+    figures += draw_online_figure(plt, online, out_dir)
+    named = (("sentiment", sentiment), ("gold_hacking", hacking), ("online", online))
+    text = sentiment_markdown(sentiment) + gold_hacking_markdown(hacking) + online_markdown(online)
+    return {k: v for k, v in named if v}, figures, text
