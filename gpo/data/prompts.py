@@ -119,11 +119,8 @@ def tokenize_prompts(
             ids = _cut(ids, limits.max_length - 1, limits.prompt_truncation)
             report.fitted += 1
         pairs.append(TokenizedPair(row.index, ids, [], []))
-        report.tokens += len(ids)
-        report.unknown_tokens += 0 if unk is None else ids.count(unk)
-    report.kept = len(pairs)
-    if not pairs and not allow_empty:
-        raise DataError(f"no usable rows left: {report}")
+        report.count(ids, unk)
+    report.close(len(pairs), allow_empty)
     return pairs, report
 
 

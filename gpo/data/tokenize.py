@@ -106,6 +106,17 @@ class DataReport:
             parts.append(f"{self.duplicates} duplicate pairs (kept)")
         return "; ".join(parts)
 
+    def count(self, ids: list[int], unk: int | None) -> None:
+        """A kept row's tokens, and how many of them are the unknown token ``unk``."""
+        self.tokens += len(ids)
+        self.unknown_tokens += 0 if unk is None else ids.count(unk)
+
+    def close(self, kept: int, allow_empty: bool) -> None:
+        """The rows kept; none (unless allowed) is an error."""
+        self.kept = kept
+        if not kept and not allow_empty:
+            raise DataError(f"no usable rows left: {self}")
+
     def unknown_warning(self) -> str | None:
         """More than 1% unknown tokens: the tokenizer cannot represent much of the text, and
         training would learn from placeholder tokens, not the words."""
@@ -283,10 +294,6 @@ def tokenize_rows(
         report.duplicates += key in seen
         seen.add(key)
         pairs.append(TokenizedPair(row.index, *fitted))
-        ids = [*fitted[0], *fitted[1], *fitted[2]]
-        report.tokens += len(ids)
-        report.unknown_tokens += 0 if unk is None else ids.count(unk)
-    report.kept = len(pairs)
-    if not pairs and not allow_empty:
-        raise DataError(f"no usable rows left: {report}")
+        report.count([*fitted[0], *fitted[1], *fitted[2]], unk)
+    report.close(len(pairs), allow_empty)
     return pairs, report
