@@ -10,6 +10,7 @@ stopped with SIGINT and started again; in the Slurm sweep a job gets Slurm's pre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -104,6 +105,27 @@ def _checkpointed(out: Path, skip: set[str]) -> Path | None:
     return None
 
 
+def _stop_mid_run(out: Path, skip: set[str], proc: subprocess.Popen) -> tuple[Path, int]:
+    """SIGSTOP the `gpo train` of a run past its checkpoint and not finished: a tiny run can
+    finish between the look and the signal, so it is looked at again once stopped (and let go,
+    and another one taken, if it had finished)."""
+    while True:
+        run = _wait_for("a run past its checkpoint", lambda s=skip: _checkpointed(out, s), proc)
+        pids = _train_pids(run)
+        for pid in pids:
+            _signal(pid, signal.SIGSTOP)
+        if pids and not (run / "summary.json").exists():
+            return run, pids[0]
+        for pid in pids:
+            _signal(pid, signal.SIGCONT)
+        skip = skip | {run.name}
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
 def _train_pids(folder: Path) -> list[int]:
     """The `gpo train` processes whose --out is inside ``folder``."""
     pids = []
@@ -184,15 +206,10 @@ def ray_sweep(sweeps) -> dict[str, Any]:
     out, env = sweeps / "ray", _env(sweeps / "cache-ray")
     cmd = _sweep_cmd(sweeps / "ray.yaml", out)
     with _started(cmd, sweeps / "ray-1.log", env) as proc:
-        killed = _wait_for("a checkpoint", lambda: _checkpointed(out, set()), proc)
-        child = _train_pids(killed)[0]
-        os.kill(child, signal.SIGSTOP)  # holds it mid-run (SIGKILL still reaches it)
+        killed, child = _stop_mid_run(out, set(), proc)  # held mid-run (SIGKILL still reaches)
         worker = _ppid(child)
         os.kill(worker, signal.SIGKILL)
-        seen = {killed.name}
-        stopped = _wait_for("a second checkpoint", lambda: _checkpointed(out, seen), proc)
-        child = _train_pids(stopped)[0]
-        os.kill(child, signal.SIGSTOP)  # it is mid-run when the driver is stopped
+        stopped, child = _stop_mid_run(out, {killed.name}, proc)  # mid-run when the driver stops
         os.kill(proc.pid, signal.SIGINT)
         time.sleep(2)
         os.kill(child, signal.SIGCONT)  # now it gets the SIGTERM its task sent it
