@@ -20,7 +20,7 @@ from gpo.eval.judges import parse_judge_spec
 from gpo.eval.win_rate import step_samples_path
 from gpo.experiments.report.collect import RunData, finite
 from gpo.experiments.report.figures import _colors, _save
-from gpo.gold.text_stats import distinct_n, topic_words
+from gpo.gold.text_stats import completion_stats, topic_words
 from gpo.io import read_jsonl
 
 SAMPLES_SHOWN = 3
@@ -39,12 +39,9 @@ def on_gold_task(runs: list[RunData]) -> bool:
 
 
 def _stats(prompts: list[Any], texts: list[str]) -> dict[str, float]:
-    n = max(len(texts), 1)
-    return {
-        "topic_words": sum(topic_words(p, t) for p, t in zip(prompts, texts, strict=True)) / n,
-        "distinct_2": distinct_n(texts, 2),
-        "mean_words": sum(len(t.split()) for t in texts) / n,
-    }
+    """The sentiment task's text statistics (length, distinct-2, ...) plus topic words."""
+    words = sum(topic_words(p, t) for p, t in zip(prompts, texts, strict=True))
+    return {"topic_words": words / max(len(texts), 1), **completion_stats(texts)}
 
 
 def _points(runs: list[RunData]) -> list[dict[str, Any]]:
