@@ -8,16 +8,17 @@ import pytest
 import gpo.train.trainer
 from gpo.train.trainer import Trainer
 
-# Allocates, fills and frees a 64 MB tensor 12 times and prints each cycle's minor page faults
+# Allocates, fills and frees a 64 MB tensor 40 times and prints each cycle's minor page faults
 # (a fresh block costs one fault per 4 KB page when filled). With reuse, the heap first grows for
 # a few cycles (torch's 64-byte-aligned posix_memalign does not fit an exactly-sized freed block
-# until neighbours coalesce: measured 1-6 cycles), then a freed block serves the next cycle.
+# until neighbours coalesce: measured 1-9 cycles, and a CI run still grew at cycle 9 of 12), then
+# a freed block serves every later cycle.
 _CYCLES = """
 import resource, sys, torch
 from gpo.train.host_memory import reuse_freed_memory
 applied = reuse_freed_memory() if sys.argv[1] == "reuse" else False
 faults = []
-for _ in range(12):
+for _ in range(40):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.empty(16 * 2**20)
     x.fill_(1.0)
@@ -41,7 +42,7 @@ def test_freed_tensors_are_reused_without_page_faults():
     _, without = _faults("system")
     assert applied
     assert all(n > 0.9 * PAGES for n in without)  # the default maps and zero-fills every time
-    assert all(n < 0.01 * PAGES for n in with_reuse[-4:]), with_reuse
+    assert all(n < 0.01 * PAGES for n in with_reuse[-10:]), with_reuse
 
 
 @pytest.mark.parametrize("reuse", [True, False])
