@@ -213,3 +213,65 @@ def test_build_gold_cli_end_to_end(tmp_path, capsys):
     assert "train: 6 pairs over 6 prompts" in capsys.readouterr().out
     assert main(["data", "gold-stats", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["test"]["pairs"] == 3
+
+
+# --- version 2: the topic-repetition term -------------------------------------------------------
+
+HACKED = "A cat cat is a friendly cat indeed, a cat that naps in the sun."
+
+
+def test_version_2_charges_each_topic_mention_after_the_first():
+    once = gold_reward(P, GOOD, version=2)
+    assert once == gold_reward(P, GOOD)  # one mention: the same reward as version 1
+    v1, v2 = gold_reward(P, HACKED), gold_reward(P, HACKED, version=2)
+    assert reward.gold_features(P, HACKED).topic_mentions == 4
+    assert v2 == pytest.approx(v1 - 3 * reward.W_TOPIC_REPEAT)
+    assert gold_reward(P, "Cats are cats.", version=2) == pytest.approx(
+        gold_reward(P, "Cats are cats.") - reward.W_TOPIC_REPEAT  # plurals count as mentions
+    )
+    assert gold_prefers(P, GOOD, HACKED, version=2) == 1.0
+    assert GoldJudge(version=2)([P], [GOOD], [HACKED]) == [1.0]
+    with pytest.raises(ValueError, match="version must be one of"):
+        gold_reward(P, GOOD, version=3)
+    with pytest.raises(ValueError, match="version must be one of"):
+        GoldJudge(version=0)
+
+
+def test_gold_v2_task_is_the_v1_pairs_relabelled(shipped):
+    v2 = builtin.load_builtin("gold-v2", None)
+    meta_v2 = json.loads(builtin.GOLD_V2.meta_path.read_text())
+    assert meta_v2["summary"]["gold_version"] == 2
+    assert build.relabel(shipped, mode="bt", seed=0, version=2) == v2
+    assert build.relabel(v2, mode="bt", seed=0, version=1) == shipped  # same pairs, same draws
+    changed = sum(a["chosen"] != b["chosen"] for a, b in zip(shipped, v2, strict=True))
+    assert 0 < changed < 0.15 * len(v2)  # labels move only where a response repeats the topic
+
+
+@pytest.mark.parametrize(
+    ("data", "spec", "resolved"),
+    [
+        ("gold", "gold", "gold"),
+        ("gold-v2", "gold", "gold:version=2"),
+        ("gold-v2", "gold:mode=bt", "gold:version=2,mode=bt"),
+        ("sentiment", "gold", "vader"),
+        ("gold-v2", "local:model=smollm2", "local:model=smollm2"),
+    ],
+)
+def test_gold_on_a_task_is_that_tasks_own_gold(data, spec, resolved):
+    assert builtin.builtin_task(data).own_judge(spec) == resolved
+
+
+def test_relabel_cli_writes_the_v2_file(tmp_path, capsys):
+    from gpo.cli import main
+
+    out = tmp_path / "v2.jsonl.gz"
+    argv = ["data", "build", "--task", "gold-v2", "--relabel", str(builtin.BUILTIN_GOLD_PATH)]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert io.read_jsonl(out) == builtin.load_builtin("gold-v2", None)
+    meta = json.loads((tmp_path / "v2.meta.json").read_text())
+    assert meta["command"].startswith("gpo data build --task gold-v2 --relabel gold_pairs.jsonl.gz")
+    assert main(["data", "gold-stats", "--task", "gold-v2", "--json"]) == 0
+    assert '"gold_version": 2' in capsys.readouterr().out
+    argv = ["data", "build", "--task", "sentiment", "--relabel", str(out), "--out", str(out)]
+    assert main(argv) == 2
+    assert "the sentiment task has no gold reward versions" in capsys.readouterr().err

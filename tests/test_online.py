@@ -382,3 +382,12 @@ def test_ipo_md_samples_from_the_mixture_with_pi_ref(
         TrainConfig(online_mixture=0.5)
     with pytest.raises(ValueError, match=r"online_mixture = 1\.0 is out of range: must be in"):
         TrainConfig(online=True, online_mixture=1.0)
+
+
+@pytest.mark.parametrize(("data", "version"), [("gold", 1), ("gold-v2", 2)])
+def test_the_gold_online_judge_is_the_tasks_own_version(data: str, version: int) -> None:
+    from gpo.eval.judges import GoldJudge
+    from gpo.train.online import resolve_online_judge
+
+    judge = resolve_online_judge(TrainConfig(data=data, online=True))
+    assert isinstance(judge, GoldJudge) and judge.version == version

@@ -17,7 +17,7 @@ from gpo.data.builtin import BUILTIN_TASKS, load_builtin
 from gpo.data.check import check_rows, format_check, read_source
 from gpo.data.formats import DataError
 from gpo.data.tokenize import Limits
-from gpo.gold.build import build_gold_dataset, format_summary, summarize
+from gpo.gold.build import TASK_VERSIONS, build_gold_dataset, format_summary, relabel, summarize
 from gpo.gold.sentiment import (
     build_sentiment_dataset,
     format_sentiment_summary,
@@ -30,11 +30,40 @@ from gpo.train.config import TrainConfig
 #: Per task, the build defaults that differ (the gold task's are the shipped file's settings).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "gold": {"n_prompts": 2000, "n_test_prompts": 200, "batch_size": 32},
+    "gold-v2": {"n_prompts": 2000, "n_test_prompts": 200, "batch_size": 32},
     "sentiment": {"n_prompts": 2000, "n_test_prompts": 256, "batch_size": 128},
 }
 
 
+def cmd_relabel(args: argparse.Namespace) -> int:
+    """Label the pairs of an existing gold file again with this task's version of the reward."""
+    if args.task not in TASK_VERSIONS:
+        raise ValueError(f"--relabel: the {args.task} task has no gold reward versions")
+    start = time.time()
+    version = TASK_VERSIONS[args.task]
+    rows = relabel(read_jsonl(args.relabel), args.mode, args.seed, version)
+    summary = summarize(rows, version)
+    out = write_jsonl(rows, args.out)
+    command = ["gpo", "data", "build", "--task", args.task, "--relabel", args.relabel.name]
+    command += ["--seed", str(args.seed), "--mode", args.mode, "--out", out.name]
+    meta = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "relabelled_from": args.relabel.name,
+        "seed": args.seed,
+        "mode": args.mode,
+        "command": shlex.join(command),
+        "seconds": round(time.time() - start, 1),
+        "summary": summary,
+    }
+    _meta_path(out).write_text(json.dumps(meta, indent=2) + "\n")
+    print(format_summary(summary))
+    print(f"wrote {len(rows)} rows to {out} (metadata: {_meta_path(out)})")
+    return 0
+
+
 def cmd_build_gold(args: argparse.Namespace) -> int:
+    if args.relabel is not None:
+        return cmd_relabel(args)
     for key, value in TASK_DEFAULTS[args.task].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -77,8 +106,9 @@ def cmd_build_gold(args: argparse.Namespace) -> int:
             f"{torch.get_num_threads()} threads",
         }
     else:
-        rows = build_gold_dataset(model, tokenizer, **sampling)
-        summary = summarize(rows)
+        version = TASK_VERSIONS[args.task]
+        rows = build_gold_dataset(model, tokenizer, **sampling, version=version)
+        summary = summarize(rows, version)
         text = format_summary(summary)
     out = write_jsonl(rows, args.out)
     meta = {
@@ -123,7 +153,7 @@ def cmd_gold_stats(args: argparse.Namespace) -> int:
         summary = summarize_sentiment(rows, args.label_temperature)
         text = format_sentiment_summary(summary)
     else:
-        summary = summarize(rows)
+        summary = summarize(rows, TASK_VERSIONS[args.task])
         text = format_summary(summary)
     print(json.dumps(summary, indent=2) if args.json else text)
     return 0
@@ -205,6 +235,12 @@ def add_data_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help="sampling rows (default: gold 32, sentiment 128)")
     p.add_argument("--model", default="smollm2", help="'smollm2' (embedded) or a model path")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument(
+        "--relabel",
+        type=Path,
+        metavar="FILE",
+        help="gold tasks: label FILE's pairs again with this task's reward, instead of sampling",
+    )
     p.set_defaults(func=cmd_build_gold)
 
     p = dsub.add_parser("gold-stats", help="counts and gold-reward statistics of a gold file")
@@ -220,7 +256,8 @@ def _add_task(p: argparse.ArgumentParser) -> None:
         "--task",
         choices=tasks,
         default="gold",
-        help="the built-in task: gold (gpo/gold/) or sentiment (VADER, gpo/gold/sentiment.py)",
+        help="the built-in task: gold (gpo/gold/), gold-v2 (its reward with a topic-repetition "
+        "term) or sentiment (VADER, gpo/gold/sentiment.py)",
     )
     p.add_argument(
         "--label-temperature",

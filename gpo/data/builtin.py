@@ -1,5 +1,5 @@
-"""The shipped preference pairs of the built-in tasks (``data: gold``, ``data: sentiment``); the
-tasks themselves are :mod:`gpo.gold` and :mod:`gpo.gold.sentiment`."""
+"""The shipped preference pairs of the built-in tasks (``data: gold``, ``gold-v2``, ``sentiment``);
+the tasks themselves are :mod:`gpo.gold` and :mod:`gpo.gold.sentiment`."""
 
 from __future__ import annotations
 
@@ -27,9 +27,29 @@ class BuiltinTask:
     judge: str
     build: str
 
+    def own_judge(self, spec: str) -> str:
+        """A judge spec with ``gold`` read as this task's gold (``--judge gold`` on the sentiment
+        task is ``vader``); the spec's options are kept and win over the task's."""
+        from gpo.eval.judges import parse_judge_spec  # imports this module
+
+        name, options = parse_judge_spec(spec)
+        if name != "gold":
+            return spec
+        own, merged = parse_judge_spec(self.judge)
+        merged.update(options)
+        return own + (":" + ",".join(f"{k}={v}" for k, v in merged.items()) if merged else "")
+
 
 GOLD = BuiltinTask(
     "gold", BUILTIN_GOLD_PATH, BUILTIN_GOLD_META_PATH, "gold", "gpo data build-gold --out FILE"
+)
+#: The gold task's pairs labelled again with version 2 of its reward (a topic-repetition term).
+GOLD_V2 = BuiltinTask(
+    "gold-v2",
+    ASSETS / "gold_pairs_v2.jsonl.gz",
+    ASSETS / "gold_pairs_v2.meta.json",
+    "gold:version=2",
+    "gpo data build --task gold-v2 --relabel gold_pairs.jsonl.gz --out FILE",
 )
 SENTIMENT = BuiltinTask(
     "sentiment",
@@ -39,7 +59,12 @@ SENTIMENT = BuiltinTask(
     "gpo data build --task sentiment --out FILE",
 )
 #: ``--data`` names of the built-in tasks (``builtin`` is the gold task's older name).
-BUILTIN_TASKS: dict[str, BuiltinTask] = {"gold": GOLD, "builtin": GOLD, "sentiment": SENTIMENT}
+BUILTIN_TASKS: dict[str, BuiltinTask] = {
+    "gold": GOLD,
+    "builtin": GOLD,
+    "gold-v2": GOLD_V2,
+    "sentiment": SENTIMENT,
+}
 
 
 def builtin_task(name: str | None) -> BuiltinTask | None:

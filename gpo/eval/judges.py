@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from gpo.gold.reward import gold_prefers, gold_probability
+from gpo.gold.reward import check_version, gold_prefers, gold_probability
 from gpo.gold.vader import TEMPERATURE, preference_probability, require_vader, vader_reward
 from gpo.io import import_object
 
@@ -123,14 +123,17 @@ class GoldJudge:
 
     ``mode="deterministic"`` (default): 1 / 0.5 / 0 for a higher / equal / lower gold reward.
     ``mode="bt"``: the Bradley-Terry probability sigmoid(r*(first) - r*(second)), no sampling.
+    ``version``: of the reward (:data:`gpo.gold.reward.VERSIONS`; 2 is the ``gold-v2`` task's).
     """
 
     mode: Literal["deterministic", "bt"] = "deterministic"
+    version: int = 1
     name: str = "gold"
 
     def __post_init__(self) -> None:
         if self.mode not in ("deterministic", "bt"):
             raise ValueError(f"gold judge mode must be 'deterministic' or 'bt', got {self.mode!r}")
+        check_version(self.version)
 
     def __call__(
         self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]
@@ -138,8 +141,8 @@ class GoldJudge:
         check_lengths(prompts, first, second)
         triples = zip(prompts, first, second, strict=True)
         if self.mode == "bt":
-            return [gold_probability(p, a, b) for p, a, b in triples]
-        return [gold_prefers(p, a, b) for p, a, b in triples]
+            return [gold_probability(p, a, b, self.version) for p, a, b in triples]
+        return [gold_prefers(p, a, b, version=self.version) for p, a, b in triples]
 
 
 @dataclass
@@ -183,7 +186,9 @@ class JudgeInfo:
 
 #: The single source of judge names (CLI choices and error messages are built from it).
 JUDGES: dict[str, JudgeInfo] = {
-    "gold": JudgeInfo("the built-in gold preference (options: mode)", "gpo.eval.judges:GoldJudge"),
+    "gold": JudgeInfo(
+        "the built-in gold preference (options: mode, version)", "gpo.eval.judges:GoldJudge"
+    ),
     "local": JudgeInfo(
         "a local HF causal LM asked 'A or B?', order-swapped (options: model, batch_size, ...)",
         "gpo.eval.judge_local:LocalJudge",

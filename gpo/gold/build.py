@@ -13,7 +13,8 @@ from gpo.gold.prompts import GoldPrompt, make_prompts
 from gpo.gold.reward import Mode, gold_prefers, gold_reward, sigmoid
 from gpo.stats import mean_se
 
-GOLD_VERSION = 1
+#: The gold reward's version behind each gold task name (:data:`gpo.gold.reward.VERSIONS`).
+TASK_VERSIONS = {"gold": 1, "gold-v2": 2}
 
 
 def label_pair(
@@ -23,6 +24,7 @@ def label_pair(
     mode: Mode,
     seed: int = 0,
     finished: tuple[bool, bool] = (True, True),
+    version: int = 1,
 ) -> dict[str, Any] | None:
     """One conversational preference row for the sampled pair (a, b); None if it is dropped.
 
@@ -30,7 +32,7 @@ def label_pair(
     depend on which other pairs are labelled with it.
     """
     u = random.Random(f"gpo-gold-label-{seed}-{prompt.text}").random()
-    ra, rb = gold_reward(prompt.text, a), gold_reward(prompt.text, b)
+    ra, rb = gold_reward(prompt.text, a, version), gold_reward(prompt.text, b, version)
     if a == b or (mode == "deterministic" and ra == rb):
         return None
     if mode == "bt":
@@ -61,11 +63,13 @@ def label_pairs(
     mode: Mode = "bt",
     seed: int = 0,
     finished: Sequence[tuple[bool, bool]] | None = None,
+    version: int = 1,
 ) -> list[dict[str, Any]]:
     """Rows for sampled pairs (see :func:`label_pair`); deterministic in ``seed``."""
     fin = finished if finished is not None else [(True, True)] * len(pairs)
     rows = [
-        label_pair(p, a, b, mode, seed, f) for p, (a, b), f in zip(prompts, pairs, fin, strict=True)
+        label_pair(p, a, b, mode, seed, f, version)
+        for p, (a, b), f in zip(prompts, pairs, fin, strict=True)
     ]
     return [r for r in rows if r is not None]
 
@@ -81,6 +85,7 @@ def build_gold_dataset(
     temperature: float = 1.0,
     batch_size: int = 32,
     show_progress: bool = False,
+    version: int = 1,
 ) -> list[dict[str, Any]]:
     """Sample two responses per prompt from ``model`` (mu) and label them with the gold.
 
@@ -93,7 +98,7 @@ def build_gold_dataset(
     pairs, finished = sample_pairs(
         model, tokenizer, ids, max_new_tokens, temperature, batch_size, seed, show_progress
     )
-    return label_pairs(prompts, pairs, mode, seed, finished)
+    return label_pairs(prompts, pairs, mode, seed, finished, version)
 
 
 def sample_pairs(
@@ -138,11 +143,12 @@ def sampled_pair(row: dict[str, Any]) -> tuple[str, str]:
 
 
 def relabel(
-    rows: Sequence[dict[str, Any]], mode: Mode = "bt", seed: int = 0
+    rows: Sequence[dict[str, Any]], mode: Mode = "bt", seed: int = 0, version: int = 1
 ) -> list[dict[str, Any]]:
-    """Recompute r* and labels of existing rows (e.g. after a change of the gold reward).
+    """Recompute r* and labels of existing rows with a version of the gold reward.
 
-    Gives the rows a fresh build with the same seed would give for these pairs.
+    Gives the rows a fresh build with the same seed would give for these pairs. A pair's BT draw
+    depends only on (seed, prompt), so a label changes only where the reward gap does.
     """
     prompts = [prompt_of(r) for r in rows]
     pairs = [sampled_pair(r) for r in rows]
@@ -150,12 +156,12 @@ def relabel(
         (r["chosen_finished"], r["rejected_finished"])[:: 1 if r["chosen_index"] == 0 else -1]
         for r in rows
     ]
-    return label_pairs(prompts, pairs, mode, seed, [tuple(f) for f in fin])
+    return label_pairs(prompts, pairs, mode, seed, [tuple(f) for f in fin], version)
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Counts and r* statistics of labelled rows (per split)."""
-    out: dict[str, Any] = {"gold_version": GOLD_VERSION}
+def summarize(rows: Sequence[dict[str, Any]], version: int = 1) -> dict[str, Any]:
+    """Counts and r* statistics of labelled rows (per split), under a version of the gold."""
+    out: dict[str, Any] = {"gold_version": version}
     for split in ("train", "test"):
         rs = [r for r in rows if r["split"] == split]
         if not rs:
@@ -168,7 +174,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         # mu against itself (first vs second sample) under the deterministic gold: ~0.5 by
         # symmetry, a sanity check of the sampling and the labels.
         self_wr, self_se = mean_se(
-            [gold_prefers(r["prompt"], a, b) for r, a, b in zip(rs, first, second, strict=True)]
+            [
+                gold_prefers(r["prompt"], a, b, version=version)
+                for r, a, b in zip(rs, first, second, strict=True)
+            ]
         )
         out[split] = {
             "pairs": len(rs),

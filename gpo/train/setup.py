@@ -270,10 +270,10 @@ def check_task_judges(cfg: TrainConfig) -> None:
         return
     if is_gold(cfg) and cfg.gold_eval_prompts > 0:
         resolve_judge(task.judge)
+    cfg.judge = task.own_judge(cfg.judge)
     name, _ = parse_judge_spec(cfg.judge)
-    if name == "gold":
-        cfg.judge, name = task.judge, task.judge
-    others = {t.judge for t in BUILTIN_TASKS.values()} - {task.judge}
+    others = {parse_judge_spec(t.judge)[0] for t in BUILTIN_TASKS.values()}
+    others.discard(parse_judge_spec(task.judge)[0])
     if cfg.judge_prompts > 0 and name in others:
         raise ValueError(
             f"--judge {name} is another task's gold; the {task.name} task's is {task.judge}: "
