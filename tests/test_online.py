@@ -268,12 +268,9 @@ def test_kl_target_steers_an_online_run(tiny_config: Any, tmp_path: Path) -> Non
     assert steered and len(_rows(tmp_path / "run")) == 12
 
 
-@pytest.mark.slow
-def test_two_processes_each_sample_their_share(
-    tiny_model_dir: Path, tiny_data_file: Path, tmp_path: Path
-) -> None:
-    """2 gloo processes (configs/accelerate/multi_cpu.yaml) at batch 2: each samples and judges
-    its own 2 prompts, and the main process writes all 4 rows of every step."""
+def _two_processes(model: Path, data: Path, run: Path, *extra: str) -> None:
+    """``gpo train --online`` on 2 gloo processes (configs/accelerate/multi_cpu.yaml), batch 2,
+    3 steps; tests/ is on their path (its judges)."""
     import os
     import shutil
     import subprocess
@@ -283,16 +280,28 @@ def test_two_processes_each_sample_their_share(
 
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     config = Path(__file__).parents[1] / "configs" / "accelerate" / "multi_cpu.yaml"
-    run = tmp_path / "two"
     cmd = [str(accelerate), "launch", "--config_file", str(config)]
     cmd += ["--main_process_port", str(_free_port()), "-m", "gpo.cli", "train"]
-    cmd += ["--model", str(tiny_model_dir), "--data", str(tiny_data_file), "--out", str(run)]
+    cmd += ["--model", str(model), "--data", str(data), "--out", str(run)]
     cmd += ["--online", "--max-new-tokens", "6", "--eval-steps", "0", "--max-steps", "3"]
     cmd += ["--batch-size", "2", "--logging-steps", "1", "--kl-prompts", "0"]
-    cmd += ["--progress", "false", "--report-to", "none"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd += ["--progress", "false", "--report-to", "none", *extra]
+    path = os.pathsep.join(
+        p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_each_sample_their_share(
+    tiny_model_dir: Path, tiny_data_file: Path, tmp_path: Path
+) -> None:
+    """Each process samples and judges its own 2 prompts, and the main process writes all 4
+    rows of every step."""
+    run = tmp_path / "two"
+    _two_processes(tiny_model_dir, tiny_data_file, run)
     rows = _rows(run)
     assert [r["step"] for r in rows] == [1] * 4 + [2] * 4 + [3] * 4
     data_prompts = {json.loads(x)["prompt"] for x in tiny_data_file.read_text().splitlines()}
@@ -306,6 +315,20 @@ def test_two_processes_each_sample_their_share(
     summary = json.loads((run / "summary.json").read_text())
     assert summary["online"] is True
     assert summary["online_judge_score"] == pytest.approx(sum(r["score"] for r in rows) / 12)
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_soft_labels(
+    tiny_model_dir: Path, tiny_data_file: Path, tmp_path: Path
+) -> None:
+    """Soft labels on 2 processes: each judges its own 2 prompts (the graded judge restarts its
+    0.9, 0.2, ... on each), every row keeps the more likely one as chosen."""
+    run = tmp_path / "soft"
+    judge = ["--online-judge", "soft_judges:graded", "--online-labels", "soft"]
+    _two_processes(tiny_model_dir, tiny_data_file, run, *judge)
+    assert [r["score"] for r in _rows(run)] == [0.9, 0.8, 0.9, 0.8] * 3
+    losses = [m["loss"] for m in _metrics(run) if "loss" in m]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
 
 
 def test_online_kl_uses_sequence_log_ratios_whatever_the_reduction() -> None:
