@@ -2,13 +2,16 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/online_step.py --json            # SmolLM2, 2 rounds
     HF_HUB_OFFLINE=1 .venv/bin/python bench/online_step.py --model tiny --rounds 1   # harness
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/online_step.py --mixture 0.5 --json  # + IPO-MD
 
 The README's main job (SmolLM2-135M-Instruct + LoRA, logistic, the built-in gold task), batch 8,
 ``--steps`` optimizer steps; online: 2 completions per prompt, 48 new tokens, the gold judge
 (issue 31's target: an online step at most 2.5x an offline one). Offline runs with
 ``--ref-cache none`` (override, named: pi_ref scores every step's pairs, as it must online;
 with the default cache a warm cache would make offline steps cheaper still). No evaluations.
-Each run is a fresh process, the two modes alternate, and the first step (warm-up) is dropped.
+``--mixture A`` adds a third mode, online with IPO-MD sampling (``online_mixture A``: pi_ref's
+logits at every decode step). Each run is a fresh process, the modes alternate (their order
+reversed every other round), and the first step (warm-up) is dropped.
 
 Reported per mode: the median step time (between two optimizer steps, from the trainer's step
 callback), and for online the median split of a step: sampling, judging, pi_ref's scoring of
@@ -63,7 +66,9 @@ print("RESULT " + json.dumps({"steps": steps, "ref": ref, "online": online[1:]})
 """
 
 
-def one_run(args: argparse.Namespace, online: bool) -> dict[str, Any]:
+def one_run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    """One run in a fresh process: ``offline``, ``online`` or ``mixture`` (online, IPO-MD)."""
+    online = mode != "offline"
     out = os.path.join(tempfile.mkdtemp(prefix="gpo-online-bench-"), "run")
     values: dict[str, Any] = {
         "out": out,
@@ -78,6 +83,7 @@ def one_run(args: argparse.Namespace, online: bool) -> dict[str, Any]:
         "progress": False,
         "ref_cache": "none",
         "online": online,
+        "online_mixture": args.mixture if mode == "mixture" else 0.0,
     }
     if args.model != "smollm2":
         values["model"] = args.model
@@ -93,7 +99,7 @@ def one_run(args: argparse.Namespace, online: bool) -> dict[str, Any]:
         raise SystemExit(f"run failed:\n{proc.stderr[-3000:]}")
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line[len("RESULT ") :])
-    row: dict[str, Any] = {"online": online, "step_s": statistics.median(result["steps"])}
+    row: dict[str, Any] = {"mode": mode, "step_s": statistics.median(result["steps"])}
     row["ref_s"] = statistics.median(result["ref"])
     if online:
         for part in ("sample", "judge"):
@@ -112,29 +118,32 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--mixture", type=float, default=0.0, help="also time online with IPO-MD at this A"
+    )
     args = parser.parse_args()
+    modes = ["offline", "online"] + (["mixture"] if args.mixture else [])
     rows = []
     for r in range(args.rounds):
-        for online in (False, True) if r % 2 == 0 else (True, False):
-            rows.append(one_run(args, online))
+        for mode in modes if r % 2 == 0 else modes[::-1]:
+            rows.append(one_run(args, mode))
             if not args.json:
                 print(rows[-1], flush=True)
-    off = statistics.median(x["step_s"] for x in rows if not x["online"])
-    on = [x for x in rows if x["online"]]
-    result = {
-        "model": args.model,
-        "steps": args.steps,
-        "offline_step_s": off,
-        "online_step_s": statistics.median(x["step_s"] for x in on),
-        "online_split_s": {
-            k: statistics.median(x[f"{k}_s"] for x in on) for k in ("sample", "judge", "ref")
-        },
-        "online_completion_tokens": statistics.median(x["completion_tokens"] for x in on),
-        "offline_ref_s": statistics.median(x["ref_s"] for x in rows if not x["online"]),
-        "rows": rows,
-    }
-    result["ratio"] = result["online_step_s"] / off
-    print(json.dumps(result, indent=2) if args.json else f"online / offline: {result['ratio']:.2f}")
+
+    def median(mode: str, key: str) -> float:
+        return statistics.median(x[key] for x in rows if x["mode"] == mode)
+
+    off = median("offline", "step_s")
+    result: dict[str, Any] = {"model": args.model, "steps": args.steps, "offline_step_s": off}
+    result["offline_ref_s"] = median("offline", "ref_s")
+    for mode in modes[1:]:
+        result[f"{mode}_step_s"] = median(mode, "step_s")
+        result[f"{mode}_split_s"] = {k: median(mode, f"{k}_s") for k in ("sample", "judge", "ref")}
+        result[f"{mode}_completion_tokens"] = median(mode, "completion_tokens")
+        result[f"{mode}_ratio"] = result[f"{mode}_step_s"] / off
+    result["rows"] = rows
+    ratios = ", ".join(f"{m} / offline: {result[f'{m}_ratio']:.2f}" for m in modes[1:])
+    print(json.dumps(result, indent=2) if args.json else ratios)
 
 
 if __name__ == "__main__":
