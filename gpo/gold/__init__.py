@@ -26,12 +26,14 @@ the response (lower-cased; "it's" is two words) and n = len(words)::
        - W_ASCII * (fraction of non-ASCII or control characters)
 
 with W_TOPIC = 2, W_LENGTH = 2, W_END = 1, W_DISTINCT = 2, W_REPEAT = 3, W_ASCII = 4 (an empty
-response counts as n = 1). **Version 2** (task ``gold-v2``, judge ``gold:version=2``) subtracts
-W_TOPIC_REPEAT * max(0, mentions - 1), W_TOPIC_REPEAT = 1, mentions = the words that are the
-topic word or its plural: a policy trained long at a small beta learned to repeat the topic word
-("A jacket jacket is ..."), which version 1 barely charges. Version 1 stays the ``gold`` task's. No single token scores well: it cannot mention the topic,
-have 8-20 words and end a sentence at once; repeating the topic word is caught by the repetition
-terms. The best score, W_TOPIC + W_END = 3, needs a complete, on-topic sentence of 8-20 words.
+response counts as n = 1). No single token scores well: it cannot mention the topic,
+have 8-20 words and end a sentence at once; repeating the topic word is charged only by the
+repetition terms, weakly (version 2 below). The best score, W_TOPIC + W_END = 3, needs a complete, on-topic sentence of 8-20 words.
+
+**Version 2** (task ``gold-v2``, judge ``gold:version=2``) subtracts W_TOPIC_REPEAT * max(0,
+mentions - 1), W_TOPIC_REPEAT = 1, mentions = the words that are the topic word or its plural: a
+policy trained long at a small beta learned to repeat the topic word ("A jacket jacket is ..."),
+which version 1 barely charges. Version 1 stays the ``gold`` task's.
 
 **Labels.** For a pair (a, b): Bradley-Terry (default) draws "a preferred" with probability
 p* = sigmoid(r*(a) - r*(b)) from a seeded RNG; deterministic mode prefers the higher r* and
