@@ -28,7 +28,8 @@ the response (lower-cased; "it's" is two words) and n = len(words)::
 with W_TOPIC = 2, W_LENGTH = 2, W_END = 1, W_DISTINCT = 2, W_REPEAT = 3, W_ASCII = 4 (an empty
 response counts as n = 1). No single token scores well: it cannot mention the topic,
 have 8-20 words and end a sentence at once; repeating the topic word is charged only by the
-repetition terms, weakly (version 2 below). The best score, W_TOPIC + W_END = 3, needs a complete, on-topic sentence of 8-20 words.
+repetition terms, weakly (version 2 below). The best score, W_TOPIC + W_END = 3, needs a
+complete, on-topic sentence of 8-20 words.
 
 **Version 2** (task ``gold-v2``, judge ``gold:version=2``) subtracts W_TOPIC_REPEAT * max(0,
 mentions - 1), W_TOPIC_REPEAT = 1, mentions = the words that are the topic word or its plural: a
