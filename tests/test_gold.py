@@ -7,7 +7,7 @@ import pytest
 
 from gpo import io
 from gpo.data import builtin
-from gpo.eval.judges import GoldJudge
+from gpo.eval.judges import GoldJudge, task_judge_spec
 from gpo.eval.win_rate import win_rate
 from gpo.gold import build, reward
 from gpo.gold import prompts as gold_prompts
@@ -258,7 +258,7 @@ def test_gold_v2_task_is_the_v1_pairs_relabelled(shipped):
     ],
 )
 def test_gold_on_a_task_is_that_tasks_own_gold(data, spec, resolved):
-    assert builtin.builtin_task(data).own_judge(spec) == resolved
+    assert task_judge_spec(spec, builtin.builtin_task(data).judge) == resolved
 
 
 def test_relabel_cli_writes_the_v2_file(tmp_path, capsys):

@@ -19,25 +19,14 @@ BUILTIN_GOLD_META_PATH = ASSETS / "gold_pairs.meta.json"
 @dataclass(frozen=True)
 class BuiltinTask:
     """A built-in gold task's shipped pairs, the judge whose score is its gold preference (a
-    name of ``gpo.eval.judges.JUDGES``) and the command that rebuilds the pairs."""
+    spec of ``gpo.eval.judges.JUDGES``, e.g. ``gold:version=2``) and the command that rebuilds
+    the pairs."""
 
     name: str
     path: Path
     meta_path: Path
     judge: str
     build: str
-
-    def own_judge(self, spec: str) -> str:
-        """A judge spec with ``gold`` read as this task's gold (``--judge gold`` on the sentiment
-        task is ``vader``); the spec's options are kept and win over the task's."""
-        from gpo.eval.judges import parse_judge_spec  # imports this module
-
-        name, options = parse_judge_spec(spec)
-        if name != "gold":
-            return spec
-        own, merged = parse_judge_spec(self.judge)
-        merged.update(options)
-        return own + (":" + ",".join(f"{k}={v}" for k, v in merged.items()) if merged else "")
 
 
 GOLD = BuiltinTask(

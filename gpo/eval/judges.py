@@ -259,6 +259,17 @@ def parse_judge_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), options
 
 
+def task_judge_spec(spec: str, task_judge: str) -> str:
+    """``spec`` with ``gold`` read as a built-in task's own gold, ``task_judge`` (``--judge gold``
+    on the sentiment task is ``vader``); the spec's options are kept and win over the task's."""
+    name, options = parse_judge_spec(spec)
+    if name != "gold":
+        return spec
+    own, merged = parse_judge_spec(task_judge)
+    merged.update(options)
+    return own + (":" + ",".join(f"{k}={v}" for k, v in merged.items()) if merged else "")
+
+
 def resolve_judge(spec: str, **options: Any) -> Judge:
     """Build a judge from a name in :data:`JUDGES`, e.g. ``resolve_judge("gold")``,
     ``resolve_judge("local", model="smollm2")`` or ``resolve_judge("http:base_url=URL,model=M")``,

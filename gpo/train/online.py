@@ -41,7 +41,7 @@ from torch import Tensor
 from gpo.data.builtin import builtin_task
 from gpo.data.formats import Field, prompt_text
 from gpo.data.tokenize import TokenizedPair
-from gpo.eval.judges import Judge, resolve_judge
+from gpo.eval.judges import Judge, resolve_judge, task_judge_spec
 from gpo.eval.pairs import concat_values
 from gpo.eval.win_rate import judge_scores
 from gpo.io import read_jsonl
@@ -157,7 +157,7 @@ def resolve_online_judge(cfg: Any) -> Judge:
     spec = cfg.online_judge
     task = builtin_task(cfg.data)
     if task is not None:
-        spec = task.own_judge(spec)
+        spec = task_judge_spec(spec, task.judge)
     judge = resolve_judge(spec)
     if hasattr(judge, "progress"):  # one bar per step would flood the log
         judge.progress = False

@@ -14,7 +14,7 @@ import torch
 from gpo.data.builtin import BUILTIN_TASKS, builtin_task
 from gpo.data.prepare import PreparedData, prepare_data
 from gpo.data.tokenize import Limits, TokenizedPair
-from gpo.eval.judges import parse_judge_spec, resolve_judge
+from gpo.eval.judges import parse_judge_spec, resolve_judge, task_judge_spec
 from gpo.io import redact_urls, write_json
 from gpo.models.embedded import cache_root
 from gpo.models.loading import (
@@ -270,7 +270,7 @@ def check_task_judges(cfg: TrainConfig) -> None:
         return
     if is_gold(cfg) and cfg.gold_eval_prompts > 0:
         resolve_judge(task.judge)
-    cfg.judge = task.own_judge(cfg.judge)
+    cfg.judge = task_judge_spec(cfg.judge, task.judge)
     name, _ = parse_judge_spec(cfg.judge)
     others = {parse_judge_spec(t.judge)[0] for t in BUILTIN_TASKS.values()}
     others.discard(parse_judge_spec(task.judge)[0])
