@@ -17,7 +17,8 @@ from gpo.data.builtin import BUILTIN_TASKS, load_builtin
 from gpo.data.check import check_rows, format_check, read_source
 from gpo.data.formats import DataError
 from gpo.data.tokenize import Limits
-from gpo.gold.build import TASK_VERSIONS, build_gold_dataset, format_summary, relabel, summarize
+from gpo.eval.judges import parse_judge_spec
+from gpo.gold.build import build_gold_dataset, format_summary, relabel, summarize
 from gpo.gold.sentiment import (
     build_sentiment_dataset,
     format_sentiment_summary,
@@ -35,12 +36,19 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def gold_version(task: str) -> int | None:
+    """The gold reward's version of a built-in task, read from its judge spec (``gold`` ->
+    1, ``gold:version=2`` -> 2); None for a task judged by something else (sentiment)."""
+    name, options = parse_judge_spec(BUILTIN_TASKS[task].judge)
+    return int(options.get("version", 1)) if name == "gold" else None
+
+
 def cmd_relabel(args: argparse.Namespace) -> int:
     """Label the pairs of an existing gold file again with this task's version of the reward."""
-    if args.task not in TASK_VERSIONS:
+    version = gold_version(args.task)
+    if version is None:
         raise ValueError(f"--relabel: the {args.task} task has no gold reward versions")
     start = time.time()
-    version = TASK_VERSIONS[args.task]
     rows = relabel(read_jsonl(args.relabel), args.mode, args.seed, version)
     summary = summarize(rows, version)
     out = write_jsonl(rows, args.out)
@@ -106,7 +114,7 @@ def cmd_build_gold(args: argparse.Namespace) -> int:
             f"{torch.get_num_threads()} threads",
         }
     else:
-        version = TASK_VERSIONS[args.task]
+        version = gold_version(args.task) or 1
         rows = build_gold_dataset(model, tokenizer, **sampling, version=version)
         summary = summarize(rows, version)
         text = format_summary(summary)
@@ -153,7 +161,7 @@ def cmd_gold_stats(args: argparse.Namespace) -> int:
         summary = summarize_sentiment(rows, args.label_temperature)
         text = format_sentiment_summary(summary)
     else:
-        summary = summarize(rows, TASK_VERSIONS[args.task])
+        summary = summarize(rows, gold_version(args.task) or 1)
         text = format_summary(summary)
     print(json.dumps(summary, indent=2) if args.json else text)
     return 0

@@ -13,9 +13,6 @@ from gpo.gold.prompts import GoldPrompt, make_prompts
 from gpo.gold.reward import Mode, gold_prefers, gold_reward, sigmoid
 from gpo.stats import mean_se
 
-#: The gold reward's version behind each gold task name (:data:`gpo.gold.reward.VERSIONS`).
-TASK_VERSIONS = {"gold": 1, "gold-v2": 2}
-
 
 def label_pair(
     prompt: GoldPrompt,
