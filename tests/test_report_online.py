@@ -55,3 +55,31 @@ def test_the_figure_has_a_panel_per_loss(tmp_path):
     square.config["loss"] = "square"
     [path] = draw_online_figure(pyplot(), online_section([*runs, square]), tmp_path)
     assert path.name == "online_vs_offline_win_rate_vs_kl.png" and path.stat().st_size > 0
+
+
+def test_ipo_md_is_a_third_kind_matched_against_offline_and_seeds_are_grouped():
+    off = [_run("off-a", False, 2.0, 0.60, 0.03, 0.7), _run("off-b", False, 6.0, 0.70, 0.04, 0.8)]
+    on = [_run(f"on-{s}", True, 3.0 + s, 0.75 + 0.05 * s, 0.02, 0.6) for s in (0, 1)]
+    for s, run in enumerate(on):
+        run.config["seed"] = s
+    md = _run("md", True, 4.0, 0.65, 0.02, 0.6)
+    md.config["online_mixture"] = 0.5
+    assert [r.objective for r in (off[0], on[0], md)] == [
+        "logistic", "logistic online", "logistic online IPO-MD 0.5"]  # fmt: skip
+    assert md.key == ("logistic online IPO-MD 0.5", 0.1)  # seeds and figures keep them apart
+    section = online_section([*off, *on, md])
+    assert next(f for f in section["finals"] if f["run"] == "md")["kind"] == "IPO-MD 0.5"
+    online = next(g for g in section["groups"] if g["kind"] == "online")
+    assert online["seeds"] == [0, 1] and online["difference"]["n"] == 2
+    # seed 0: 0.75 - 0.625; seed 1 at KL 4: 0.80 - 0.65
+    assert online["difference"]["mean"] == pytest.approx((0.125 + 0.15) / 2)
+    assert online["difference"]["spread"] == pytest.approx(0.025)
+    assert "| IPO-MD 0.5 | logistic | 0.1 |" in online_markdown(section)
+
+
+def test_the_peak_checkpoint_marks_where_more_kl_stopped_buying_win_rate():
+    run = _run("off", False, 9.0, 0.6, 0.03, 0.7)
+    run.evals.insert(1, {"step": 20, "eval/kl": 5.0, "eval/win_rate": 0.8})
+    final = online_section([run, _run("on", True, 3.0, 0.7, 0.02, 0.6)])["finals"][0]
+    assert final["peak"] == {"step": 20, "kl": 5.0, "win_rate": 0.8}
+    assert final["curve"] == [[5.0, 0.8], [9.0, 0.6]]

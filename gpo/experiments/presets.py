@@ -35,6 +35,14 @@
   {0.01, 0.1, 1, 10} x seeds {0, 1}, the ``vader`` win rate against pi_ref on 128 held-out
   prompts at steps 10, 20 and 30, whose saved samples give `gpo report` its reward-vs-KL
   frontier (DPO Fig. 2 left). Two runs at once: about 2 hours (docs/results.md).
+- ``cpu-smol-online``: online against offline GPO (issue 31, docs/online.md; Tang et al. 2024,
+  arXiv 2405.08448, Fig. 1): SmolLM2 LoRA on ``gold-v2`` (the gold reward with a topic-repetition
+  term), 200 steps, offline on the built-in pairs and online with the gold judge, logistic and
+  square x beta in {0.01, 0.1, 1}, plus IPO-MD (square, mixture 0.5) at beta 0.1, x seeds
+  {0, 1}; the gold win rate, KL and held-out accuracy at steps 25, 50, 75, 100, 150, 200. The
+  one-seed pilot's offline beta-0.1 run was still gaining win rate at step 200 (0.75 -> 0.89
+  from step 100), so the runs are not shorter. Two at once: 42-49 min a run, about 10 hours
+  in all (resumable).
 """
 
 from __future__ import annotations
@@ -104,6 +112,26 @@ _SMOL_BASE: dict[str, Any] = {
 }
 
 
+#: ``cpu-smol-online`` (issue 31): the main job's settings run for 200 steps on gold-v2, with
+#: the win rate, KL and held-out accuracy at steps 25, 50, 75, 100, 150 and 200.
+_SMOL_ONLINE: dict[str, Any] = {
+    **_SMOL_BASE,
+    "data": "gold-v2",
+    "max_steps": 200,
+    "eval_schedule": "25:100,50",
+    "save_steps": 25,
+}
+#: Offline and online side by side (two at once), the middle beta first; IPO-MD at beta 0.1.
+_ONLINE_RUNS: list[dict[str, Any]] = [
+    *({"name": f"{mode}-{loss}-beta-{beta:g}", "loss": loss, "beta": beta,
+       "online": mode == "online"}
+      for beta in (0.1, 1.0, 0.01) for loss in ("logistic", "square")
+      for mode in ("offline", "online")),
+    {"name": "ipo-md-0.5-square-beta-0.1", "loss": "square", "beta": 0.1, "online": True,
+     "online_mixture": 0.5},
+]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Preset:
     help: str
@@ -163,6 +191,11 @@ PRESETS: dict[str, Preset] = {
             # 160-290 s one at a time on both cores (median ~220 s): about 1.4x the throughput.
             "jobs": 2,
         },
+    ),
+    "cpu-smol-online": Preset(
+        "online vs offline GPO on gold-v2, SmolLM2 LoRA, 200 steps: logistic and square x betas "
+        "{0.01, 0.1, 1} + IPO-MD, 2 seeds; ~10 h on 2 cores (resumable)",
+        {"base": _SMOL_ONLINE, "runs": _ONLINE_RUNS, "grid": {"seed": [0, 1]}, "jobs": 2},
     ),
     "paper": Preset(
         "the GPO paper's grid (App. A.3) on SmolLM2: 6 losses x 9 betas x 2 lrs, 20k steps; GPUs",

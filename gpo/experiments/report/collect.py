@@ -32,7 +32,17 @@ class RunData:
 
     @property
     def key(self) -> tuple[str, float]:
-        return self.config["loss"], float(self.config["beta"])
+        return self.objective, float(self.config["beta"])
+
+    @property
+    def objective(self) -> str:
+        """The loss, marked for online runs (and IPO-MD's mixture), so that every grouping
+        of the report (seeds, figures, tables) keeps online and offline runs apart."""
+        loss = str(self.config["loss"])
+        if not self.config.get("online"):
+            return loss
+        mixture = float(self.config.get("online_mixture") or 0.0)
+        return f"{loss} online" + (f" IPO-MD {mixture:g}" if mixture else "")
 
     def series(self, name: str) -> list[float]:
         return [r[name] for r in self.evals if name in r]
