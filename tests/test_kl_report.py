@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpo.cli import main
-from gpo.experiments.report.kl_control import frontier_at
+from gpo.experiments.report.kl_targets import frontier_at
 
 
 def _run(sweep: Path, name: str, config: dict, final: dict, beta: float | None = None) -> None:

@@ -74,8 +74,8 @@ from gpo.experiments.report.gold_hacking import (
     gold_hacking_markdown,
     gold_hacking_section,
 )
-from gpo.experiments.report.kl_control import kl_control_section
-from gpo.experiments.report.kl_figures import draw_kl_figures
+from gpo.experiments.report.kl_targets import kl_control_section
+from gpo.experiments.report.kl_targets_figures import draw_kl_figures
 from gpo.experiments.report.markdown import kl_markdown, markdown
 from gpo.experiments.report.online import draw_online_figure, online_markdown, online_section
 from gpo.experiments.report.seeds import seeds_markdown, seeds_section

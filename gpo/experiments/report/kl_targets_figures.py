@@ -1,4 +1,4 @@
-"""The report's figures for KL-targeted training (:mod:`gpo.experiments.report.kl_control`)."""
+"""The report's figures for KL-targeted training (:mod:`gpo.experiments.report.kl_targets`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from gpo.experiments.report.collect import RunData, finite
 from gpo.experiments.report.figures import KL_LABEL, _colors, _dedupe_legend, _panels, _save
-from gpo.experiments.report.kl_control import TOLERANCE, controlled, fixed_points
+from gpo.experiments.report.kl_targets import TOLERANCE, controlled, fixed_points
 
 
 def _trajectories(plt: Any, runs: list[RunData], out: Path) -> Path:
