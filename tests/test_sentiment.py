@@ -222,6 +222,23 @@ def test_tiny_run_on_the_task_reports_a_gold_win_rate_and_a_frontier(tiny_config
     assert "## Sentiment task" in text and "distinct-2" in text
 
 
+def test_online_training_on_the_task_is_labelled_by_vader(tiny_config, tmp_path):
+    """`--online` on the sentiment task: the default online judge (`gold`) means the task's own
+    gold, VADER, so each trained pair's score is VADER's P(chosen beats rejected)."""
+    from gpo.train.online import ONLINE_PAIRS
+    from gpo.train.trainer import train
+
+    cfg = tiny_config("run", data="sentiment", online=True, max_steps=2, eval_steps=0)
+    cfg.max_new_tokens = 6
+    train(cfg)
+    rows = io.read_jsonl(tmp_path / "run" / ONLINE_PAIRS)
+    assert len(rows) == 2 * cfg.batch_size
+    scores = VaderJudge()([r["prompt"] for r in rows], [r["chosen"] for r in rows],
+                          [r["rejected"] for r in rows])  # fmt: skip
+    assert [r["score"] for r in rows] == pytest.approx(scores, abs=1e-12)
+    assert any(s != 0.5 for s in scores)  # not all ties: the judge read the texts
+
+
 def test_frontier_is_the_upper_envelope():
     from gpo.experiments.report.sentiment import frontier
 
