@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+import torch
 
 from gpo.train.config import TrainConfig
 from gpo.train.kl_control import MAX_ERROR, BetaController, KLTrend, LRBrake, ProxyCalibration
@@ -283,6 +284,36 @@ def test_the_proxy_signal_moves_beta_every_step_once_calibrated():
     betas = [steering.after_step(s, 0.5 * 2**s, measure)["kl_control/beta"] for s in (3, 4)]
     assert betas[0] != logged["kl_control/beta"] and betas[1] != betas[0]
     assert [step for _, step in asked] == [2, 4]  # step 3 moved beta without sampling
+
+
+def test_apply_takes_the_main_process_values_and_scales_the_learning_rate(monkeypatch):
+    """Another process's steering takes beta, brake and action from the main process (the
+    broadcast), acts on them and sets each group's rate to the scheduler's times the scale."""
+    import types
+
+    import accelerate.utils
+
+    cfg = TrainConfig(kl_target=2.0)
+    steering = KLSteering(cfg, n_prompts=4)  # this process's own values: beta 0.1, scale 1
+    param = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = types.SimpleNamespace(get_last_lr=lambda: [0.3])
+    sent: list[list[float]] = []
+
+    def broadcast(t: torch.Tensor) -> torch.Tensor:  # the main process's values arrive
+        sent.append(t.tolist())
+        return torch.tensor([0.7, math.log(0.5), float(SNAPSHOT)], dtype=torch.float64)
+
+    monkeypatch.setattr(accelerate.utils, "broadcast", broadcast)
+    acc = types.SimpleNamespace(num_processes=2, device="cpu")
+    steering.apply(acc, [param], optimizer, scheduler)
+    assert sent == [[0.1, 0.0, 0.0]]
+    assert steering.beta == 0.7 and steering.lr_scale == pytest.approx(0.5)
+    assert steering.action == SNAPSHOT and steering._snapshot is not None  # acted on it
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.3 * 0.5)
+    one = types.SimpleNamespace(num_processes=1, device="cpu")  # alone: no broadcast
+    steering.apply(one, [param], optimizer, scheduler)
+    assert len(sent) == 1 and optimizer.param_groups[0]["lr"] == pytest.approx(0.15)
 
 
 def test_a_steered_run_without_held_out_prompts_is_refused(tiny_config):

@@ -221,6 +221,23 @@ class KLSteering:
         self.rollbacks += 1
         self.action, self.restored, self.was_below = ROLLBACK, True, False
 
+    def apply(
+        self, acc: Any, params: Sequence[torch.Tensor], optimizer: Any, scheduler: Any
+    ) -> None:
+        """On every process after :meth:`after_step`: take the main process's beta, brake and
+        action (with several processes), keep or restore the snapshot (:meth:`act`), and set
+        the next step's learning rates to the scheduler's times :attr:`lr_scale`."""
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            steered = [self.controller.beta, self.brake.log_scale, self.action]
+            shared = broadcast(torch.tensor(steered, dtype=torch.float64, device=acc.device))
+            self.controller.beta, self.brake.log_scale, action = shared.tolist()
+            self.action = int(action)
+        self.act(params, optimizer)
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr * self.lr_scale  # the scheduler's next step recomputes it
+
     def act(self, params: Sequence[torch.Tensor], optimizer: Any) -> None:
         """On every process, after :attr:`action` was shared: keep or restore the snapshot."""
         if self.action == SNAPSHOT:

@@ -295,17 +295,7 @@ class Trainer(Evaluations):
         rho = torch.cat([v["rho"] for v in values]).double()
         measure = self._measure_kl if self.main else None
         logged = steering.after_step(step, (rho.pow(2).mean() / 2).item(), measure)
-        if self.acc.num_processes > 1:  # every process steps with the main process's values
-            from accelerate.utils import broadcast
-
-            steered = [steering.beta, steering.brake.log_scale, steering.action]
-            shared = broadcast(torch.tensor(steered, dtype=torch.float64, device=self.acc.device))
-            beta, steering.brake.log_scale, action = shared.tolist()
-            steering.controller.beta, steering.action = beta, int(action)
-        steering.act(self.params, self.optimizer)
-        groups = self.optimizer.param_groups
-        for group, lr in zip(groups, self.scheduler.get_last_lr(), strict=True):
-            group["lr"] = lr * steering.lr_scale  # the scheduler's next step recomputes it
+        steering.apply(self.acc, self.params, self.optimizer, self.scheduler)
         self.tracker.log(step, logged)
 
     def _check_stop(self, step: int) -> None:
