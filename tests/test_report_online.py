@@ -33,7 +33,7 @@ def test_matched_kl_interpolates_between_the_bracketing_offline_runs():
     assert m["between"] == ["off-a", "off-b"]
     assert row["accuracy"] == 0.6  # the held-out accuracy of both kinds is in the table
     text = online_markdown(section)
-    assert "+0.125 +- " in text and "| off-b | offline | 6.00 |" in text
+    assert "+0.125 +- " in text and "| off-b | offline | 30 | 6.00 |" in text
 
 
 def test_no_number_outside_the_offline_kl_range_and_no_section_without_both_kinds():
@@ -83,3 +83,6 @@ def test_the_peak_checkpoint_marks_where_more_kl_stopped_buying_win_rate():
     final = online_section([run, _run("on", True, 3.0, 0.7, 0.02, 0.6)])["finals"][0]
     assert final["peak"] == {"step": 20, "kl": 5.0, "win_rate": 0.8}
     assert final["curve"] == [[5.0, 0.8], [9.0, 0.6]]
+    run.finished = False  # a sweep still running: its last checkpoint is marked, not its end
+    text = online_markdown(online_section([run, _run("on", True, 3.0, 0.7, 0.02, 0.6)]))
+    assert "| off | offline | 30 (running) | 9.00 |" in text

@@ -61,6 +61,7 @@ def _final(run: RunData) -> dict[str, Any] | None:
         "seed": run.config.get("seed"),
         "kind": kind(run.config),
         "online": kind(run.config) != OFFLINE,
+        "finished": run.finished,  # an unfinished run's last checkpoint is not its end
         **points[-1],
         "peak": {k: peak[k] for k in ("step", "kl", "win_rate")},
         "curve": [[p["kl"], p["win_rate"]] for p in points],
@@ -160,9 +161,9 @@ def online_markdown(section: dict[str, Any]) -> str:
     if not section:
         return ""
     lines = ["", "## Online against offline: win rate at matched KL, held-out accuracy", ""]
-    lines += ["| run | kind | KL | win rate (+- SE) | held-out accuracy | peak win rate (step, "
-              "KL) | online - offline at this KL (+- SE) |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["| run | kind | step | KL | win rate (+- SE) | held-out accuracy | peak win rate "
+              "(step, KL) | online - offline at this KL (+- SE) |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for f in sorted(section["finals"], key=lambda f: (f["loss"], f["online"], f["kl"])):
         m = f.get("matched")
         diff = "-" if not f["online"] else "outside the offline KL range"
@@ -170,7 +171,8 @@ def online_markdown(section: dict[str, Any]) -> str:
             diff = f"{m['difference']:+.3f} +- {m['difference_se']:.3f}"
         p = f["peak"]
         lines.append(
-            f"| {f['run']} | {f['kind']} | {f['kl']:.2f} | "
+            f"| {f['run']} | {f['kind']} | {f['step']}{'' if f['finished'] else ' (running)'} | "
+            f"{f['kl']:.2f} | "
             f"{f['win_rate']:.3f} +- {f['win_rate_se']:.3f} | {f['accuracy']:.3f} | "
             f"{p['win_rate']:.3f} ({p['step']}, {p['kl']:.1f}) | {diff} |"
         )
