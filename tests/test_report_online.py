@@ -65,8 +65,8 @@ def test_ipo_md_is_a_third_kind_matched_against_offline_and_seeds_are_grouped():
     md = _run("md", True, 4.0, 0.65, 0.02, 0.6)
     md.config["online_mixture"] = 0.5
     assert [r.objective for r in (off[0], on[0], md)] == [
-        "logistic", "logistic online", "logistic online IPO-MD 0.5"]  # fmt: skip
-    assert md.key == ("logistic online IPO-MD 0.5", 0.1)  # seeds and figures keep them apart
+        "logistic", "logistic online", "logistic IPO-MD 0.5"]  # fmt: skip
+    assert md.key == ("logistic IPO-MD 0.5", 0.1)  # seeds and figures keep them apart
     section = online_section([*off, *on, md])
     assert next(f for f in section["finals"] if f["run"] == "md")["kind"] == "IPO-MD 0.5"
     online = next(g for g in section["groups"] if g["kind"] == "online")

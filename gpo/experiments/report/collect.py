@@ -19,6 +19,16 @@ from gpo.experiments.sweep import RUNS_DIR
 from gpo.io import redact_urls
 from gpo.train.tracking import read_metrics
 
+OFFLINE = "offline"
+
+
+def run_kind(config: dict[str, Any]) -> str:
+    """'offline', 'online' or 'IPO-MD A' (online from the geometric mixture with weight A)."""
+    if not config.get("online"):
+        return OFFLINE
+    mixture = float(config.get("online_mixture") or 0.0)
+    return f"IPO-MD {mixture:g}" if mixture else "online"
+
 
 @dataclass
 class RunData:
@@ -36,13 +46,10 @@ class RunData:
 
     @property
     def objective(self) -> str:
-        """The loss, marked for online runs (and IPO-MD's mixture), so that every grouping
-        of the report (seeds, figures, tables) keeps online and offline runs apart."""
-        loss = str(self.config["loss"])
-        if not self.config.get("online"):
-            return loss
-        mixture = float(self.config.get("online_mixture") or 0.0)
-        return f"{loss} online" + (f" IPO-MD {mixture:g}" if mixture else "")
+        """The loss, marked with the run's kind when it is online (:func:`run_kind`), so that
+        every grouping of the report (seeds, figures, tables) keeps the kinds apart."""
+        kind = run_kind(self.config)
+        return str(self.config["loss"]) + ("" if kind == OFFLINE else f" {kind}")
 
     def series(self, name: str) -> list[float]:
         return [r[name] for r in self.evals if name in r]

@@ -23,19 +23,10 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from gpo.experiments.report.collect import RunData, finite
+from gpo.experiments.report.collect import OFFLINE, RunData, finite, run_kind
 from gpo.experiments.report.figures import _colors, _save
 
 ACCURACY = "eval/rewards/accuracies"
-OFFLINE = "offline"
-
-
-def kind(config: dict[str, Any]) -> str:
-    """'offline', 'online' or 'IPO-MD A' (online from the geometric mixture with weight A)."""
-    if not config.get("online"):
-        return OFFLINE
-    mixture = float(config.get("online_mixture") or 0.0)
-    return f"IPO-MD {mixture:g}" if mixture else "online"
 
 
 def _checkpoints(run: RunData) -> list[dict[str, Any]]:
@@ -59,8 +50,8 @@ def _final(run: RunData) -> dict[str, Any] | None:
         "loss": str(run.config["loss"]),
         "beta": float(run.config["beta"]),
         "seed": run.config.get("seed"),
-        "kind": kind(run.config),
-        "online": kind(run.config) != OFFLINE,
+        "kind": run_kind(run.config),
+        "online": run_kind(run.config) != OFFLINE,
         "finished": run.finished,  # an unfinished run's last checkpoint is not its end
         **points[-1],
         "peak": {k: peak[k] for k in ("step", "kl", "win_rate")},
