@@ -3,7 +3,9 @@ pair metrics, on-policy KL, win rates, and the KL measurements of KL-targeted tr
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gpo.data.builtin import builtin_task
 from gpo.data.formats import prompt_text
@@ -13,24 +15,34 @@ from gpo.eval.pairs import pair_metrics
 from gpo.eval.win_rate import SAMPLES_DIR, WinRateEval, sample_opponent, step_samples_path
 from gpo.train.run_record import output
 
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+    from torch import nn
+
+    from gpo.data.prepare import PreparedData
+    from gpo.data.tokenize import TokenizedPair
+    from gpo.losses.objectives import Objective
+    from gpo.models.reference import Reference
+    from gpo.train.config import TrainConfig
+
 
 class Evaluations:
-    """Needs the trainer's ``cfg``, ``data``, ``model``, ``reference``, ``tokenizer``, ``acc``,
-    ``main``, ``objective``, ``beta``, ``eval_shard``, ``win_rate``, ``run_dir``, ``_gather``."""
+    """The evaluations of :class:`gpo.train.trainer.Trainer`, which sets these attributes."""
 
-    cfg: Any
-    data: Any
-    model: Any
-    reference: Any
-    tokenizer: Any
-    acc: Any
+    cfg: TrainConfig
+    data: PreparedData
+    model: nn.Module  # the unwrapped policy: what is sampled from
+    reference: Reference
+    tokenizer: Any  # a Hugging Face tokenizer
+    acc: Accelerator
     main: bool
-    objective: Any
-    eval_shard: Any
+    objective: Objective
+    eval_shard: list[TokenizedPair]  # this process's share of the held-out pairs
     win_rate: WinRateEval | None
-    run_dir: Any
+    run_dir: Path
     beta: float
-    _gather: Any
+    _gather: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
     def _win_rate_eval(self, judge: Any, n: int, opponent: str | None) -> WinRateEval:
         """The policy against ``opponent`` (None: pi_ref) on the first ``n`` held-out prompts."""
