@@ -44,7 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import vs_trl  # the workload and the environment of the children
+import vs_trl_children  # the children's environment, the benchmarked-run options
+import vs_trl_workload  # the workload
 
 MODEL_CHOICES = ("tiny", "smollm2")
 
@@ -91,18 +92,18 @@ def run_child(spec: RunSpec) -> None:
         eval_data=spec.data,
         eval_split=None,
         loss="logistic",
-        beta=vs_trl.BETA,
+        beta=vs_trl_children.BETA,
         finetune="lora" if spec.lora else "full",
-        max_length=vs_trl._max_positions(spec.model_dir),
+        max_length=vs_trl_children.max_positions(spec.model_dir),
         max_steps=spec.steps,
         batch_size=spec.batch_size,
         learning_rate=spec.lr,
         weight_decay=0.0,
         warmup_ratio=0.0,
         lr_scheduler="constant",
-        seed=vs_trl.SEED,
+        seed=vs_trl_workload.SEED,
         out=spec.out,
-        **vs_trl.train_only(),
+        **vs_trl_children.train_only(),
         ref_cache="none",
         mixed_precision="bf16" if spec.precision == "bf16" else "no",
     )
@@ -151,7 +152,7 @@ def run_child(spec: RunSpec) -> None:
 
 def run(spec: RunSpec, log: Path) -> dict[str, Any]:
     spec_path = Path(spec.out + ".spec.json")
-    return vs_trl.run_script_child(__file__, spec, spec_path, log, f"{spec.precision} run")
+    return vs_trl_children.run_script_child(__file__, spec, spec_path, log, f"{spec.precision} run")
 
 
 def compare(fp32: dict[str, Any], bf16: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +192,7 @@ def compare(fp32: dict[str, Any], bf16: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=MODEL_CHOICES, default="smollm2")
-    parser.add_argument("--shape", choices=list(vs_trl.SHAPES), default="short_prompt")
+    parser.add_argument("--shape", choices=list(vs_trl_workload.SHAPES), default="short_prompt")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, help="default: vs_trl.py's for the shape")
     parser.add_argument("--head", choices=("fp32", "bf16"), default="fp32")
@@ -204,13 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         run_child(RunSpec(**json.loads(Path(args.child).read_text())))
         return
-    os.environ.update(vs_trl.CHILD_ENV)
-    batch = args.batch_size or vs_trl.DEFAULT_BATCH[args.shape]
+    os.environ.update(vs_trl_children.CHILD_ENV)
+    batch = args.batch_size or vs_trl_workload.DEFAULT_BATCH[args.shape]
     if args.lr is None:
         args.lr = 1e-3 if args.lora else 1e-4
     with tempfile.TemporaryDirectory(prefix="gpo-bf16-drift-") as tmp:
         root = Path(tmp)
-        wl = vs_trl.build_workload(args.shape, args.model, root, batch, 0, args.steps)
+        wl = vs_trl_workload.build_workload(args.shape, args.model, root, batch, 0, args.steps)
         runs = {}
         choices = dict(head=args.head, reference=args.reference, lr=args.lr, lora=args.lora)
         for precision in ("fp32", "bf16"):

@@ -26,7 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import vs_trl  # the benchmarked-run options; the tiny model for --model tiny
+import vs_trl_children  # the benchmarked-run options
+import vs_trl_workload  # the tiny model for --model tiny
 
 #: (loss, beta): JS-IUPO (cpu-smol-upo's slow runs), DPO and Savage at beta 10, square as control.
 CASES = (("iupo:js", 0.2), ("logistic", 10.0), ("savage", 10.0), ("square", 0.1))
@@ -44,7 +45,7 @@ def run_child(args: argparse.Namespace) -> None:
         loss=args.loss,
         beta=args.beta,
         max_steps=args.steps,
-        **vs_trl.train_only(),
+        **vs_trl_children.train_only(),
         seed=args.seed,
         out=out,
         flush_denormals=args.flush == "on",
@@ -79,7 +80,9 @@ def main() -> None:
         return run_child(args)
     model = args.model
     if args.model == "tiny":  # a random 2-layer model (vs_trl.py's), for a quick harness check
-        args.model = vs_trl.model_dir("tiny", Path(tempfile.mkdtemp(prefix="gpo-denormals-")))
+        args.model = vs_trl_workload.model_dir(
+            "tiny", Path(tempfile.mkdtemp(prefix="gpo-denormals-"))
+        )
     results: dict[str, Any] = {}
     for loss, beta in CASES:
         on, off = child(args, loss, beta, "on"), child(args, loss, beta, "off")

@@ -35,7 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import techniques  # one gpo child per variant
-import vs_trl  # the workload
+import vs_trl  # MODELS
+import vs_trl_workload
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "off": {},
@@ -45,8 +46,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    batch = args.batch_size or vs_trl.DEFAULT_BATCH[args.shape]
-    wl = vs_trl.build_workload(args.shape, args.model, root, batch, args.warmup, args.steps)
+    batch = args.batch_size or vs_trl_workload.DEFAULT_BATCH[args.shape]
+    wl = vs_trl_workload.build_workload(
+        args.shape, args.model, root, batch, args.warmup, args.steps
+    )
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):  # alternating, so drift on the host hits every variant alike
         for name, options in VARIANTS.items():
@@ -79,7 +82,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=vs_trl.MODELS, default="smollm2")
-    parser.add_argument("--shape", choices=list(vs_trl.SHAPES), default="long_prompt")
+    parser.add_argument("--shape", choices=list(vs_trl_workload.SHAPES), default="long_prompt")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)

@@ -40,7 +40,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import vs_trl  # the workload and the gpo child
+import vs_trl  # the gpo child
+import vs_trl_children
+import vs_trl_workload
 
 #: ``cross_entropy_head`` is not a gpo option: it goes to the child's ``ChildSpec``.
 PLAIN = {
@@ -68,7 +70,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str | None]] = {
 
 
 def run_variant(
-    wl: vs_trl.Workload,
+    wl: vs_trl_workload.Workload,
     options: dict[str, Any],
     args: argparse.Namespace,
     root: Path,
@@ -78,7 +80,7 @@ def run_variant(
     work = Path(tempfile.mkdtemp(prefix="gpo-", dir=root))
     options = dict(options)
     cross_entropy_head = options.pop("cross_entropy_head", False)
-    spec = vs_trl.ChildSpec(
+    spec = vs_trl_children.ChildSpec(
         tool="gpo",
         model_dir=wl.model_dir,
         data=wl.gpo_data,
@@ -105,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--shapes",
         nargs="+",
-        choices=list(vs_trl.SHAPES),
-        default=list(vs_trl.FIXED_SHAPES),
+        choices=list(vs_trl_workload.SHAPES),
+        default=list(vs_trl_workload.FIXED_SHAPES),
         help="default: the two fixed shapes; 'variable': vs_trl.py's real-shaped lengths",
     )
     parser.add_argument("--steps", type=int, default=5)
@@ -126,9 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="gpo-techniques-") as tmp:
         root = Path(tmp)
         for shape in args.shapes:
-            batch = args.batch_size or vs_trl.DEFAULT_BATCH[shape]
+            batch = args.batch_size or vs_trl_workload.DEFAULT_BATCH[shape]
             for model in args.models:
-                wl = vs_trl.build_workload(shape, model, root, batch, args.warmup, args.steps)
+                wl = vs_trl_workload.build_workload(
+                    shape, model, root, batch, args.warmup, args.steps
+                )
                 print(
                     f"\n== {shape} / {model}: batch {batch}, {args.steps} timed steps, padding "
                     f"in TRL-style batches {100 * wl.padding_share:.0f}%"
