@@ -284,7 +284,7 @@ def test_too_little_free_space_fails_before_training(
 
     real = shutil.disk_usage
     monkeypatch.setattr(
-        "gpo.train.guards.shutil.disk_usage", lambda p: real(p)._replace(free=10_000)
+        "gpo.train.run_folder.shutil.disk_usage", lambda p: real(p)._replace(free=10_000)
     )
     assert main(_train_args(tiny_model_dir, tiny_data_file, tmp_path)) == 2
     err = _one_line_error(capsys)

@@ -1,21 +1,17 @@
-"""Run-time guards for `gpo train`: a writable run folder with room for checkpoints, and
-non-finite losses or gradients caught at the step they appear (stop, or skip the step).
+"""Run-time guards for `gpo train`: non-finite losses or gradients caught at the step they
+appear (stop, or skip the step), and a flag all processes agree on. The run folder's checks
+(writable, room for checkpoints) are :mod:`gpo.train.run_folder`'s.
 
-Kept out of ``train.py`` so the training step only calls them (a few lines).
+Kept out of ``trainer.py`` so the training step only calls them (a few lines).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
-
-from gpo.io import new_run_dir
 
 
 class TrainingError(RuntimeError):
@@ -23,48 +19,6 @@ class TrainingError(RuntimeError):
 
 
 NonFinite = Literal["stop", "skip"]
-MiB = 2**20
-
-
-class RunDirError(ValueError):
-    """The run folder cannot be created or written, or the disk is too full for checkpoints."""
-
-
-def writable_run_dir(out: str | None, kind: str) -> Path:
-    """Create the run folder and prove it writable, so a bad ``--out`` fails before any work."""
-    where = out if out is not None else f"runs/{kind}-..."
-    try:
-        path = new_run_dir(out, kind)
-        probe = path / f".gpo-write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise RunDirError(
-            f"run folder {where}: cannot write there ({reason}); pass a writable --out"
-        ) from None
-    return path
-
-
-def checkpoint_bytes(model: nn.Module, trainable: Sequence[nn.Parameter], lora: bool) -> int:
-    """About what one checkpoint takes: saved weights plus AdamW's two fp32 moments."""
-    saved = trainable if lora else list(model.parameters())
-    weights = sum(p.numel() * p.element_size() for p in saved)
-    return weights + sum(2 * 4 * p.numel() for p in trainable)
-
-
-def check_free_space(run_dir: Path, per_checkpoint: int, cfg: Any) -> None:
-    """Refuse to start when the disk cannot hold the checkpoints the config will keep."""
-    copies = (cfg.save_total_limit + 1 if cfg.save_total_limit > 0 else 2) if cfg.save_steps else 0
-    need = per_checkpoint * copies + (per_checkpoint if cfg.save_final else 0)
-    free = shutil.disk_usage(run_dir).free
-    if need > free:
-        raise RunDirError(
-            f"run folder {run_dir}: only {free / MiB:.0f} MiB free, but checkpoints and the final "
-            f"model need about {need / MiB:.0f} MiB ({copies} checkpoint(s) of "
-            f"{per_checkpoint / MiB:.0f} MiB at once); free space, lower save_total_limit or "
-            "pass another --out"
-        )
 
 
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:

@@ -1,10 +1,11 @@
 """Setting up a training run: the model and its reference, the data, the optimizer, the
-Accelerator, the data order, and the resume check. The loop itself is :mod:`gpo.train.trainer`."""
+Accelerator and the data order. The run folder is :mod:`gpo.train.run_folder`, what the run
+prints at start :mod:`gpo.train.startup`, the resume check :mod:`gpo.train.resume`; the loop
+itself is :mod:`gpo.train.trainer`."""
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,6 @@ from gpo.data.builtin import BUILTIN_TASKS, builtin_task
 from gpo.data.prepare import PreparedData, prepare_data
 from gpo.data.tokenize import Limits, TokenizedPair
 from gpo.eval.judges import parse_judge_spec, resolve_judge, task_judge_spec
-from gpo.io import redact_urls, write_json
 from gpo.models.embedded import cache_root
 from gpo.models.loading import (
     add_lora,
@@ -24,31 +24,11 @@ from gpo.models.loading import (
     frozen_copy,
     load_model_and_tokenizer,
 )
-from gpo.models.positions import position_limit, resolve_max_length
+from gpo.models.positions import resolve_max_length
 from gpo.models.reference import Reference
 from gpo.models.reference_model import load_reference_model
 from gpo.models.tokenizer import set_chat_template
-from gpo.train.config import TrainConfig, kl_run_length_warning, saved_config
-from gpo.train.guards import writable_run_dir
-from gpo.train.resume import DATA_FINGERPRINT, check_config, nothing_to_resume
-from gpo.train.run_record import RECORD, delete_recorded, output, recorded, recorded_outputs
-
-#: Names ``gpo train`` writes into a run folder: in a folder without a run record
-#: (:mod:`gpo.train.run_record`) they are someone else's files, never written over or deleted.
-RUN_OUTPUTS = (
-    "config.json",
-    "metrics.jsonl",
-    "online_pairs.jsonl",
-    "summary.json",
-    "checkpoints",
-    "final",
-    ".tmp-final",
-    "samples",
-    "tensorboard",
-    "wandb",
-    "training.png",
-    "kl_vs_mu_sq.png",
-)
+from gpo.train.config import TrainConfig, kl_run_length_warning
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -90,78 +70,6 @@ def gather_uneven(accelerator: Any, t: torch.Tensor) -> torch.Tensor:
     padded = accelerator.gather(accelerator.pad_across_processes(t, dim=0))
     width = max(sizes)
     return torch.cat([padded[r * width : r * width + n] for r, n in enumerate(sizes)])
-
-
-def _in_usual_order(names: list[str]) -> list[str]:
-    return sorted(names, key=lambda n: RUN_OUTPUTS.index(n) if n in RUN_OUTPUTS else 99)
-
-
-def check_old_run(cfg: TrainConfig) -> None:
-    """A fresh run never writes over another run's files: those would mix with its own (old
-    checkpoints rotate out the new ones, a later --resume loads another config's weights).
-    ``overwrite`` deletes a gpo run's recorded files, later (:func:`clear_old_run`), once the new
-    run has passed every check; a folder with such names but no record is refused either way."""
-    if cfg.out is None or cfg.resume:
-        return
-    out = Path(cfg.out)
-    found = _in_usual_order(recorded_outputs(out))
-    if recorded(out) is not None:
-        if found and not cfg.overwrite:
-            raise ValueError(
-                f"run folder {out} already holds a run ({', '.join(found)}): continue it with "
-                "--resume, pass --overwrite to delete it and start again, or choose another --out"
-            )
-        return
-    foreign = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if not foreign:
-        return
-    if (out / "config.json").is_file():
-        raise ValueError(
-            f"run folder {out} holds a run without a record of its files ({', '.join(foreign)}; "
-            f"written before gpo kept {RECORD}): continue it with --resume, or choose another "
-            "--out (--overwrite deletes only files a run recorded)"
-        )
-    raise ValueError(
-        f"run folder {out} has {', '.join(foreign)}, which no gpo run recorded writing "
-        f"(no {RECORD}): gpo neither writes into nor deletes them; choose another --out"
-    )
-
-
-def clear_old_run(cfg: TrainConfig, run_dir: Path) -> None:
-    """With ``overwrite``: delete what the earlier run recorded writing; other files stay."""
-    if cfg.resume or not cfg.overwrite or recorded(run_dir) is None:
-        return
-    deleted = _in_usual_order(delete_recorded(run_dir))
-    if deleted:
-        print(
-            f"gpo: --overwrite: deleted the previous run's {', '.join(deleted)} in {run_dir} "
-            "(files it did not write stay)"
-        )
-
-
-def start_writing(cfg: TrainConfig, run_dir: Path, fingerprint: str) -> None:
-    """Clear an earlier run (``--overwrite``), then record exactly what this run runs."""
-    clear_old_run(cfg, run_dir)
-    saved = {**saved_config(cfg), DATA_FINGERPRINT: fingerprint}
-    write_json(output(run_dir, "config.json"), saved)
-
-
-def open_run_dir(cfg: TrainConfig, main: bool) -> tuple[Path | None, bool]:
-    """The run folder, on the main process (None elsewhere), made writable and checked against
-    an earlier run there; and whether this run created it. Nothing is written into it until the
-    run passed every check (:meth:`gpo.train.trainer.Trainer._start_writing`)."""
-    if nothing_to_resume(cfg):
-        cfg.resume = False
-        if main:
-            print(f"gpo: nothing to resume in {cfg.out}: starting the run from scratch")
-    if not main:
-        return None, False
-    check_old_run(cfg)
-    created = cfg.out is None or not Path(cfg.out).exists()
-    run_dir = writable_run_dir(cfg.out, "train")
-    if cfg.resume:
-        check_config(run_dir, cfg)
-    return run_dir, created
 
 
 def precision_warning(cfg: TrainConfig) -> str | None:
@@ -289,85 +197,6 @@ def resolve_steps(cfg: TrainConfig, n_train: int, num_processes: int) -> None:
         cfg.max_steps = max(1, math.ceil(cfg.num_epochs * n_train / global_batch))
     if cfg.kl_target is not None:
         kl_run_length_warning(cfg)
-
-
-def announce(cfg: TrainConfig, run_dir: Path, data: PreparedData, model_config: Any) -> None:
-    """The start-up summary, the data lines and the warnings on the settings, once the model and
-    the data are loaded, so every number in them is the run's own."""
-    print(startup_summary(cfg, run_dir, data, position_limit(model_config)))
-    for report in data.reports:
-        print(f"data: {report}")
-        if warning := report.unknown_warning():
-            print(f"gpo: warning: {warning}", file=sys.stderr)
-    if cfg.kl_target is not None and (warning := kl_run_length_warning(cfg)):
-        print(warning, file=sys.stderr)
-
-
-def _evals(cfg: TrainConfig, n_eval: int, pairs: bool = True) -> str:
-    """What each evaluation does, with the counts the held-out set allows (``pairs`` false:
-    prompt-only held-out rows, no pair metrics)."""
-    if n_eval == 0:
-        return "no evaluation (no held-out pairs)"
-    if cfg.eval_schedule is None and cfg.eval_steps == 0:
-        return "no evaluation (eval_steps 0)"
-    if cfg.eval_schedule is not None:
-        evals = f"eval {cfg.eval_schedule}: "
-    elif cfg.eval_steps >= cfg.max_steps:
-        evals = f"eval at the end only (eval_steps {cfg.eval_steps} >= max_steps {cfg.max_steps}): "
-    else:
-        evals = f"eval every {cfg.eval_steps} steps and at the end: "
-    if pairs:
-        evals += plural(min(cfg.eval_max_pairs, n_eval), "held-out pair")
-    else:
-        evals += "no held-out pair metrics (prompt-only data)"
-    if cfg.kl_prompts and cfg.kl_samples:
-        evals += f", KL on {plural(min(cfg.kl_prompts, n_eval), 'prompt')} x {cfg.kl_samples}"
-        evals += " samples" if cfg.kl_samples > 1 else " sample"
-    if cfg.judge_prompts:
-        n = min(cfg.judge_prompts, n_eval)
-        evals += f", {redact_urls(cfg.judge)} win rate on {plural(n, 'prompt')}"
-    if is_gold(cfg) and cfg.gold_eval_prompts:
-        n = min(cfg.gold_eval_prompts, n_eval)
-        evals += f"; final gold win rate on {plural(n, 'prompt')}"
-    return evals
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def startup_summary(
-    cfg: TrainConfig,
-    run_dir: Path,
-    data: PreparedData,
-    limit: tuple[str, int] | None = None,
-) -> str:
-    """A few lines on what this run does (the full resolved config goes to config.json)."""
-    tune = f"LoRA r {cfg.lora_r}" if cfg.finetune == "lora" else "full fine-tuning"
-    tune += ", gradient checkpointing" if cfg.gradient_checkpointing else ""
-    tune += f", pi_ref {cfg.ref_model}" if cfg.ref_model is not None else ""
-    steps = plural(cfg.max_steps, "step")
-    if cfg.num_epochs:
-        steps = f"{cfg.num_epochs:g} epoch(s) = {steps}"
-    length = f"max_length {cfg.max_length}"
-    if limit is not None:
-        length += f" (model's {limit[0]} {limit[1]})"
-    beta = f"beta {cfg.beta:g}"
-    if cfg.kl_target is not None:
-        beta += (
-            f" steered to KL {cfg.kl_target:g} nats, measured every {cfg.kl_control_min_steps}"
-            f"-{cfg.kl_control_steps} steps"
-        )
-    online = f", online (judge {redact_urls(cfg.online_judge)}, {cfg.online_labels} labels)"
-    online = online if cfg.online else ""
-    lines = [
-        f"gpo train: {cfg.loss} ({beta}) on {cfg.data}{online}, model {cfg.model} ({tune})",
-        f"  {steps} x {plural(cfg.batch_size, 'pair')}, {length}, lr {cfg.learning_rate:g} "
-        f"({cfg.lr_scheduler}), seed {cfg.seed}" + (", resuming" if cfg.resume else ""),
-        f"  {_evals(cfg, len(data.eval), data.eval_pairs)}",
-        f"  run folder {run_dir} (full config: config.json)",
-    ]
-    return "\n".join(lines)
 
 
 def pair_tokens(p: TokenizedPair) -> int:

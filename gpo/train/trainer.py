@@ -4,7 +4,8 @@ or on pairs sampled from the policy as it trains (``--online``: :mod:`gpo.train.
 Built on Accelerate (a plain loop rather than the HF ``Trainer``: the step is a few lines, and
 owning the loop keeps the data order, checkpoints and logging exact and inspectable). The
 objective is an object from :func:`gpo.losses.objectives.resolve_objective`; the loop never
-looks at its name. Set-up (model, data, optimizer, data order) is :mod:`gpo.train.setup`.
+looks at its name. Set-up (model, data, optimizer, data order) is :mod:`gpo.train.setup`,
+the run folder :mod:`gpo.train.run_folder`.
 
 Data order: every micro-step takes the next ``batch_size * num_processes`` pairs of a seeded
 permutation (a new one each epoch) and process ``r`` uses slice ``r``; so one process with batch
@@ -34,12 +35,7 @@ from gpo.train.checkpoint import latest_usable_checkpoint, save_checkpoint, save
 from gpo.train.config import TrainConfig, saved_config
 from gpo.train.denormals import denormals_flushed
 from gpo.train.evaluation import Evaluations
-from gpo.train.guards import (
-    NonFiniteGuard,
-    TrainingError,
-    check_free_space,
-    checkpoint_bytes,
-)
+from gpo.train.guards import NonFiniteGuard, TrainingError
 from gpo.train.host_memory import reuse_freed_memory
 from gpo.train.interrupt import Interrupted, StopRequests
 from gpo.train.kl_steering import KLSteering
@@ -54,23 +50,22 @@ from gpo.train.resume import (
     data_fingerprint,
     finished_summary,
 )
+from gpo.train.run_folder import check_free_space, checkpoint_bytes, open_run_dir, start_writing
 from gpo.train.run_record import delete_recorded, output
 from gpo.train.schedule import is_eval_step, segments_for
 from gpo.train.setup import (
     accelerator,
-    announce,
     attach_ref_cache,
     build_model,
     gather_uneven,
     is_gold,
     make_optimizer,
     micro_batches,
-    open_run_dir,
     precision_warning,
     prepare,
     resolve_steps,
-    start_writing,
 )
+from gpo.train.startup import announce
 from gpo.train.tracking import Tracker, eval_line
 
 NO_CHECKPOINT = "no usable checkpoint: starting"
@@ -165,7 +160,7 @@ class Trainer(Evaluations):
             self.win_rate = self._win_rate_eval(judge, cfg.judge_prompts, cfg.opponent)
 
     def _run_dir(self) -> tuple[Path, bool]:
-        """The run folder (:func:`gpo.train.setup.open_run_dir`), shared with every process."""
+        """The run folder (:func:`gpo.train.run_folder.open_run_dir`), shared with every process."""
         run_dir, created = open_run_dir(self.cfg, self.main)
         shared = self.acc.gather_for_metrics([str(run_dir)], use_gather_object=True)[0]
         return Path(shared), created
