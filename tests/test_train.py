@@ -244,6 +244,24 @@ def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, tiny_da
             assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-5), k
 
 
+def test_gradient_accumulation_equals_the_whole_batch_in_one_micro_step(tiny_config):
+    """2 micro-steps of 2 pairs = 1 of 4: the update happens once, after the last micro-step,
+    with the accumulated gradient (and the gradients are cleared only then)."""
+    common = dict(max_steps=4, learning_rate=3e-3, lr_scheduler="constant", warmup_ratio=0.0)
+    common.update(eval_steps=0, ref_cache="none", finetune="full")
+    whole = train(tiny_config("whole", batch_size=4, **common))
+    accum = train(tiny_config("accum", batch_size=2, gradient_accumulation_steps=2, **common))
+    logs = []
+    for summary in (whole, accum):
+        lines = Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()
+        logs.append([r for r in map(json.loads, lines) if "loss" in r])
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [1, 2, 3, 4]
+    for a, b in zip(*logs, strict=True):
+        for key in ("loss", "grad_norm", "rewards/margins"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    assert logs[0][-1]["loss"] != pytest.approx(logs[0][0]["loss"], abs=1e-4)  # it trained
+
+
 def test_unshuffled_order_callbacks_and_no_final_model(tiny_model_dir, tiny_data_file, tmp_path):
     from gpo.train.trainer import Trainer
 

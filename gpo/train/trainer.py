@@ -212,14 +212,20 @@ class Trainer(Evaluations):
             loss, out = self.labels.loss(self.objective, pairs, policy, ref, self.beta)
             self.guard.watch_loss(loss, micro, rows)  # checked once per step, below
             self.acc.backward(loss)
-            norm = None
-            if self.acc.sync_gradients and cfg.max_grad_norm > 0:
-                norm = self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self._grad_norms.append(torch.as_tensor(norm).detach().float())
-            if not self.acc.sync_gradients or self.guard.step_ok(step, self.params, norm):
-                self.optimizer.step()
-            self.optimizer.zero_grad()
+            if self.acc.sync_gradients:  # the step's last micro-step: update, then clear
+                self._update(step)
         return self._gather(pair_values(out, policy, ref, self.beta, cfg.logp_reduction))
+
+    def _update(self, step: int) -> None:
+        """Clip, check (:class:`NonFiniteGuard`: stop, or skip the update) and step, once the
+        gradients of all of the step's micro-steps are accumulated."""
+        norm = None
+        if self.cfg.max_grad_norm > 0:
+            norm = self.acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+            self._grad_norms.append(torch.as_tensor(norm).detach().float())
+        if self.guard.step_ok(step, self.params, norm):
+            self.optimizer.step()
+        self.optimizer.zero_grad()
 
     def save(self, step: int) -> None:
         if self.reference.cache is not None:
