@@ -75,6 +75,9 @@ def test_ipo_md_is_a_third_kind_matched_against_offline_and_seeds_are_grouped():
     assert online["difference"]["mean"] == pytest.approx((0.125 + 0.15) / 2)
     assert online["difference"]["spread"] == pytest.approx(0.025)
     assert "| IPO-MD 0.5 | logistic | 0.1 |" in online_markdown(section)
+    ipo_md = next(g for g in section["groups"] if g["kind"] == "IPO-MD 0.5")
+    assert math.isnan(ipo_md["kl"]["spread"])  # one seed: no spread, not 0
+    assert "4.000 (n 1)" in online_markdown(section)
 
 
 def test_the_peak_checkpoint_marks_where_more_kl_stopped_buying_win_rate():

@@ -96,7 +96,7 @@ def _groups(finals: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ("difference", diffs),
         ):
             if values:
-                spread = max(values) - min(values)
+                spread = max(values) - min(values) if len(values) > 1 else math.nan  # one seed
                 entry[name] = {"mean": statistics.fmean(values), "spread": spread, "n": len(values)}
         out.append(entry)
     return out
@@ -145,6 +145,8 @@ def _cell(entry: dict[str, Any], name: str, signed: bool = False) -> str:
     if s is None:
         return "-"
     mean = f"{s['mean']:+.3f}" if signed else f"{s['mean']:.3f}"
+    if s["n"] < 2:
+        return f"{mean} (n 1)"
     return f"{mean} (spread {s['spread']:.3f}, n {s['n']})"
 
 
