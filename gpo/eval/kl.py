@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from gpo.data.collate import collate_sequences
-from gpo.models.logps import sequence_logps
+from gpo.data.collate import SeqBatch, collate_sequences
+from gpo.models.logps import completion_log_probs, sequence_logps
 from gpo.models.reference import Reference
 from gpo.models.sampling import sample
 from gpo.stats import mean_se
+
+#: How :func:`on_policy_kl` turns samples into a KL estimate.
+Estimator = Literal["sample", "token"]
 
 
 def on_policy_kl(
@@ -25,6 +28,7 @@ def on_policy_kl(
     seed: int,
     batch_size: int = 16,
     show_progress: bool = False,
+    estimator: Estimator = "sample",
 ) -> tuple[float, float]:
     """Monte Carlo ``KL(pi_theta || pi_ref) = E_{y ~ pi_theta}[log pi_theta(y) - log pi_ref(y)]``.
 
@@ -32,6 +36,10 @@ def on_policy_kl(
     this is the exact KL between the two distributions over completions truncated at that length.
     Returns the mean and its standard error over the ``len(prompt_ids) * num_samples`` draws.
     ``log pi_theta(y)`` comes from the sampler where it has it; only pi_ref scores the samples.
+
+    ``estimator``: ``sample``, each completion's ``log pi_theta(y) - log pi_ref(y)``; ``token``,
+    each completion's sum over its positions of the exact next-token KL (:func:`token_kl`), the
+    same expectation with a far smaller variance, for one more forward pass of the policy.
     """
     samples = sample(
         policy,
@@ -56,6 +64,9 @@ def on_policy_kl(
     for k in range(0, len(seqs), batch_size):
         batch = collate_sequences(seqs[k : k + batch_size], pad).to(device)
         with torch.no_grad():
+            if estimator == "token":
+                diffs.append(token_kl(policy, reference, batch))
+                continue
             if mine is None:
                 ours = sequence_logps(policy, batch).logps
             else:
@@ -63,3 +74,23 @@ def on_policy_kl(
             diffs.append(ours - reference.logps(batch).logps)
     policy.train(was_training)
     return mean_se(torch.cat(diffs))
+
+
+def token_kl(policy: nn.Module, reference: Reference, batch: SeqBatch) -> Tensor:
+    """Per sequence, ``sum_t KL(pi_theta(. | y_<t) || pi_ref(. | y_<t))`` over its completion
+    positions ``[N]``: the Rao-Blackwellized form of ``log pi_theta(y) - log pi_ref(y)`` (by
+    the chain rule, each drawn token's log ratio has that position's exact KL as its conditional
+    mean, so both have the same expectation over ``y ~ pi_theta``; Amini et al. 2025, "Better
+    Estimation of the KL Divergence Between Language Models", arXiv 2504.10637). Computed
+    from both models' full next-token log-probs: ``sum_v p_v (log p_v - log q_v)``."""
+    mine, rows = completion_log_probs(policy, batch)
+    with reference.model() as ref:
+        was_training = ref.training
+        ref.eval()
+        try:
+            theirs, _ = completion_log_probs(ref, batch)
+        finally:
+            ref.train(was_training)
+    per_token = torch.nn.functional.kl_div(theirs, mine, reduction="none", log_target=True).sum(-1)
+    sums = torch.zeros(batch.input_ids.shape[0], device=per_token.device)
+    return sums.index_add(0, rows, per_token)

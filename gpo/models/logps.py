@@ -227,6 +227,15 @@ def sequence_logps(
     return _reduce(per_token, mask.nonzero()[:, 0], mask.sum(1), reduction)
 
 
+def completion_log_probs(model: nn.Module, batch: SeqBatch) -> tuple[Tensor, Tensor]:
+    """Full-vocabulary log-probs ``[N completion tokens, V]`` (float32) at the positions that
+    predict completion tokens, and each position's row ``[N]``: a next-token distribution per
+    completion token, for estimators that need more than the drawn token's log-prob."""
+    mask = batch.completion_mask[:, 1:].bool()
+    logits = _completion_logits(model, batch, mask, _use_fast(model, batch, mask))
+    return torch.log_softmax(logits.float(), -1), mask.nonzero()[:, 0]
+
+
 def cache_argument(model: nn.Module) -> str:
     """The KV-cache argument's name: ``cache`` (transformers >= 5.2x) or ``past_key_values``.
 

@@ -101,6 +101,7 @@ class TrainConfig:
     eval_max_pairs: int = 64  # held-out pairs scored at each eval
     kl_prompts: int = 8  # on-policy KL: held-out prompts sampled at each eval
     kl_samples: int = 2  # completions per prompt
+    kl_estimator: Literal["sample", "token"] = "sample"  # token: exact next-token KLs, less noise
     max_new_tokens: int = 48  # for KL and gold win-rate sampling
     gold_eval_prompts: int = 128  # held-out prompts for the final gold win rate (gold data only)
     judge_prompts: int = 0  # held-out prompts judged at every eval (0: no per-eval win rate)

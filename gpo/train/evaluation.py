@@ -122,6 +122,7 @@ class Evaluations:
             cfg.max_new_tokens,
             seed=seed,
             show_progress=progress,
+            estimator=cfg.kl_estimator,
         )
 
     def _measure_kl(self, indices: list[int], step: int) -> tuple[float, float]:
