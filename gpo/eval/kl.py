@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from gpo.data.collate import SeqBatch, collate_sequences
-from gpo.models.logps import completion_log_probs, sequence_logps
+from gpo.models.logps import HEAD_CHUNK, completion_log_probs, sequence_logps
 from gpo.models.reference import Reference
 from gpo.models.sampling import sample
 from gpo.stats import mean_se
@@ -58,6 +58,9 @@ def on_policy_kl(
     # The sampler's own log-probs of its draws, where it has them (gpo's decode loop); else the
     # policy scores its samples here.
     mine = None if samples.logps is None else torch.tensor([samples.logps[k] for k in keep])
+    if estimator == "token":  # full-vocabulary log-probs of both models at every position
+        vocab = int(getattr(getattr(policy, "config", None), "vocab_size", 0) or 1)
+        batch_size = max(1, min(batch_size, HEAD_CHUNK // (vocab * max_new_tokens)))
     diffs = []
     was_training = policy.training
     policy.eval()
