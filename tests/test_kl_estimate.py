@@ -116,3 +116,13 @@ def test_token_estimator_on_a_lora_policy_and_at_zero_kl(active_lora):
     kl_s, se_s = on_policy_kl(policy, Reference(policy), tok, _prompts(tok), 16, 6, 1)
     assert kl_t > 0
     assert abs(kl_s - kl_t) < 4 * (se_s**2 + se_t**2) ** 0.5
+
+
+def test_the_config_offers_exactly_the_estimators_on_policy_kl_has():
+    import typing
+
+    from gpo.eval.kl import Estimator
+    from gpo.train.config import TrainConfig
+
+    hint = typing.get_type_hints(TrainConfig)["kl_estimator"]
+    assert typing.get_args(hint) == typing.get_args(Estimator)
