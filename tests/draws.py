@@ -25,3 +25,17 @@ def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
         expected = torch.cat([expected, probs[rare].sum()[None] * n])
     expected = expected * n / expected.sum()  # the same total as observed, as scipy requires
     return float(stats.chisquare(observed.numpy(), expected.numpy()).pvalue)
+
+
+def exact_next_token_kl(policy, reference, prompts) -> float:
+    """The mean over ``prompts`` (token id lists) of ``KL(policy || reference)`` of the next
+    token, summed exactly over the vocabulary in float64: the on-policy KL of one-token
+    completions, against which the Monte Carlo estimators are checked."""
+    exact = []
+    with torch.no_grad():
+        for p in prompts:
+            x = torch.tensor([list(p)])
+            lp = torch.log_softmax(policy(input_ids=x).logits[0, -1].double(), -1)
+            lq = torch.log_softmax(reference(input_ids=x).logits[0, -1].double(), -1)
+            exact.append((lp.exp() * (lp - lq)).sum().item())
+    return sum(exact) / len(exact)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from draws import exact_next_token_kl
 
 from gpo.eval.kl import on_policy_kl
 from gpo.models.loading import frozen_copy
@@ -25,14 +26,7 @@ def test_one_token_kl_matches_the_exact_sum_over_the_vocabulary():
     ref = Reference(policy, frozen_copy(other))
     prompts = _prompts(tok)
     kl, se = on_policy_kl(policy, ref, tok, prompts, 200, 1, seed=0)
-    exact = []
-    with torch.no_grad():
-        for p in prompts:
-            x = torch.tensor([p])
-            lp = torch.log_softmax(policy(input_ids=x).logits[0, -1].double(), -1)
-            lq = torch.log_softmax(other(input_ids=x).logits[0, -1].double(), -1)
-            exact.append((lp.exp() * (lp - lq)).sum().item())
-    truth = sum(exact) / len(exact)
+    truth = exact_next_token_kl(policy, other, prompts)
     assert truth > 20 * se  # a wrong estimate (e.g. 0) could not pass the check below
     assert abs(kl - truth) < 4 * se, (kl, se, truth)
 
@@ -80,14 +74,7 @@ def test_token_estimator_is_the_exact_kl_for_one_new_token():
     prompts = _prompts(tok)
     kl, _ = on_policy_kl(policy, Reference(policy, frozen_copy(other)), tok, prompts, 3, 1, 0,
                          estimator="token")  # fmt: skip
-    exact = []
-    with torch.no_grad():
-        for p in prompts:
-            x = torch.tensor([p])
-            lp = torch.log_softmax(policy(input_ids=x).logits[0, -1].double(), -1)
-            lq = torch.log_softmax(other(input_ids=x).logits[0, -1].double(), -1)
-            exact.append((lp.exp() * (lp - lq)).sum().item())
-    truth = sum(exact) / len(exact)
+    truth = exact_next_token_kl(policy, other, prompts)
     assert truth > 1.0
     assert abs(kl - truth) < 1e-4 * truth, (kl, truth)
 

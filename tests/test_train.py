@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from draws import exact_next_token_kl
 
 from gpo.train.config import TrainConfig
 from gpo.train.setup import micro_batches
@@ -61,21 +62,13 @@ def test_each_family_learns(tiny_model_dir, tiny_data_file, tmp_path, loss):
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert rows[-1]["rewards/accuracies"] > max(0.6, rows[0]["rewards/accuracies"])
 
-    import torch
-
     from gpo.models.loading import load_model_and_tokenizer
     from gpo.train.setup import prepare
 
     policy, tok = load_model_and_tokenizer(str(tmp_path / loss / "final"))
     ref, _ = load_model_and_tokenizer(str(tiny_model_dir))
-    exact = []
-    for p in prepare(cfg, tok).eval[: cfg.kl_prompts]:  # the prompts the evaluation sampled
-        x = torch.tensor([p.prompt_ids])
-        with torch.no_grad():
-            lp = torch.log_softmax(policy(input_ids=x).logits[0, -1].double(), -1)
-            lq = torch.log_softmax(ref(input_ids=x).logits[0, -1].double(), -1)
-        exact.append((lp.exp() * (lp - lq)).sum().item())
-    truth = sum(exact) / len(exact)
+    prompts = [p.prompt_ids for p in prepare(cfg, tok).eval[: cfg.kl_prompts]]  # as evaluated
+    truth = exact_next_token_kl(policy, ref, prompts)
     kl, se = summary["eval"]["eval/kl"], summary["eval"]["eval/kl_se"]
     assert truth > 6 * se, (truth, se)  # the policy moved: an estimate of 0 cannot pass below
     assert abs(kl - truth) < 4 * se, (kl, se, truth)
@@ -88,8 +81,6 @@ def test_kl_estimator_token_gives_the_exact_one_token_kl(tiny_model_dir, tiny_da
     """``kl_estimator: token`` reaches the evaluation: with one-token completions each sample
     carries its prompt's exact next-token KL, so ``eval/kl`` is the exact mean over the prompts
     from 2 samples each (the log-ratio estimator would need thousands, as above)."""
-    import torch
-
     from gpo.models.loading import load_model_and_tokenizer
     from gpo.train.setup import prepare
 
@@ -98,14 +89,8 @@ def test_kl_estimator_token_gives_the_exact_one_token_kl(tiny_model_dir, tiny_da
     summary = train(cfg)
     policy, tok = load_model_and_tokenizer(str(tmp_path / "tok" / "final"))
     ref, _ = load_model_and_tokenizer(str(tiny_model_dir))
-    exact = []
-    for p in prepare(cfg, tok).eval[: cfg.kl_prompts]:
-        x = torch.tensor([p.prompt_ids])
-        with torch.no_grad():
-            lp = torch.log_softmax(policy(input_ids=x).logits[0, -1].double(), -1)
-            lq = torch.log_softmax(ref(input_ids=x).logits[0, -1].double(), -1)
-        exact.append((lp.exp() * (lp - lq)).sum().item())
-    truth = sum(exact) / len(exact)
+    prompts = [p.prompt_ids for p in prepare(cfg, tok).eval[: cfg.kl_prompts]]
+    truth = exact_next_token_kl(policy, ref, prompts)
     assert truth > 1e-3  # the policy moved; the log-ratio estimate of 8 draws is off by ~100%
     assert summary["eval"]["eval/kl"] == pytest.approx(truth, rel=1e-3)
 
