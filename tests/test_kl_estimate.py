@@ -16,13 +16,18 @@ def _prompts(tok) -> list[list[int]]:
     return [tok.encode(" ".join(["good"] * (1 + k % 4)) + " dog") for k in range(6)]
 
 
+def _sharp_pair(seed_policy: int = 3, seed_ref: int = 4):
+    policy, tok = tiny_model_and_tokenizer(seed=seed_policy)
+    other, _ = tiny_model_and_tokenizer(seed=seed_ref)
+    with torch.no_grad():  # a random tiny model is near uniform: sharpen it, so the KL is large
+        policy.lm_head.weight.mul_(30.0)
+    return policy, other, tok
+
+
 def test_one_token_kl_matches_the_exact_sum_over_the_vocabulary():
     """With one new token the KL is a finite sum, sum_v p(v) log(p(v)/q(v)) per prompt, which
     the estimate (policy log-probs from the sampler) must match within its standard error."""
-    policy, tok = tiny_model_and_tokenizer(seed=3)
-    other, _ = tiny_model_and_tokenizer(seed=4)
-    with torch.no_grad():  # a random tiny model is near uniform: sharpen it, so the KL is large
-        policy.lm_head.weight.mul_(30.0)
+    policy, other, tok = _sharp_pair()
     ref = Reference(policy, frozen_copy(other))
     prompts = _prompts(tok)
     kl, se = on_policy_kl(policy, ref, tok, prompts, 200, 1, seed=0)
@@ -57,14 +62,6 @@ def test_a_policy_equal_to_its_reference_has_zero_kl():
     model, tok = tiny_model_and_tokenizer(seed=3)
     kl, _ = on_policy_kl(model, Reference(model, frozen_copy(model)), tok, _prompts(tok), 2, 6, 0)
     assert abs(kl) < 1e-4
-
-
-def _sharp_pair(seed_policy: int = 3, seed_ref: int = 4):
-    policy, tok = tiny_model_and_tokenizer(seed=seed_policy)
-    other, _ = tiny_model_and_tokenizer(seed=seed_ref)
-    with torch.no_grad():  # a random tiny model is near uniform: sharpen it, so the KL is large
-        policy.lm_head.weight.mul_(30.0)
-    return policy, other, tok
 
 
 def test_token_estimator_is_the_exact_kl_for_one_new_token():

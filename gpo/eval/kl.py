@@ -87,13 +87,7 @@ def token_kl(policy: nn.Module, reference: Reference, batch: SeqBatch) -> Tensor
     Estimation of the KL Divergence Between Language Models", arXiv 2504.10637). Computed
     from both models' full next-token log-probs: ``sum_v p_v (log p_v - log q_v)``."""
     mine, rows = completion_log_probs(policy, batch)
-    with reference.model() as ref:
-        was_training = ref.training
-        ref.eval()
-        try:
-            theirs, _ = completion_log_probs(ref, batch)
-        finally:
-            ref.train(was_training)
+    theirs, _ = reference.completion_log_probs(batch)
     per_token = torch.nn.functional.kl_div(theirs, mine, reduction="none", log_target=True).sum(-1)
     sums = torch.zeros(batch.input_ids.shape[0], device=per_token.device)
     return sums.index_add(0, rows, per_token)

@@ -12,7 +12,7 @@ from torch import nn
 
 from gpo.data.collate import SeqBatch, SharedPromptBatch
 from gpo.models.loading import is_peft
-from gpo.models.logps import Reduction, SequenceLogps, batch_logps
+from gpo.models.logps import Reduction, SequenceLogps, batch_logps, completion_log_probs
 from gpo.models.ref_cache import RefLogpCache, model_fingerprint, pair_keys
 
 
@@ -83,11 +83,28 @@ class Reference:
             self.seconds += time.perf_counter() - start
 
     def _forward(self, batch: SeqBatch | SharedPromptBatch, reduction: Reduction) -> SequenceLogps:
+        with self._evaluating() as ref:
+            return batch_logps(ref, batch, reduction)
+
+    @torch.no_grad()
+    def completion_log_probs(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """pi_ref's full next-token log-probs at ``batch``'s completion positions
+        (:func:`gpo.models.logps.completion_log_probs`); never cached."""
+        start = time.perf_counter()
+        try:
+            with self._evaluating() as ref:
+                return completion_log_probs(ref, batch)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    @contextmanager
+    def _evaluating(self) -> Iterator[nn.Module]:
+        """The reference network in eval mode (no dropout), its mode restored afterwards."""
         with self.model() as ref:
             was_training = ref.training
             ref.eval()
             try:
-                return batch_logps(ref, batch, reduction)
+                yield ref
             finally:
                 ref.train(was_training)
 
