@@ -123,7 +123,7 @@ class SharedPromptBatch:
         ]
         seqs = [(prompts[i], replies[2 * i]) for i in range(b)]
         seqs += [(prompts[i], replies[2 * i + 1]) for i in range(b)]
-        out = collate_sequences(seqs, pad_id=0)  # masked out: its value does not matter
+        out = collate_sequences(seqs, pad_id=0).to(self.prompt_ids.device)  # pad: masked out
         return PairBatch(*(getattr(out, f.name) for f in fields(out)), self.indices)
 
 

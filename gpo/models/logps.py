@@ -285,7 +285,9 @@ def _shared_prompt_logps(
         use_cache=True,
         **{cache_arg: cache},
     ).last_hidden_state
-    last_prompt = prompt.last_hidden_state[torch.arange(b), prompt_len - 1]
+    last_prompt = prompt.last_hidden_state[
+        torch.arange(b, device=prompt_len.device), prompt_len - 1
+    ]
     predicting = torch.cat([last_prompt.repeat_interleave(2, 0)[:, None], hidden[:, :-1]], 1)
     mask = batch.completion_mask.bool()
     head = model.get_output_embeddings()  # type: ignore[operator]
