@@ -247,11 +247,18 @@ def test_a_steered_run_logs_beta_every_step_and_the_result(tiny_config, tmp_path
     records = read_metrics(tmp_path / "run")
     steered = [r for r in records if "kl_control/beta" in r]
     assert [r["step"] for r in steered] == [1, 2, 3, 4, 5, 6]
-    measured = [r["step"] for r in steered if "kl_control/kl" in r]
-    assert measured == [2, 4, 6] and all("kl_control/kl_se" in r for r in steered[1::2])
+    measured = [r for r in steered if "kl_control/kl" in r]
+    # 2: due; 3: the evaluation's KL, taken a step early instead of sampling (it would be due
+    # at 4); 5: due; 6 is the last step, whose evaluation is the reported KL, not a measurement
+    assert [r["step"] for r in measured] == [2, 3, 5]
+    assert all("kl_control/kl_se" in r for r in measured)
+    evals = {r["step"]: r for r in records if "eval/kl" in r}
+    assert "kl_control/rollback_to" not in measured[1]
+    assert measured[1]["kl_control/kl"] == evals[3]["eval/kl"]
+    assert measured[1]["kl_control/kl_se"] == evals[3]["eval/kl_se"]
     betas = [r["kl_control/beta"] for r in steered]
     assert betas[0] == 0.1 and len(set(betas)) > 1  # steered from its start
-    assert betas[2] == betas[1] and betas[4] == betas[3]  # moved only when it measures
+    assert betas[3] == betas[2] and betas[5] == betas[4]  # moved only when it measures
     assert summary["kl_target"] == 0.05 and summary["final_beta"] == betas[-1]
     assert summary["kl"] == summary["eval"]["eval/kl"] and summary["kl_se"] > 0
     # the LR brake: each step's learning rate is the constant one times the logged scale
@@ -330,7 +337,7 @@ def test_stop_and_resume_keeps_the_controller_state(tiny_config, tmp_path):
     from gpo.train.tracking import read_metrics
     from gpo.train.trainer import Trainer
 
-    kw = dict(save_steps=4, max_steps=8, kl_ramp=0.0, kl_target=0.05)  # brake on by step 4
+    kw = dict(save_steps=4, max_steps=8, kl_ramp=0.0, kl_target=0.05, eval_steps=8)  # brake on by 4
     Trainer(_steered(tiny_config, "whole", **kw)).run()
 
     def stop_after_5(step: int, seconds: float) -> None:
@@ -465,6 +472,24 @@ def test_measurements_come_often_while_the_kl_moves_and_rarely_once_settled():
     sizes: list[int] = []
     steering.after_step(2, 0.1, lambda idx, s: sizes.append(len(idx)) or (0.0, 0.05))
     assert sizes == [8]  # 2 steps of a 16-prompt budget per 10 steps: the floor of 8
+
+
+def test_an_evaluations_kl_replaces_a_measurement_due_soon_and_only_then():
+    cfg = TrainConfig(kl_target=2.0, kl_control_steps=10, kl_control_min_steps=2)
+    steering = KLSteering(cfg, n_prompts=64)
+    sampled: list[int] = []
+
+    def own(idx: list[int], step: int) -> tuple[float, float]:
+        sampled.append(step)
+        return 0.5, 0.1
+
+    logged = steering.after_step(1, 0.1, own, evaluated=lambda: (0.7, 0.05))  # due at step 2
+    assert sampled == [] and (logged["kl_control/kl"], logged["kl_control/kl_se"]) == (0.7, 0.05)
+    steering.next_measure = 10
+    logged = steering.after_step(5, 0.1, own, evaluated=lambda: (9.0, 0.05))  # due in 5 steps
+    assert sampled == [] and "kl_control/kl" not in logged
+    steering.after_step(10, 0.1, own)
+    assert sampled == [10]
 
 
 def test_the_trend_is_a_weighted_line_through_the_recent_measurements():

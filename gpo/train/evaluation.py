@@ -43,6 +43,8 @@ class Evaluations:
     run_dir: Path
     beta: float
     _gather: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+    #: (step, (KL, SE)) of the last evaluation's KL, or None once its weights are rolled back.
+    _eval_kl_cache: tuple[int, tuple[float, float]] | None = None
 
     def _win_rate_eval(self, judge: Any, n: int, opponent: str | None) -> WinRateEval:
         """The policy against ``opponent`` (None: pi_ref) on the first ``n`` held-out prompts."""
@@ -82,8 +84,7 @@ class Evaluations:
             )
             result.update({f"eval/{k}": v for k, v in metrics.items()})
         if self.main and cfg.kl_prompts > 0 and cfg.kl_samples > 0:
-            prompts = [p.prompt_ids for p in self.data.eval[: cfg.kl_prompts]]
-            kl, se = self._kl(prompts, cfg.seed + step, cfg.progress)
+            kl, se = self._eval_kl(step)
             result.update({"eval/kl": kl, "eval/kl_se": se})
         if self.win_rate is not None:
             path = step_samples_path(self.run_dir, step)
@@ -124,6 +125,16 @@ class Evaluations:
             show_progress=progress,
             estimator=cfg.kl_estimator,
         )
+
+    def _eval_kl(self, step: int) -> tuple[float, float]:
+        """The evaluation's on-policy KL after ``step``, sampled once: KL-targeted training's
+        controller may take it before :meth:`evaluate` reports it (``Trainer._steer``)."""
+        cached = self._eval_kl_cache
+        if cached is None or cached[0] != step:
+            prompts = [p.prompt_ids for p in self.data.eval[: self.cfg.kl_prompts]]
+            cached = (step, self._kl(prompts, self.cfg.seed + step, self.cfg.progress))
+            self._eval_kl_cache = cached
+        return cached[1]
 
     def _measure_kl(self, indices: list[int], step: int) -> tuple[float, float]:
         """KL-targeted training's measurement (:mod:`gpo.train.kl_control`)."""

@@ -127,15 +127,25 @@ class KLSteering:
         steps = min(band / abs(slope) if slope else math.inf, 2 * last)
         return int(max(cfg.kl_control_min_steps, min(cfg.kl_control_steps, steps)))
 
-    def after_step(self, step: int, mu_sq: float, measure: MeasureKL | None) -> dict[str, float]:
+    def after_step(
+        self,
+        step: int,
+        mu_sq: float,
+        measure: MeasureKL | None,
+        evaluated: Callable[[], tuple[float, float]] | None = None,
+    ) -> dict[str, float]:
         """Update beta and the learning-rate scale after optimizer step ``step`` (whose batch had
         ``mean(rho^2)/2 = mu_sq``); ``measure`` is None on processes that do not sample (they
-        take beta, the scale and the action from the main one)."""
+        take beta, the scale and the action from the main one). ``evaluated``: the KL (+- SE)
+        that this step's evaluation measures anyway; a measurement due now or within
+        ``kl_control_min_steps`` takes it instead of sampling its own."""
         cfg = self.cfg
         self.action = NONE
         self.proxy.observe_batch(mu_sq)
         logged = {"kl_control/mu_sq_loss": mu_sq, "kl_control/target": self.reference(step)}
-        if measure is not None and step >= self.next_measure:
+        if evaluated is not None and step + cfg.kl_control_min_steps >= self.next_measure:
+            logged.update(self._measure(step, lambda _indices, _step: evaluated()))
+        elif measure is not None and step >= self.next_measure:
             logged.update(self._measure(step, measure))
         estimate = self.proxy.estimate()
         if cfg.kl_control_signal == "proxy" and measure is not None and self.action != ROLLBACK:

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from gpo.train.evaluation import Evaluations
 from gpo.train.guards import NonFiniteGuard, TrainingError
 from gpo.train.host_memory import reuse_freed_memory
 from gpo.train.interrupt import Interrupted, StopRequests
-from gpo.train.kl_steering import KLSteering
+from gpo.train.kl_steering import ROLLBACK, KLSteering
 from gpo.train.labels import label_strategy
 from gpo.train.length_groups import length_groups, merge_groups
 from gpo.train.online import pair_source, resolve_online_judge
@@ -288,6 +289,14 @@ class Trainer(Evaluations):
                 print(warning, file=sys.stderr)
         return self.finish(summary)
 
+    def _evaluates(self, step: int) -> bool:
+        segments = self.eval_segments
+        return bool(segments) and is_eval_step(step, self.cfg.max_steps, segments)
+
+    def _evaluates_kl(self, step: int) -> bool:
+        cfg = self.cfg
+        return self.main and cfg.kl_prompts > 0 and cfg.kl_samples > 0 and self._evaluates(step)
+
     def _steer(self, step: int, values: list[dict[str, torch.Tensor]]) -> None:
         """KL-targeted training: beta and LR scale for the next step (``kl_steering``)."""
         steering = self.steering
@@ -295,7 +304,16 @@ class Trainer(Evaluations):
             return
         rho = torch.cat([v["rho"] for v in values]).double()
         measure = self._measure_kl if self.main else None
-        logged = steering.after_step(step, (rho.pow(2).mean() / 2).item(), measure)
+        # An evaluation right after this step measures the KL anyway: the controller takes that
+        # measurement (larger than its own) instead of sampling again. Not at the last step,
+        # whose evaluation is the run's reported KL: a rollback decided on those same draws
+        # would select on them.
+        evaluated = None
+        if measure is not None and self._evaluates_kl(step) and step < self.cfg.max_steps:
+            evaluated = partial(self._eval_kl, step)
+        logged = steering.after_step(step, (rho.pow(2).mean() / 2).item(), measure, evaluated)
+        if steering.action == ROLLBACK:  # the weights measured are gone
+            self._eval_kl_cache = None
         steering.apply(self.acc, self.params, self.optimizer, self.scheduler)
         self.tracker.log(step, logged)
 
@@ -337,7 +355,7 @@ class Trainer(Evaluations):
                 bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
                 window = []
             self._check_stop(step)
-            if self.eval_segments and is_eval_step(step, cfg.max_steps, self.eval_segments):
+            if self._evaluates(step):
                 last_eval = self.evaluate(step)
                 self.tracker.log(step, last_eval)
                 if self.main:
