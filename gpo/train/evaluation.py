@@ -14,6 +14,7 @@ from gpo.eval.kl import on_policy_kl
 from gpo.eval.pairs import pair_metrics
 from gpo.eval.win_rate import SAMPLES_DIR, WinRateEval, sample_opponent, step_samples_path
 from gpo.train.run_record import output
+from gpo.train.schedule import is_eval_step
 
 if TYPE_CHECKING:
     import torch
@@ -43,8 +44,17 @@ class Evaluations:
     run_dir: Path
     beta: float
     _gather: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+    eval_segments: Any  # gpo.train.schedule: when to evaluate
     #: (step, (KL, SE)) of the last evaluation's KL, or None once its weights are rolled back.
     _eval_kl_cache: tuple[int, tuple[float, float]] | None = None
+
+    def _evaluates(self, step: int) -> bool:
+        segments = self.eval_segments
+        return bool(segments) and is_eval_step(step, self.cfg.max_steps, segments)
+
+    def _evaluates_kl(self, step: int) -> bool:
+        cfg = self.cfg
+        return self.main and cfg.kl_prompts > 0 and cfg.kl_samples > 0 and self._evaluates(step)
 
     def _win_rate_eval(self, judge: Any, n: int, opponent: str | None) -> WinRateEval:
         """The policy against ``opponent`` (None: pi_ref) on the first ``n`` held-out prompts."""

@@ -53,7 +53,7 @@ from gpo.train.resume import (
 )
 from gpo.train.run_folder import check_free_space, checkpoint_bytes, open_run_dir, start_writing
 from gpo.train.run_record import delete_recorded, output
-from gpo.train.schedule import is_eval_step, segments_for
+from gpo.train.schedule import segments_for
 from gpo.train.setup import (
     accelerator,
     attach_ref_cache,
@@ -288,14 +288,6 @@ class Trainer(Evaluations):
             if self.main and (warning := self.steering.miss_warning(summary)):
                 print(warning, file=sys.stderr)
         return self.finish(summary)
-
-    def _evaluates(self, step: int) -> bool:
-        segments = self.eval_segments
-        return bool(segments) and is_eval_step(step, self.cfg.max_steps, segments)
-
-    def _evaluates_kl(self, step: int) -> bool:
-        cfg = self.cfg
-        return self.main and cfg.kl_prompts > 0 and cfg.kl_samples > 0 and self._evaluates(step)
 
     def _steer(self, step: int, values: list[dict[str, torch.Tensor]]) -> None:
         """KL-targeted training: beta and LR scale for the next step (``kl_steering``)."""
